@@ -1,0 +1,267 @@
+"""Small torch-faithful building blocks, channels-last: (batch, [freq,] time, channels).
+
+Each one states the torch default it reproduces where Flax's default differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .layer_plan import ATTN_DECAYS, ATTN_HEADS, DCONV_KERNEL, LSTM_LAYERS, LSTM_MAX_STEPS, DConvPlan
+from .spectral import overlap_add
+
+Dtype = Any
+
+
+def gelu(x: jnp.ndarray) -> jnp.ndarray:
+    """torch's `F.gelu` / `nn.GELU()`: the exact erf form (Flax's `nn.gelu` defaults to the tanh form)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def glu(x: jnp.ndarray) -> jnp.ndarray:
+    """torch's `F.glu(x, dim=channels)`: first half times sigmoid of the second half."""
+    a, b = jnp.split(x, 2, axis=-1)
+    return a * jax.nn.sigmoid(b)
+
+
+def Conv(
+    features: int,
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...] | None = None,
+    padding: tuple[int, ...] | None = None,
+    dilation: tuple[int, ...] | None = None,
+    dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.Conv:
+    """torch `Conv1d` / `Conv2d` (symmetric zero `padding` per spatial axis), channels-last.
+
+    kernel: (*kernel_size, in, out), torch's (out, in, *kernel_size) transposed by the converter.
+    """
+    n = len(kernel_size)
+    return nn.Conv(
+        features,
+        kernel_size,
+        strides=stride or (1,) * n,
+        padding=[(p, p) for p in (padding or (0,) * n)],
+        kernel_dilation=dilation or (1,) * n,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+class ConvTranspose(nn.Module):
+    """torch `ConvTranspose1d` / `ConvTranspose2d` with kernel (k, 1), stride s, no padding, along axis 1.
+
+    Output length (L - 1) * s + k. kernel: (k, in, out) or (k, 1, in, out), i.e. torch's (in, out, k[, 1])
+    moved to Flax's order and *not* flipped: input step l adds `x[l] @ kernel[j]` to output step l * s + j.
+    Computed as one matmul followed by an overlap-add of k / s blocks, which is exact (it performs the same
+    products as the scatter definition) and avoids convolving a zero-dilated input.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int
+    two_d: bool  # kernel (k, 1) over (batch, freq, time, channels) instead of k over (batch, time, channels)
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        k, s = self.kernel_size, self.stride
+        shape = (k, 1, x.shape[-1], self.features) if self.two_d else (k, x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        kernel = kernel.reshape(k, x.shape[-1], self.features).astype(self.dtype)
+        m = -(-k // s)
+        if m * s != k:  # zero taps make the kernel a whole number of strides; the extra tail is cut below
+            kernel = jnp.pad(kernel, [(0, m * s - k), (0, 0), (0, 0)])
+        length = x.shape[1]
+        # (batch, L, *rest, in) x (m*s, in, out) -> (batch, L, m, s, *rest, out)
+        blocks = jnp.einsum("bl...i,jio->blj...o", x.astype(self.dtype), kernel)
+        blocks = blocks.reshape(x.shape[0], length, m, s, *x.shape[2:-1], self.features)
+        y = overlap_add(blocks, axis=1)  # (batch, L + m - 1, s, *rest, out)
+        y = y.reshape(x.shape[0], (length + m - 1) * s, *x.shape[2:-1], self.features)
+        y = y[:, : (length - 1) * s + k]
+        return y + bias.astype(self.dtype)
+
+
+class GroupNorm(nn.Module):
+    """torch `nn.GroupNorm(num_groups, C)` on channels-last input: eps 1e-5 (Flax's default is 1e-6),
+    biased variance, statistics over the group's channels and every non-batch position, in float32."""
+
+    num_groups: int
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        g = x.astype(jnp.float32).reshape(x.shape[0], -1, self.num_groups, c // self.num_groups)
+        mean = jnp.mean(g, axis=(1, 3), keepdims=True)
+        var = jnp.mean(jnp.square(g - mean), axis=(1, 3), keepdims=True)
+        y = ((g - mean) * lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+        return (y * scale + bias).astype(self.dtype)
+
+
+class LayerScale(nn.Module):
+    """torchaudio `_LayerScale`: per-channel scale, initialised to `init`."""
+
+    init: float
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        scale = self.param("scale", nn.initializers.constant(self.init), (x.shape[-1],), jnp.float32)
+        return x * scale.astype(x.dtype)
+
+
+class LSTM(nn.Module):
+    """torch `nn.LSTM(dim, dim, num_layers, bidirectional=True)`, zero initial state, time-major I/O.
+
+    Parameters per layer l and direction (suffix "" or "_reverse", as torch names them):
+    `kernel_ih_l{l}` (in, 4H), `kernel_hh_l{l}` (H, 4H), `bias_ih_l{l}`, `bias_hh_l{l}` (4H,). Gates are
+    stacked i, f, g, o like torch; both biases are kept (so conversion round-trips) and added together.
+    Both directions advance in one `lax.scan`, so a layer costs T sequential steps, not 2T.
+    """
+
+    hidden: int
+    num_layers: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        # x: (T, N, C) -> (T, N, 2H)
+        h = self.hidden
+        for layer in range(self.num_layers):
+            w_ih, w_hh, bias = [], [], []
+            for suffix in ("", "_reverse"):
+                w_ih.append(self.param(f"kernel_ih_l{layer}{suffix}", nn.initializers.lecun_normal(), (x.shape[-1], 4 * h), jnp.float32))
+                w_hh.append(self.param(f"kernel_hh_l{layer}{suffix}", nn.initializers.orthogonal(), (h, 4 * h), jnp.float32))
+                b_ih = self.param(f"bias_ih_l{layer}{suffix}", nn.initializers.zeros, (4 * h,), jnp.float32)
+                b_hh = self.param(f"bias_hh_l{layer}{suffix}", nn.initializers.zeros, (4 * h,), jnp.float32)
+                bias.append(b_ih + b_hh)
+            both = jnp.stack([x, x[::-1]], axis=1).astype(self.dtype)  # (T, 2, N, C): reverse reads backwards
+            inputs = jnp.einsum("tdnc,dcg->tdng", both, jnp.stack(w_ih).astype(self.dtype))
+            inputs = inputs.astype(jnp.float32) + jnp.stack(bias)[None, :, None, :]
+            recurrent = jnp.stack(w_hh).astype(self.dtype)
+
+            def step(carry, gates_in, recurrent=recurrent):
+                hid, cell = carry
+                gates = gates_in + jnp.einsum("dnh,dhg->dng", hid.astype(self.dtype), recurrent).astype(jnp.float32)
+                i, f, g, o = jnp.split(gates, 4, axis=-1)
+                cell = jax.nn.sigmoid(f) * cell + jax.nn.sigmoid(i) * jnp.tanh(g)
+                hid = jax.nn.sigmoid(o) * jnp.tanh(cell)
+                return (hid, cell), hid
+
+            zeros = jnp.zeros((2, x.shape[1], h), jnp.float32)
+            _, out = lax.scan(step, (zeros, zeros), inputs)  # (T, 2, N, H)
+            x = jnp.concatenate([out[:, 0], out[::-1, 1]], axis=-1).astype(self.dtype)
+        return x
+
+
+class BLSTM(nn.Module):
+    """torchaudio `_BLSTM(dim, layers=2, skip=True)` on (N, T, C).
+
+    Sequences longer than 200 steps are cut into windows of 200 with hop 100; each window's outer 50 steps
+    are dropped when the windows are joined (torchaudio's framing, reproduced exactly).
+    """
+
+    dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        n, t, c = x.shape
+        y = x
+        width, hop = LSTM_MAX_STEPS, LSTM_MAX_STEPS // 2
+        framed = t > width
+        if framed:
+            nframes = -(-t // hop)
+            x = jnp.pad(x, [(0, 0), (0, (nframes - 1) * hop + width - t), (0, 0)])
+            index = np.arange(nframes)[:, None] * hop + np.arange(width)[None, :]
+            x = x[:, index].reshape(n * nframes, width, c)
+        out = LSTM(self.dim, LSTM_LAYERS, dtype=self.dtype, name="lstm")(jnp.swapaxes(x, 0, 1))
+        out = nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32, name="linear")(jnp.swapaxes(out, 0, 1))
+        if framed:
+            frames = out.reshape(n, nframes, width, c)
+            limit = hop // 2
+            middle = frames[:, 1:-1, limit:-limit].reshape(n, -1, c)
+            out = jnp.concatenate([frames[:, 0, :-limit], middle, frames[:, -1, limit:]], axis=1)[:, :t]
+        return out + y
+
+
+class LocalState(nn.Module):
+    """torchaudio `_LocalState(channels, heads=4, ndecay=4)` on (N, T, C): attention over time with a
+    learned per-head decay of |t - s|; each step is masked from attending to itself."""
+
+    channels: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        n, t, c = x.shape
+        heads, ndecay = ATTN_HEADS, ATTN_DECAYS
+
+        def proj(name: str, features: int) -> jnp.ndarray:
+            return Conv(features, (1,), dtype=self.dtype, name=name)(x)
+
+        # torch views (B, heads * d, T) as (B, heads, d, T): channel = head * d + i.
+        queries = proj("query", c).reshape(n, t, heads, -1)
+        keys = proj("key", c).reshape(n, t, heads, -1)
+        dots = jnp.einsum("bthc,bshc->bhts", keys, queries).astype(jnp.float32) / np.float32(np.sqrt(keys.shape[-1]))
+        decays = np.arange(1, ndecay + 1, dtype=np.float32)
+        delta = np.arange(t, dtype=np.float32)
+        delta = np.abs(delta[:, None] - delta[None, :])
+        decay_kernel = -decays[:, None, None] * delta / np.float32(np.sqrt(ndecay))  # (f, t, s)
+        decay_q = jax.nn.sigmoid(proj("query_decay", heads * ndecay).reshape(n, t, heads, ndecay).astype(jnp.float32)) / 2
+        dots = dots + jnp.einsum("fts,bshf->bhts", decay_kernel, decay_q)
+        dots = jnp.where(np.eye(t, dtype=bool), np.float32(-100), dots)
+        weights = jax.nn.softmax(dots, axis=2)  # over the key step t, for each query step s
+        content = proj("content", c).reshape(n, t, heads, -1)
+        result = jnp.einsum("bhts,bthc->bshc", weights.astype(self.dtype), content).reshape(n, t, c)
+        return x + Conv(c, (1,), dtype=self.dtype, name="proj")(result)
+
+
+class DConvBranch(nn.Module):
+    """One residual branch of torchaudio's `_DConv` (an `nn.Sequential` there; see the converter's index
+    table): conv(k=3, dilation) -> GroupNorm(1) -> GELU -> [BLSTM] -> [LocalState] -> conv 1x1 ->
+    GroupNorm(1) -> GLU -> LayerScale."""
+
+    plan: DConvPlan
+    dilation: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        p = self.plan
+        pad = self.dilation * (DCONV_KERNEL // 2)
+        y = Conv(p.hidden, (DCONV_KERNEL,), padding=(pad,), dilation=(self.dilation,), dtype=self.dtype, name="conv_in")(x)
+        y = gelu(GroupNorm(1, dtype=self.dtype, name="norm_in")(y))
+        if p.lstm:
+            y = BLSTM(p.hidden, dtype=self.dtype, name="lstm")(y)
+        if p.attn:
+            y = LocalState(p.hidden, dtype=self.dtype, name="attn")(y)
+        y = Conv(2 * p.channels, (1,), dtype=self.dtype, name="conv_out")(y)
+        y = glu(GroupNorm(1, dtype=self.dtype, name="norm_out")(y))
+        return LayerScale(p.init, name="layer_scale")(y)
+
+
+class DConv(nn.Module):
+    """torchaudio `_DConv`: residual branches with dilation 2**d, on (N, T, C)."""
+
+    plan: DConvPlan
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        for d in range(self.plan.depth):
+            dilation = 2**d if self.plan.dilate else 1
+            x = x + DConvBranch(self.plan, dilation, dtype=self.dtype, name=f"layers_{d}")(x)
+        return x

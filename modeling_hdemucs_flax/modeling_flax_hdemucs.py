@@ -1,0 +1,257 @@
+"""The HDemucs linen module and its thin `FlaxPreTrainedModel` wrapper, `FlaxHDemucs`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.core.frozen_dict import FrozenDict, freeze, unfreeze
+from flax.traverse_util import flatten_dict, unflatten_dict
+from transformers.modeling_flax_utils import FlaxPreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_hdemucs import HDemucsConfig
+from .hybrid_layers import HDecLayer, HEncLayer
+from .layer_plan import HDemucsPlan, flax_name, plan_layers
+from .layers import Dtype
+from .spectral import hdemucs_ispec, hdemucs_spec
+from .torch_checkpoint import load_torch_state_dict
+from .weight_conversion import (
+    convert_torchaudio_state_dict,
+    param_shapes,
+    random_torchaudio_state_dict,
+    to_torchaudio_state_dict,
+)
+
+
+class _DropFlaxDeprecation(logging.Filter):
+    """transformers 4.57 logs a deprecation notice for every Flax model it builds; it says nothing about
+    this model (transformers 4.57 is the pinned, last Flax-capable release), so it is filtered out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "TensorFlow and JAX classes are deprecated" not in record.getMessage()
+
+
+logging.getLogger("transformers.modeling_flax_utils").addFilter(_DropFlaxDeprecation())
+
+
+def _normalize(x: jnp.ndarray, axes: tuple[int, ...]) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """torch's `(x - x.mean()) / (1e-5 + x.std())` per batch item: unbiased std (ddof=1), eps added to the
+    std (not the variance). float32."""
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    std = jnp.std(x, axis=axes, keepdims=True, ddof=1)
+    return (x - mean) / (1e-5 + std), mean, std
+
+
+class HDemucsModule(nn.Module):
+    """Hybrid Demucs: a spectrogram U-Net and a waveform U-Net that meet in the middle.
+
+    __call__: waveform float (batch, audio_channels, samples) -> float32 (batch, sources, audio_channels,
+    samples). torch layout at this boundary only; channels-last inside.
+    """
+
+    plan: HDemucsPlan
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, waveform: jnp.ndarray) -> jnp.ndarray:
+        p = self.plan
+        if waveform.ndim != 3 or waveform.shape[1] != p.audio_channels:
+            raise ValueError(
+                f"expected a waveform of shape (batch, {p.audio_channels}, samples), got {tuple(waveform.shape)}"
+            )
+        waveform = waveform.astype(jnp.float32)
+        batch, channels, length = waveform.shape
+
+        z = hdemucs_spec(waveform, p.nfft)  # (B, C, T, F) complex
+        # torch's view_as_real layout: channel index = 2 * audio_channel + (0 real, 1 imaginary)
+        mag = jnp.stack([z.real, z.imag], axis=-1)  # (B, C, T, F, 2)
+        mag = mag.transpose(0, 3, 2, 1, 4).reshape(batch, z.shape[3], z.shape[2], 2 * channels)  # (B, F, T, 2C)
+        x, mean, std = _normalize(mag, (1, 2, 3))
+        xt, meant, stdt = _normalize(waveform.transpose(0, 2, 1), (1, 2))  # (B, L, C)
+        x, xt = x.astype(self.dtype), xt.astype(self.dtype)
+
+        saved, saved_t, lengths, lengths_t = [], [], [], []
+        for idx, enc_plan in enumerate(p.freq_encoder):
+            lengths.append(x.shape[2] if x.ndim == 4 else x.shape[1])
+            inject = None
+            if idx < len(p.time_encoder):
+                tenc_plan = p.time_encoder[idx]
+                lengths_t.append(xt.shape[1])
+                xt = HEncLayer(tenc_plan, dtype=self.dtype, name=flax_name(tenc_plan.path))(xt)
+                if tenc_plan.empty:
+                    inject = xt
+                else:
+                    saved_t.append(xt)
+            x = HEncLayer(enc_plan, dtype=self.dtype, name=flax_name(enc_plan.path))(x, inject)
+            if idx == 0 and p.freq_emb is not None:
+                e = p.freq_emb
+                table = self.param("freq_emb", _embedding_init(e.num_embeddings, e.smooth, e.scale), (e.num_embeddings, e.dim), jnp.float32)
+                # `_ScaledEmbedding` stores weight / scale and multiplies back by scale.
+                emb = table[: x.shape[1]] * e.scale
+                x = x + (e.weight * emb)[None, :, None, :].astype(x.dtype)
+            saved.append(x)
+
+        x = jnp.zeros_like(x)
+        xt = jnp.zeros_like(x)
+        offset = p.depth - len(p.time_decoder)
+        for idx, dec_plan in enumerate(p.freq_decoder):
+            x, pre = HDecLayer(dec_plan, dtype=self.dtype, name=flax_name(dec_plan.path))(x, saved.pop(), lengths.pop())
+            if idx >= offset:
+                tdec_plan = p.time_decoder[idx - offset]
+                if tdec_plan.empty:  # takes the frequency branch's last single-bin features
+                    xt, _ = HDecLayer(tdec_plan, dtype=self.dtype, name=flax_name(tdec_plan.path))(pre[:, 0], None, lengths_t.pop())
+                else:
+                    xt, _ = HDecLayer(tdec_plan, dtype=self.dtype, name=flax_name(tdec_plan.path))(xt, saved_t.pop(), lengths_t.pop())
+
+        sources = p.num_sources
+        # Frequency branch: (B, F, T, S * C * 2) -> complex (B, S, C, T, F), denormalised in float32.
+        x = x.astype(jnp.float32) * std + mean
+        frames, bins = x.shape[2], x.shape[1]
+        x = x.reshape(batch, bins, frames, sources, channels, 2).transpose(0, 3, 4, 2, 1, 5)
+        spec_out = hdemucs_ispec(jax.lax.complex(x[..., 0], x[..., 1]), p.nfft, length)  # (B, S, C, L)
+        # Time branch: (B, L, S * C) -> (B, S, C, L).
+        xt = xt.astype(jnp.float32) * stdt + meant
+        xt = xt.reshape(batch, length, sources, channels).transpose(0, 2, 3, 1)
+        return xt + spec_out
+
+
+def _embedding_init(num: int, smooth: bool, scale: float):
+    """torchaudio `_ScaledEmbedding` initialisation: N(0, 1), optionally smoothed along frequency by a
+    cumulative sum / sqrt(n), divided by `scale`."""
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jnp.ndarray:
+        weight = jax.random.normal(key, shape, dtype)
+        if smooth:
+            weight = jnp.cumsum(weight, axis=0) / jnp.sqrt(jnp.arange(1, num + 1, dtype=dtype))[:, None]
+        return weight / scale
+
+    return init
+
+
+@flax.struct.dataclass
+class FlaxHDemucsOutput(ModelOutput):
+    """Output of `FlaxHDemucs`.
+
+    sources: float32 (batch, num_sources, audio_channels, samples), in the order of `config.sources`.
+    """
+
+    sources: jnp.ndarray = None
+
+
+class FlaxHDemucs(FlaxPreTrainedModel):
+    """Hybrid Demucs music source separation (torchaudio's `HDemucs`, numerically identical) in Flax.
+
+    `model(waveform)` takes float (batch, audio_channels, samples) at `config.sampling_rate`, of any length,
+    and returns `FlaxHDemucsOutput(sources=(batch, num_sources, audio_channels, samples))`. The forward pass
+    is jit-compiled once per input shape and reused. `dtype=jnp.bfloat16` computes the network in bfloat16;
+    the STFT/iSTFT, normalisation statistics and outputs stay float32. Parameters are float32.
+    """
+
+    config_class = HDemucsConfig
+    base_model_prefix = "hdemucs"
+    main_input_name = "waveform"
+    module_class = HDemucsModule
+
+    def __init__(
+        self,
+        config: HDemucsConfig,
+        input_shape: tuple[int, ...] | None = None,
+        seed: int = 0,
+        dtype: Dtype = jnp.float32,
+        _do_init: bool = True,
+        params: dict | None = None,
+        **kwargs: Any,
+    ):
+        module = self.module_class(plan=plan_layers(config), dtype=dtype, **kwargs)
+        if input_shape is None:
+            input_shape = (1, config.audio_channels, config.nfft)
+        self._given_params = params
+        self._forward = jax.jit(lambda params, waveform: module.apply({"params": params}, waveform))
+        super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
+        self._given_params = None
+
+    def init_weights(self, rng: jax.Array, input_shape: tuple[int, ...], params: FrozenDict | None = None) -> FrozenDict:
+        """Parameters drawn like torchaudio's initialisation (numpy; no forward pass is run).
+
+        `input_shape` is unused: parameter shapes do not depend on the input length.
+        """
+        if self._given_params is not None:
+            return freeze(self._given_params)
+        if isinstance(rng, jax.core.Tracer):  # under jax.eval_shape (`_do_init=False`) only shapes matter
+            return freeze(jax.tree.map(lambda shape: jnp.zeros(shape, jnp.float32), param_shapes(self.config), is_leaf=lambda x: isinstance(x, tuple)))
+        seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
+        random_params = convert_torchaudio_state_dict(random_torchaudio_state_dict(self.config, seed), self.config)
+        if params is None:
+            return freeze(jax.tree.map(jnp.asarray, random_params))
+        random_flat = flatten_dict(random_params)
+        given = flatten_dict(unfreeze(params))
+        for key in self._missing_keys:
+            given[key] = jnp.asarray(random_flat[key])
+        self._missing_keys = set()
+        return freeze(unflatten_dict(given))
+
+    @classmethod
+    def from_torchaudio(
+        cls,
+        state_dict_or_checkpoint_path: Mapping[str, Any] | str | os.PathLike,
+        config: HDemucsConfig | None = None,
+        dtype: Dtype = jnp.float32,
+    ) -> FlaxHDemucs:
+        """Build a model from torchaudio HDemucs weights: a state dict (torch tensors or numpy arrays) or a
+        checkpoint file written by `torch.save(model.state_dict(), path)` (read without torch).
+        `config=None` means the high preset (`HDemucsConfig()`), the architecture of torchaudio's bundles.
+        """
+        config = HDemucsConfig() if config is None else config
+        state_dict = state_dict_or_checkpoint_path
+        if isinstance(state_dict, (str, os.PathLike)):
+            state_dict = load_torch_state_dict(state_dict)
+        params = convert_torchaudio_state_dict(state_dict, config)
+        return cls(config, dtype=dtype, params=jax.tree.map(jnp.asarray, params))
+
+    def to_torchaudio(self) -> dict[str, np.ndarray]:
+        """The weights as a torchaudio `HDemucs` state dict of float32 numpy arrays."""
+        return to_torchaudio_state_dict(unfreeze(self.params), self.config)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any) -> FlaxHDemucs:
+        """transformers' `from_pretrained`, strict: a checkpoint whose parameters do not exactly match the
+        config (missing, unexpected or wrongly shaped) is an error, never silently re-initialised."""
+        if kwargs.get("_do_init", True) is False:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        kwargs.pop("_do_init", None)
+        cls._missing_keys = set()
+        cls._loaded_keys = None
+        model, params = super().from_pretrained(pretrained_model_name_or_path, *model_args, _do_init=False, **kwargs)
+        missing = sorted("/".join(k) for k in cls._missing_keys)
+        unexpected = sorted("/".join(k) for k in (cls._loaded_keys or set()) - model.required_params)
+        cls._missing_keys, cls._loaded_keys = set(), None
+        if missing or unexpected:
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: checkpoint does not match its config "
+                f"(missing {missing}, unexpected {unexpected})"
+            )
+        params = jax.tree.map(jnp.asarray, params)
+        return cls(model.config, dtype=model.dtype, params=params)
+
+    @classmethod
+    def load_flax_weights(cls, resolved_archive_file: str) -> dict:
+        state = super().load_flax_weights(resolved_archive_file)
+        cls._loaded_keys = set(flatten_dict(state).keys())  # read by `from_pretrained` to reject extra keys
+        return state
+
+    def __call__(self, waveform: Any, params: dict | None = None, return_dict: bool = True) -> FlaxHDemucsOutput | tuple:
+        params = self.params if params is None else params
+        sources = self._forward(params, jnp.asarray(waveform, jnp.float32))
+        return FlaxHDemucsOutput(sources=sources) if return_dict else (sources,)
+
+    @property
+    def sources(self) -> list[str]:
+        """Source names in output order."""
+        return list(self.config.sources)

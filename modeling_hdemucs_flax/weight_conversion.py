@@ -1,0 +1,254 @@
+"""torchaudio HDemucs state dict <-> Flax params, numpy only, total and checked.
+
+Every torchaudio key has exactly one Flax leaf (even `norm1` of an empty encoder layer, which torchaudio
+builds and never uses, so a round trip is exact). Layout changes, each named once:
+- Conv1d/Conv2d weight (out, in, *k)       -> kernel (*k, in, out)
+- ConvTranspose1d/2d weight (in, out, *k)  -> kernel (*k, in, out)   (not flipped: see `ConvTranspose`)
+- Linear / LSTM weight (out, in)           -> kernel (in, out)
+- GroupNorm weight                         -> scale
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from .layer_plan import ATTN_DECAYS, ATTN_HEADS, DCONV_KERNEL, LSTM_LAYERS, DecoderPlan, EncoderPlan, plan_layers
+
+
+@dataclass(frozen=True)
+class Entry:
+    torch_key: str
+    flax_path: tuple[str, ...]
+    torch_shape: tuple[int, ...]
+    kind: str  # layout change: "conv" | "conv_tr" | "linear" | "same"
+    role: str  # what the tensor is: "weight" | "bias" (conv/linear), "lstm", "norm", "scale", "embedding"
+
+
+def _dconv_names(lstm: bool, attn: bool) -> list[str | None]:
+    """Positional indices of one `_DConv` branch (an `nn.Sequential` in torchaudio).
+
+    torchaudio builds [conv, norm, GELU, conv, norm, GLU, LayerScale] and then inserts LocalState at index 3
+    and the BLSTM at index 3, so both shift what follows. None marks parameter-free modules.
+    """
+    names: list[str | None] = ["conv_in", "norm_in", None, "conv_out", "norm_out", None, "layer_scale"]
+    if attn:
+        names.insert(3, "attn")
+    if lstm:
+        names.insert(3, "lstm")
+    return names
+
+
+def conversion_table(config: Any) -> list[Entry]:
+    """Every parameter of the model described by `config`, in torchaudio's and Flax's naming."""
+    plan = plan_layers(config)
+    entries: list[Entry] = []
+
+    def add(torch_key: str, flax_path: tuple[str, ...], shape: tuple[int, ...], kind: str, role: str) -> None:
+        entries.append(Entry(torch_key, flax_path, tuple(shape), kind, role))
+
+    def conv(tk: str, fp: tuple[str, ...], cout: int, cin: int, kernel: tuple[int, ...], kind: str = "conv") -> None:
+        shape = (cin, cout, *kernel) if kind == "conv_tr" else (cout, cin, *kernel)
+        add(f"{tk}.weight", (*fp, "kernel"), shape, kind, "weight")
+        add(f"{tk}.bias", (*fp, "bias"), (cout,), "same", "bias")
+
+    def norm(tk: str, fp: tuple[str, ...], channels: int) -> None:
+        add(f"{tk}.weight", (*fp, "scale"), (channels,), "same", "norm")
+        add(f"{tk}.bias", (*fp, "bias"), (channels,), "same", "norm")
+
+    def kernel(layer: EncoderPlan | DecoderPlan, k: int) -> tuple[int, ...]:
+        return (k, 1) if layer.freq else (k,)
+
+    def square(layer: EncoderPlan | DecoderPlan) -> tuple[int, ...]:
+        k = 1 + 2 * layer.context
+        return (k, k) if layer.freq else (k,)
+
+    for layer in (*plan.freq_encoder, *plan.time_encoder):
+        t, f = layer.path, (layer.path.replace(".", "_"),)
+        conv(f"{t}.conv", (*f, "conv"), layer.chout, layer.chin, kernel(layer, layer.kernel_size))
+        if layer.norm:
+            norm(f"{t}.norm1", (*f, "norm1"), layer.chout)
+        if layer.empty:
+            continue
+        conv(f"{t}.rewrite", (*f, "rewrite"), 2 * layer.chout, layer.chout, square(layer))
+        if layer.norm:
+            norm(f"{t}.norm2", (*f, "norm2"), 2 * layer.chout)
+        d = layer.dconv
+        for branch in range(d.depth):
+            for index, name in enumerate(_dconv_names(d.lstm, d.attn)):
+                tk, fp = f"{t}.dconv.layers.{branch}.{index}", (*f, "dconv", f"layers_{branch}", name)
+                h, c = d.hidden, d.channels
+                if name == "conv_in":
+                    conv(tk, fp, h, c, (DCONV_KERNEL,))
+                elif name == "conv_out":
+                    conv(tk, fp, 2 * c, h, (1,))
+                elif name == "norm_in":
+                    norm(tk, fp, h)
+                elif name == "norm_out":
+                    norm(tk, fp, 2 * c)
+                elif name == "layer_scale":
+                    add(f"{tk}.scale", (*fp, "scale"), (c,), "same", "scale")
+                elif name == "attn":
+                    for proj in ("content", "query", "key", "proj"):
+                        conv(f"{tk}.{proj}", (*fp, proj), h, h, (1,))
+                    conv(f"{tk}.query_decay", (*fp, "query_decay"), ATTN_HEADS * ATTN_DECAYS, h, (1,))
+                elif name == "lstm":
+                    for lyr in range(LSTM_LAYERS):
+                        width = h if lyr == 0 else 2 * h
+                        for sfx in ("", "_reverse"):
+                            add(f"{tk}.lstm.weight_ih_l{lyr}{sfx}", (*fp, "lstm", f"kernel_ih_l{lyr}{sfx}"), (4 * h, width), "linear", "lstm")
+                            add(f"{tk}.lstm.weight_hh_l{lyr}{sfx}", (*fp, "lstm", f"kernel_hh_l{lyr}{sfx}"), (4 * h, h), "linear", "lstm")
+                            add(f"{tk}.lstm.bias_ih_l{lyr}{sfx}", (*fp, "lstm", f"bias_ih_l{lyr}{sfx}"), (4 * h,), "same", "lstm")
+                            add(f"{tk}.lstm.bias_hh_l{lyr}{sfx}", (*fp, "lstm", f"bias_hh_l{lyr}{sfx}"), (4 * h,), "same", "lstm")
+                    add(f"{tk}.linear.weight", (*fp, "linear", "kernel"), (h, 2 * h), "linear", "weight")
+                    add(f"{tk}.linear.bias", (*fp, "linear", "bias"), (h,), "same", "bias")
+
+    for layer in (*plan.freq_decoder, *plan.time_decoder):
+        t, f = layer.path, (layer.path.replace(".", "_"),)
+        if not layer.empty:
+            conv(f"{t}.rewrite", (*f, "rewrite"), 2 * layer.chin, layer.chin, square(layer))
+            if layer.norm:
+                norm(f"{t}.norm1", (*f, "norm1"), 2 * layer.chin)
+        conv(f"{t}.conv_tr", (*f, "conv_tr"), layer.chout, layer.chin, kernel(layer, layer.kernel_size), "conv_tr")
+        if layer.norm:
+            norm(f"{t}.norm2", (*f, "norm2"), layer.chout)
+
+    if plan.freq_emb is not None:
+        add("freq_emb.embedding.weight", ("freq_emb",), (plan.freq_emb.num_embeddings, plan.freq_emb.dim), "same", "embedding")
+    return entries
+
+
+def _to_flax(value: np.ndarray, kind: str) -> np.ndarray:
+    nd = value.ndim
+    if kind == "conv":  # (out, in, *k) -> (*k, in, out)
+        return np.ascontiguousarray(value.transpose(*range(2, nd), 1, 0))
+    if kind == "conv_tr":  # (in, out, *k) -> (*k, in, out)
+        return np.ascontiguousarray(value.transpose(*range(2, nd), 0, 1))
+    if kind == "linear":
+        return np.ascontiguousarray(value.T)
+    return np.array(value)
+
+
+def _to_torch(value: np.ndarray, kind: str) -> np.ndarray:
+    nd = value.ndim
+    if kind == "conv":  # (*k, in, out) -> (out, in, *k)
+        return np.ascontiguousarray(value.transpose(nd - 1, nd - 2, *range(nd - 2)))
+    if kind == "conv_tr":  # (*k, in, out) -> (in, out, *k)
+        return np.ascontiguousarray(value.transpose(nd - 2, nd - 1, *range(nd - 2)))
+    if kind == "linear":
+        return np.ascontiguousarray(value.T)
+    return np.array(value)
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _mismatch_error(what: str, missing: list[str], unexpected: list[str], wrong: list[str]) -> ValueError:
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing}")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected}")
+    if wrong:
+        parts.append(f"wrong shapes {wrong}")
+    return ValueError(f"{what} does not match the HDemucs config: " + "; ".join(parts))
+
+
+def convert_torchaudio_state_dict(state_dict: Mapping[str, Any], config: Any) -> dict:
+    """torchaudio `HDemucs.state_dict()` (tensors or arrays) -> nested Flax params dict of float32 numpy.
+
+    Raises ValueError naming every missing key, unexpected key and wrongly shaped tensor.
+    """
+    table = conversion_table(config)
+    expected = {e.torch_key: e for e in table}
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    arrays = {k: _numpy(v) for k, v in state_dict.items() if k in expected}
+    wrong = [
+        f"{k}: {tuple(a.shape)} (expected {expected[k].torch_shape})"
+        for k, a in sorted(arrays.items())
+        if tuple(a.shape) != expected[k].torch_shape
+    ]
+    if missing or unexpected or wrong:
+        raise _mismatch_error("torchaudio state dict", missing, unexpected, wrong)
+    bad_dtype = sorted(k for k, a in arrays.items() if not np.issubdtype(a.dtype, np.floating))
+    if bad_dtype:
+        raise ValueError(f"torchaudio state dict: non-float tensors {bad_dtype}")
+    flat = {e.flax_path: _to_flax(arrays[e.torch_key].astype(np.float32), e.kind) for e in table}
+    return unflatten_dict(flat)
+
+
+def to_torchaudio_state_dict(params: Mapping[str, Any], config: Any) -> dict[str, np.ndarray]:
+    """Inverse of `convert_torchaudio_state_dict`: Flax params -> {torchaudio key: float32 numpy array}."""
+    table = conversion_table(config)
+    flat = {k: np.asarray(v) for k, v in flatten_dict(dict(params)).items()}
+    expected = {e.flax_path: e for e in table}
+    missing = sorted("/".join(p) for p in set(expected) - set(flat))
+    unexpected = sorted("/".join(p) for p in set(flat) - set(expected))
+    wrong = []
+    for path, e in expected.items():
+        if path in flat:
+            want = _to_flax(np.empty(e.torch_shape, np.float32), e.kind).shape
+            if flat[path].shape != want:
+                wrong.append(f"{'/'.join(path)}: {flat[path].shape} (expected {want})")
+    if missing or unexpected or wrong:
+        raise _mismatch_error("Flax params", missing, unexpected, sorted(wrong))
+    return {e.torch_key: _to_torch(flat[e.flax_path].astype(np.float32), e.kind) for e in table}
+
+
+
+def random_torchaudio_state_dict(config: Any, seed: int = 0) -> dict[str, np.ndarray]:
+    """A state dict drawn like torchaudio's initialisation of `HDemucs(**config.torchaudio_kwargs())`.
+
+    torch's defaults: conv/linear weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), LSTM tensors
+    U(-1/sqrt(hidden), 1/sqrt(hidden)), GroupNorm 1 and 0, LayerScale `dconv_init`, LocalState's decay query
+    weight x0.01 and bias -2, the smoothed scaled embedding, then `_rescale_module` (every convolution's weight
+    and bias divided by sqrt(std(weight) / 0.1)). Numpy only: building a model never runs its forward pass.
+    """
+    rng = np.random.default_rng(seed)
+    emb = plan_layers(config).freq_emb
+    table = conversion_table(config)
+    weights = {e.torch_key: e for e in table if e.role == "weight"}
+    out: dict[str, np.ndarray] = {}
+    for e in table:
+        if e.role in ("weight", "bias"):
+            w = weights[e.torch_key[: -len("bias")] + "weight"] if e.role == "bias" else e
+            fan_in = w.torch_shape[0 if w.kind == "conv_tr" else 1] * int(np.prod(w.torch_shape[2:]))
+            out[e.torch_key] = rng.uniform(-(fan_in**-0.5), fan_in**-0.5, e.torch_shape)
+        elif e.role == "lstm":
+            hidden = e.torch_shape[0] // 4
+            out[e.torch_key] = rng.uniform(-(hidden**-0.5), hidden**-0.5, e.torch_shape)
+        elif e.role == "norm":
+            out[e.torch_key] = np.ones(e.torch_shape) if e.torch_key.endswith(".weight") else np.zeros(e.torch_shape)
+        elif e.role == "scale":
+            out[e.torch_key] = np.full(e.torch_shape, float(config.dconv_init))
+        elif e.role == "embedding":
+            w = rng.standard_normal(e.torch_shape)
+            if emb.smooth:
+                w = np.cumsum(w, axis=0) / np.sqrt(np.arange(1, e.torch_shape[0] + 1))[:, None]
+            out[e.torch_key] = w / emb.scale
+    for e in table:
+        if e.torch_key.endswith("query_decay.weight"):
+            out[e.torch_key] *= 0.01
+        elif e.torch_key.endswith("query_decay.bias"):
+            out[e.torch_key][:] = -2
+    for e in table:
+        if e.role == "weight" and e.kind in ("conv", "conv_tr"):
+            scale = np.sqrt(out[e.torch_key].std(ddof=1) / 0.1)
+            out[e.torch_key] /= scale
+            out[e.torch_key[: -len("weight")] + "bias"] /= scale
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def param_shapes(config: Any) -> dict:
+    """Nested dict of the Flax parameter shapes (no arrays are built)."""
+    table = conversion_table(config)
+    return unflatten_dict(
+        {e.flax_path: _to_flax(np.empty(e.torch_shape, np.float32), e.kind).shape for e in table}
+    )
