@@ -1,0 +1,81 @@
+"""torchaudio reference models and error reporting shared by the tests.
+
+Parity needs weights under which every branch contributes: torchaudio's default LayerScale of 1e-4 would
+hide the DConv branches (BLSTM, LocalState) and unit GroupNorm affines hide their parameters. `redraw_`
+re-draws every such tensor from a seeded generator; convolution, LSTM and linear weights keep torch's seeded
+initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torchaudio
+
+from modeling_hdemucs_flax import HDemucsConfig
+
+
+def tiny_config(**overrides) -> HDemucsConfig:
+    """The low preset with 4 base channels: reaches every path cheaply — the frequency branch collapsing to
+    one bin (an empty time layer injecting into it), a time-axis layer in the frequency branch, GroupNorm
+    with 4 groups, BLSTM and LocalState in layers 3 and 4 (inputs over 51,200 samples make the BLSTM see
+    more than 200 steps), and the frequency embedding."""
+    kwargs = dict(channels=4, norm_starts=2, dconv_lstm=3, dconv_attn=3)
+    kwargs.update(overrides)
+    return HDemucsConfig.from_preset("low", **kwargs)
+
+
+@torch.no_grad()
+def redraw_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Re-draw LayerScale scales (U[0.5, 1.5]), norm affines (1 + 0.3 N, 0.3 N) and embeddings from a seeded
+    generator, in place."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, tensor in module.state_dict().items():
+        if name.endswith(".scale"):
+            tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
+        elif _is_norm(module, name):
+            if name.endswith("weight"):
+                tensor.copy_(1 + 0.3 * torch.randn(tensor.shape, generator=gen))
+            else:
+                tensor.copy_(0.3 * torch.randn(tensor.shape, generator=gen))
+        elif "freq_emb" in name:
+            tensor.copy_(0.3 * torch.randn(tensor.shape, generator=gen))
+    return module
+
+
+def _is_norm(module: torch.nn.Module, name: str) -> bool:
+    owner = module.get_submodule(name.rsplit(".", 1)[0])
+    return isinstance(owner, torch.nn.GroupNorm)
+
+
+def torch_model(config: HDemucsConfig, seed: int = 0) -> torchaudio.models.HDemucs:
+    """torchaudio's HDemucs for `config`, seeded and re-drawn, in eval mode."""
+    torch.manual_seed(seed)
+    model = torchaudio.models.HDemucs(**config.torchaudio_kwargs()).eval()
+    return redraw_(model, seed + 1)
+
+
+def music_like(samples: int, channels: int = 2, seed: int = 0, sample_rate: int = 44100) -> np.ndarray:
+    """A deterministic stereo test signal with tones, a bass line, noise bursts and a DC offset: (channels, samples)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / sample_rate
+    out = np.zeros((channels, samples))
+    for c in range(channels):
+        out[c] += 0.3 * np.sin(2 * np.pi * (220 + 30 * c) * t) + 0.2 * np.sin(2 * np.pi * 55 * t + c)
+        envelope = (np.sin(2 * np.pi * 2 * t) > 0.6).astype(float)
+        out[c] += 0.2 * envelope * rng.standard_normal(samples) + 0.01
+    return out.astype(np.float32)
+
+
+def error_report(name: str, got: np.ndarray, want: np.ndarray, threshold_db: float) -> tuple[float, float]:
+    """Print and return (max-abs error, relative L2 error in dB) next to the threshold."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    diff = got - want
+    max_abs = float(np.abs(diff).max()) if diff.size else 0.0
+    norm = float(np.linalg.norm(want))
+    db = 20 * math.log10(max(float(np.linalg.norm(diff)), 1e-30) / max(norm, 1e-30))
+    print(f"[parity] {name}: max-abs {max_abs:.3e}, relative {db:.1f} dB (threshold {threshold_db:.0f} dB)")
+    return max_abs, db
