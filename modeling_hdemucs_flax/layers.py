@@ -19,6 +19,25 @@ from .spectral import overlap_add
 Dtype = Any
 
 
+_SUM_BLOCK = 64
+
+
+def accurate_sum(x: jnp.ndarray, axis: int) -> jnp.ndarray:
+    """Sum along `axis` in nested blocks of 64, so float32 rounding grows with log(n), not n.
+
+    XLA:CPU accumulates a strided reduction axis sequentially; over the ~10^4-10^6 positions of a GroupNorm
+    or of the input normalisation that costs 1e-6 relative error (about -110 dB), while torch's cascaded
+    sums stay near 1e-8. Zero padding to a whole number of blocks leaves the sum unchanged.
+    """
+    axis %= x.ndim
+    while x.shape[axis] > _SUM_BLOCK:
+        pad = -x.shape[axis] % _SUM_BLOCK
+        if pad:
+            x = jnp.pad(x, [(0, pad) if i == axis else (0, 0) for i in range(x.ndim)])
+        x = x.reshape(*x.shape[:axis], -1, _SUM_BLOCK, *x.shape[axis + 1 :]).sum(axis=axis + 1)
+    return x.sum(axis=axis)
+
+
 def gelu(x: jnp.ndarray) -> jnp.ndarray:
     """torch's `F.gelu` / `nn.GELU()`: the exact erf form (Flax's `nn.gelu` defaults to the tanh form)."""
     return jax.nn.gelu(x, approximate=False)
@@ -105,8 +124,9 @@ class GroupNorm(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
         g = x.astype(jnp.float32).reshape(x.shape[0], -1, self.num_groups, c // self.num_groups)
-        mean = jnp.mean(g, axis=(1, 3), keepdims=True)
-        var = jnp.mean(jnp.square(g - mean), axis=(1, 3), keepdims=True)
+        count = g.shape[1] * g.shape[3]
+        mean = accurate_sum(g.sum(axis=3, keepdims=True), axis=1)[:, None] / count
+        var = accurate_sum(jnp.square(g - mean).sum(axis=3, keepdims=True), axis=1)[:, None] / count
         y = ((g - mean) * lax.rsqrt(var + self.epsilon)).reshape(x.shape)
         return (y * scale + bias).astype(self.dtype)
 

@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput
 from .configuration_hdemucs import HDemucsConfig
 from .hybrid_layers import HDecLayer, HEncLayer
 from .layer_plan import HDemucsPlan, flax_name, plan_layers
-from .layers import Dtype
+from .layers import Dtype, accurate_sum
 from .spectral import hdemucs_ispec, hdemucs_spec
 from .torch_checkpoint import load_torch_state_dict
 from .weight_conversion import (
@@ -44,8 +44,12 @@ logging.getLogger("transformers.modeling_flax_utils").addFilter(_DropFlaxDepreca
 def _normalize(x: jnp.ndarray, axes: tuple[int, ...]) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """torch's `(x - x.mean()) / (1e-5 + x.std())` per batch item: unbiased std (ddof=1), eps added to the
     std (not the variance). float32."""
-    mean = jnp.mean(x, axis=axes, keepdims=True)
-    std = jnp.std(x, axis=axes, keepdims=True, ddof=1)
+    flat = x.reshape(x.shape[0], -1)
+    count = flat.shape[1]
+    mean = accurate_sum(flat, axis=1) / count
+    std = jnp.sqrt(accurate_sum(jnp.square(flat - mean[:, None]), axis=1) / (count - 1))
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mean, std = mean.reshape(shape), std.reshape(shape)
     return (x - mean) / (1e-5 + std), mean, std
 
 

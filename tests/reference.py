@@ -71,7 +71,8 @@ def music_like(samples: int, channels: int = 2, seed: int = 0, sample_rate: int 
 
 def error_report(name: str, got: np.ndarray, want: np.ndarray, threshold_db: float) -> tuple[float, float]:
     """Print and return (max-abs error, relative L2 error in dB) next to the threshold."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    kind = np.complex128 if np.iscomplexobj(got) or np.iscomplexobj(want) else np.float64
+    got, want = np.asarray(got, kind), np.asarray(want, kind)
     assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
     diff = got - want
     max_abs = float(np.abs(diff).max()) if diff.size else 0.0
