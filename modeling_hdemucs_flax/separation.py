@@ -443,7 +443,7 @@ class Separator:
         self.sources = list(model.config.sources)
         self.audio_channels = int(model.config.audio_channels)
         segment = DEFAULT_SEGMENT if segment is None else float(segment)
-        self.segment_samples = int(segment * self.sample_rate)
+        self.segment_samples = int(round(segment * self.sample_rate))
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if self.segment_samples < 1:
