@@ -237,10 +237,10 @@ def overlap_add_stream(
         following = chunks[first + batch_size].start if first + batch_size < len(chunks) else length
         window.drop_before(following)
         finished = ola.pop(following)
+        if progress is not None:  # before yielding: a consumer may stop once it has the last samples
+            progress(min(first + batch_size, len(chunks)), len(chunks))
         if finished.shape[-1]:
             yield finished
-        if progress is not None:
-            progress(min(first + batch_size, len(chunks)), len(chunks))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ FORWARD_NAME = "jit(hdemucs_separate_batch)"  # the Separator's jitted forward p
 class AffineStandIn:
     """An identity-like model: source i = gains[i] * x + offsets[i], elementwise. Where its input is exactly
     0 (padding: the test signals never contain 0) it outputs NaN, so any padding that leaked into the result
-    shows up. Checks it always receives the same shape and records every batch."""
+    shows up (`poison=False` turns that off for signals that may contain 0). Checks it always receives the same shape and records every batch."""
 
-    def __init__(self, gains, offsets, shape: tuple[int, int, int]):
+    def __init__(self, gains, offsets, shape: tuple[int, int, int], poison: bool = True):
+        self.poison = poison
         self.gains = np.asarray(gains, np.float32)[:, None, None]
         self.offsets = np.asarray(offsets, np.float32)[:, None, None]
         self.shape = shape
@@ -25,7 +26,7 @@ class AffineStandIn:
         assert batch.shape == self.shape and batch.dtype == np.float32, (batch.shape, batch.dtype)
         self.calls += 1
         y = self.gains[None] * batch[:, None] + self.offsets[None]
-        return np.where(batch[:, None] == 0, np.float32(np.nan), y)
+        return np.where(batch[:, None] == 0, np.float32(np.nan), y) if self.poison else y
 
     def expected(self, x: np.ndarray) -> np.ndarray:
         """(sources, channels, n) for input (channels, n)."""
