@@ -10,8 +10,10 @@ Every problem with a file is an `AudioError` whose message is one line: the file
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,6 +71,31 @@ def _one_line(error: BaseException) -> str:
     return re.sub(r"^Error opening '.*?':\s*", "", text) or type(error).__name__
 
 
+def _looks_like_mp3(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(3)
+    return head == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
+
+
+@contextlib.contextmanager
+def _quiet_c_stderr(enabled: bool):
+    """Silence the C-level stderr for the duration (libmpg123 prints warnings about damaged MP3 files there,
+    e.g. "Xing stream size off by more than 1%", on top of the error libsndfile returns). Only wraps single
+    open/read calls, so Python's own output is never hidden."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def inspect_audio(path: str | os.PathLike) -> AudioInfo:
     """Open `path`'s header and check it describes usable audio (exists, a file, not empty, a format
     libsndfile reads, at least one frame, no data chunk promising more bytes than the file holds)."""
@@ -80,7 +107,7 @@ def inspect_audio(path: str | os.PathLike) -> AudioInfo:
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
     try:
-        with sf.SoundFile(path) as handle:
+        with _quiet_c_stderr(_looks_like_mp3(path)), sf.SoundFile(path) as handle:
             info = AudioInfo(path, handle.frames, handle.samplerate, handle.channels, handle.format, handle.subtype)
             log = handle.extra_info
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
@@ -103,10 +130,14 @@ def iter_audio_blocks(info: AudioInfo, blocksize: int = 65536) -> Iterator[np.nd
     (a truncated file). A fresh call starts again from the first sample.
     """
     read = 0
+    quiet = info.format == "MP3"
     try:
-        with sf.SoundFile(info.path) as handle:
+        with _quiet_c_stderr(quiet):
+            handle = sf.SoundFile(info.path)
+        with handle:
             while True:
-                block = handle.read(blocksize, dtype="float32", always_2d=True)
+                with _quiet_c_stderr(quiet):
+                    block = handle.read(blocksize, dtype="float32", always_2d=True)
                 if block.shape[0] == 0:
                     break
                 read += block.shape[0]
