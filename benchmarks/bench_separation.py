@@ -60,7 +60,7 @@ def run_child(options: dict) -> dict:
     if done.returncode != 0:
         sys.exit(f"benchmark child failed:\n{done.stderr[-4000:]}")
     line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     result["wall_s"] = time.perf_counter() - started
     return result
 
@@ -91,8 +91,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        base = {"model": args.model, "config": args.config, "cache": str(scratch / "cache"),
-                "batch_size": args.batch_size, "song": None, "out": str(scratch / "out")}
+        base = {
+            "model": args.model,
+            "config": args.config,
+            "cache": str(scratch / "cache"),
+            "batch_size": args.batch_size,
+            "song": None,
+            "out": str(scratch / "out"),
+        }
         rows = [("cold start (empty cache)", run_child(base)), ("warm start (cache filled)", run_child(base))]
         for minutes in args.minutes:
             song = write_song(scratch / f"song_{minutes:g}min.wav", minutes)
@@ -101,19 +107,27 @@ def main() -> None:
             rows.append((f"separate {minutes:g} min file", result))
             song.unlink()
 
-    print(f"model: {args.model or args.config + ' (random weights)'}, batch size {args.batch_size}, "
-          f"jax {__import__('jax').__version__} on {__import__('jax').default_backend()}, {os.cpu_count()} CPUs")
-    print(f"{'run':28} {'import s':>9} {'load s':>8} {'compile s':>10} {'separate s':>11} {'s/audio s':>11} "
-          f"{'peak RSS MB':>12} {'wall s':>8}")
+    print(
+        f"model: {args.model or args.config + ' (random weights)'}, batch size {args.batch_size}, "
+        f"jax {__import__('jax').__version__} on {__import__('jax').default_backend()}, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'run':28} {'import s':>9} {'load s':>8} {'compile s':>10} {'separate s':>11} {'s/audio s':>11} "
+        f"{'peak RSS MB':>12} {'wall s':>8}"
+    )
     for name, r in rows:
         separate = f"{r['separate_s']:.1f}" if "separate_s" in r else "-"
         rtf = f"{r['rtf']:.3f}" if "rtf" in r else "-"
-        print(f"{name:28} {r['import_s']:9.1f} {r['load_s']:8.1f} {r['compile_s']:10.1f} {separate:>11} {rtf:>11} "
-              f"{r['peak_rss_mb']:12.0f} {r['wall_s']:8.1f}")
+        print(
+            f"{name:28} {r['import_s']:9.1f} {r['load_s']:8.1f} {r['compile_s']:10.1f} {separate:>11} {rtf:>11} "
+            f"{r['peak_rss_mb']:12.0f} {r['wall_s']:8.1f}"
+        )
     songs = [r for name, r in rows if name.startswith("separate")]
     if len(songs) >= 2:
-        print(f"peak RSS ratio, longest / shortest file: {songs[-1]['peak_rss_mb'] / songs[0]['peak_rss_mb']:.2f} "
-              "(target <= 1.3)")
+        print(
+            f"peak RSS ratio, longest / shortest file: {songs[-1]['peak_rss_mb'] / songs[0]['peak_rss_mb']:.2f} "
+            "(target <= 1.3)"
+        )
 
 
 if __name__ == "__main__":

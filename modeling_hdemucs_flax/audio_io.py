@@ -143,8 +143,10 @@ def iter_audio_blocks(info: AudioInfo, blocksize: int = 65536) -> Iterator[np.nd
                 read += block.shape[0]
                 yield np.ascontiguousarray(block.T)  # file layout (samples, channels) -> (channels, samples)
     except sf.LibsndfileError as error:
-        raise AudioError(f"{info.path}: cannot decode audio after {read} of {info.frames} frames "
-                         f"(truncated or corrupt: {_one_line(error)})") from None
+        raise AudioError(
+            f"{info.path}: cannot decode audio after {read} of {info.frames} frames "
+            f"(truncated or corrupt: {_one_line(error)})"
+        ) from None
     slack = _MP3_FRAME_SLACK if info.format == "MP3" else 0
     if read < info.frames - slack:
         raise AudioError(f"{info.path}: truncated file (header promises {info.frames} frames, file holds {read})")
@@ -184,8 +186,10 @@ def check_output_format(path: str | os.PathLike, ext: str, subtype: str, sample_
     """Raise `AudioError` (naming `path`) if a file of this format cannot be written."""
     fmt = OUTPUT_FORMATS[ext][0]
     if fmt == "MP3" and sample_rate not in MP3_SAMPLE_RATES:
-        raise AudioError(f"{path}: MP3 cannot store {sample_rate} Hz audio (possible rates: "
-                         f"{', '.join(map(str, MP3_SAMPLE_RATES))}); choose another output format")
+        raise AudioError(
+            f"{path}: MP3 cannot store {sample_rate} Hz audio (possible rates: "
+            f"{', '.join(map(str, MP3_SAMPLE_RATES))}); choose another output format"
+        )
     if not sf.check_format(fmt, subtype):
         raise AudioError(f"{path}: this libsndfile cannot write {fmt} {subtype}")
     if channels not in (1, 2) and fmt in ("MP3",):
@@ -215,11 +219,14 @@ class AtomicAudioWriter:
         self.temp_path = Path(temp)
         self.frames = 0
         try:
-            self._file = sf.SoundFile(self.temp_path, "w", samplerate=sample_rate, channels=channels,
-                                      format=fmt, subtype=subtype)
+            self._file = sf.SoundFile(
+                self.temp_path, "w", samplerate=sample_rate, channels=channels, format=fmt, subtype=subtype
+            )
         except (sf.LibsndfileError, RuntimeError) as error:
             self.temp_path.unlink(missing_ok=True)
-            raise AudioError(f"{self.path}: cannot write {fmt} {subtype} at {sample_rate} Hz ({_one_line(error)})") from None
+            raise AudioError(
+                f"{self.path}: cannot write {fmt} {subtype} at {sample_rate} Hz ({_one_line(error)})"
+            ) from None
 
     def write(self, block: np.ndarray) -> None:
         """Append float (channels, samples)."""

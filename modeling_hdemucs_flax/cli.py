@@ -29,25 +29,51 @@ def build_parser() -> argparse.ArgumentParser:
         description="Separate audio files into stems. Stems keep the input's sample rate, channel count and (by "
         "default) bit depth; they appear only when complete.",
     )
-    sep.add_argument("inputs", nargs="+", metavar="FILES_OR_DIRS",
-                     help="audio files (WAV, FLAC, OGG, MP3, AIFF) or folders searched recursively for them")
+    sep.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="FILES_OR_DIRS",
+        help="audio files (WAV, FLAC, OGG, MP3, AIFF) or folders searched recursively for them",
+    )
     sep.add_argument("-o", "--out", default="separated", type=Path, help="output folder (default: %(default)s)")
-    sep.add_argument("-n", "--model", default=None, metavar="ID_OR_DIR",
-                     help="a local model folder or Hugging Face Hub repo id (default: HDEMUCS_HIGH_MUSDB_PLUS)")
+    sep.add_argument(
+        "-n",
+        "--model",
+        default=None,
+        metavar="ID_OR_DIR",
+        help="a local model folder or Hugging Face Hub repo id (default: HDEMUCS_HIGH_MUSDB_PLUS)",
+    )
     sep.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
-    sep.add_argument("--filename", default="{track}/{stem}.{ext}",
-                     help="output path inside --out; variables {track}, {trackext}, {stem}, {ext} "
-                     "(default: %(default)s)")
-    sep.add_argument("--two-stems", default=None, metavar="STEM",
-                     help="write only STEM and no_STEM (e.g. vocals and the accompaniment)")
-    sep.add_argument("--other-method", choices=("add", "minus", "none"), default="add",
-                     help="no_STEM is the sum of the other stems (add), the mix minus STEM (minus), or not written "
-                     "(none) (default: %(default)s)")
-    sep.add_argument("--segment", type=float, default=None, metavar="SECONDS",
-                     help="chunk length in seconds (default: 7.8)")
-    sep.add_argument("--overlap", type=float, default=0.25, help="overlap between chunks, in [0, 1) (default: %(default)s)")
-    sep.add_argument("--shifts", type=int, default=0,
-                     help="random-shift passes averaged (better, N times slower; default: %(default)s)")
+    sep.add_argument(
+        "--filename",
+        default="{track}/{stem}.{ext}",
+        help="output path inside --out; variables {track}, {trackext}, {stem}, {ext} (default: %(default)s)",
+    )
+    sep.add_argument(
+        "--two-stems",
+        default=None,
+        metavar="STEM",
+        help="write only STEM and no_STEM (e.g. vocals and the accompaniment)",
+    )
+    sep.add_argument(
+        "--other-method",
+        choices=("add", "minus", "none"),
+        default="add",
+        help="no_STEM is the sum of the other stems (add), the mix minus STEM (minus), or not written "
+        "(none) (default: %(default)s)",
+    )
+    sep.add_argument(
+        "--segment", type=float, default=None, metavar="SECONDS", help="chunk length in seconds (default: 7.8)"
+    )
+    sep.add_argument(
+        "--overlap", type=float, default=0.25, help="overlap between chunks, in [0, 1) (default: %(default)s)"
+    )
+    sep.add_argument(
+        "--shifts",
+        type=int,
+        default=0,
+        help="random-shift passes averaged (better, N times slower; default: %(default)s)",
+    )
     sep.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: %(default)s)")
     sep.add_argument("--batch-size", type=int, default=1, help="chunks per forward pass (default: %(default)s)")
     fmt = sep.add_mutually_exclusive_group()
@@ -57,16 +83,29 @@ def build_parser() -> argparse.ArgumentParser:
     depth = sep.add_mutually_exclusive_group()
     depth.add_argument("--int16", dest="subtype", action="store_const", const="PCM_16", help="16-bit integer samples")
     depth.add_argument("--int24", dest="subtype", action="store_const", const="PCM_24", help="24-bit integer samples")
-    depth.add_argument("--float32", dest="subtype", action="store_const", const="FLOAT",
-                       help="32-bit float samples (WAV only)")
-    sep.add_argument("--clip-mode", choices=("rescale", "clamp", "none"), default="rescale",
-                     help="avoid clipping by scaling a stem down when it peaks above 1 (rescale), clipping to ±0.99 "
-                     "(clamp) or not at all (none) (default: %(default)s)")
-    sep.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                     help="network compute precision (default: %(default)s)")
-    sep.add_argument("--compilation-cache", default=None, metavar="DIR",
-                     help="folder of JAX's persistent compilation cache (default: $HDEMUCS_FLAX_COMPILATION_CACHE or "
-                     "~/.cache/hdemucs-flax/jax-compilation-cache)")
+    depth.add_argument(
+        "--float32", dest="subtype", action="store_const", const="FLOAT", help="32-bit float samples (WAV only)"
+    )
+    sep.add_argument(
+        "--clip-mode",
+        choices=("rescale", "clamp", "none"),
+        default="rescale",
+        help="avoid clipping by scaling a stem down when it peaks above 1 (rescale), clipping to ±0.99 "
+        "(clamp) or not at all (none) (default: %(default)s)",
+    )
+    sep.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="network compute precision (default: %(default)s)",
+    )
+    sep.add_argument(
+        "--compilation-cache",
+        default=None,
+        metavar="DIR",
+        help="folder of JAX's persistent compilation cache (default: $HDEMUCS_FLAX_COMPILATION_CACHE or "
+        "~/.cache/hdemucs-flax/jax-compilation-cache)",
+    )
     sep.add_argument("--no-compilation-cache", action="store_true", help="compile in every run")
     sep.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
     sep.set_defaults(ext="wav", subtype=None)
@@ -108,7 +147,12 @@ def separate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         output_subtype(args.ext, requested=args.subtype)
     except ValueError as error:
         parser.error(str(error))
-    if not 0 <= args.overlap < 1 or args.batch_size < 1 or args.shifts < 0 or (args.segment is not None and args.segment <= 0):
+    if (
+        not 0 <= args.overlap < 1
+        or args.batch_size < 1
+        or args.shifts < 0
+        or (args.segment is not None and args.segment <= 0)
+    ):
         parser.error("need 0 <= --overlap < 1, --batch-size >= 1, --shifts >= 0 and --segment > 0")
     try:
         args.filename.format(track="t", trackext="wav", stem="s", ext="wav")
@@ -132,9 +176,15 @@ def separate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     _status(args.quiet, f"loading model {args.model or '(default)'} ...")
     try:
         separator = Separator.from_pretrained(
-            args.model, revision=args.revision, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
-            segment=args.segment, overlap=args.overlap, shifts=args.shifts, seed=args.seed,
-            batch_size=args.batch_size, compilation_cache=cache,
+            args.model,
+            revision=args.revision,
+            dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
+            segment=args.segment,
+            overlap=args.overlap,
+            shifts=args.shifts,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            compilation_cache=cache,
         )
     except ModelLoadError as error:
         _error(error)
@@ -158,8 +208,14 @@ def separate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
                 try:
                     written = separator.separate_file(
-                        path, args.out, filename=args.filename, ext=args.ext, subtype=args.subtype,
-                        two_stems=args.two_stems, other_method=args.other_method, clip_mode=args.clip_mode,
+                        path,
+                        args.out,
+                        filename=args.filename,
+                        ext=args.ext,
+                        subtype=args.subtype,
+                        two_stems=args.two_stems,
+                        other_method=args.other_method,
+                        clip_mode=args.clip_mode,
                         progress=progress,
                     )
                 except AudioError as error:

@@ -51,7 +51,9 @@ Progress = Callable[[int, int], None]  # (chunks_done, chunks_total)
 # Weights and chunk plan
 
 
-def chunk_weight(segment: int, overlap_samples: int, weighting: str = "triangle", transition_power: float = 1.0) -> np.ndarray:
+def chunk_weight(
+    segment: int, overlap_samples: int, weighting: str = "triangle", transition_power: float = 1.0
+) -> np.ndarray:
     """The overlap-add weight of one chunk: float32 (segment,), every value > 0, maximum 1.
 
     "triangle" is demucs's: a triangle peaking mid-chunk, normalised to 1, raised to `transition_power`
@@ -91,7 +93,9 @@ def plan_chunks(length: int, segment: int, stride: int, delays: tuple[int, ...] 
     one has reached the end: a song no longer than the segment is exactly one forward pass.
     """
     if length < 1 or segment < 1 or not 1 <= stride <= segment:
-        raise ValueError(f"need length >= 1, segment >= 1 and 1 <= stride <= segment (got {length}, {segment}, {stride})")
+        raise ValueError(
+            f"need length >= 1, segment >= 1 and 1 <= stride <= segment (got {length}, {segment}, {stride})"
+        )
     chunks = [
         Chunk(s, k * stride - d)
         for s, d in enumerate(delays)
@@ -453,11 +457,17 @@ class Separator:
         if shifts < 0 or batch_size < 1 or transition_power <= 0:
             raise ValueError("need shifts >= 0, batch_size >= 1 and transition_power > 0")
         self.shifts, self.seed, self.batch_size = int(shifts), int(seed), int(batch_size)
-        self.weight = chunk_weight(self.segment_samples, self.segment_samples - self.stride, weighting, transition_power)
+        self.weight = chunk_weight(
+            self.segment_samples, self.segment_samples - self.stride, weighting, transition_power
+        )
         self.progress = progress
         self.compilation_cache_dir = configure_compilation_cache(compilation_cache)
 
-        module = model.module if dtype is None or jnp.dtype(dtype) == jnp.dtype(model.dtype) else model.module.clone(dtype=dtype)
+        module = (
+            model.module
+            if dtype is None or jnp.dtype(dtype) == jnp.dtype(model.dtype)
+            else model.module.clone(dtype=dtype)
+        )
         self.dtype = jnp.dtype(module.dtype)
 
         def hdemucs_separate_batch(params, waveform):  # the name shows in JAX's compile logs and events
@@ -466,7 +476,9 @@ class Separator:
         self._forward = jax.jit(hdemucs_separate_batch)
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike | None = None, *, revision: str | None = None, **options) -> Separator:
+    def from_pretrained(
+        cls, model: str | os.PathLike | None = None, *, revision: str | None = None, **options
+    ) -> Separator:
         """Load `model` (a local folder or Hub repo id; None: the default model) with
         `pretrained.load_model` and wrap it. `dtype` in `options` is also the dtype the model is built with.
         Raises `pretrained.ModelLoadError`."""
@@ -611,7 +623,8 @@ class Separator:
         names = self._output_names(two_stems, other_method)
         track = info.path.name[: -len(info.path.suffix)] if info.path.suffix else info.path.name
         paths = {
-            name: Path(output_dir) / filename.format(track=track, trackext=info.path.suffix.lstrip("."), stem=name, ext=ext)
+            name: Path(output_dir)
+            / filename.format(track=track, trackext=info.path.suffix.lstrip("."), stem=name, ext=ext)
             for name in names
         }
         for target in paths.values():
@@ -625,12 +638,15 @@ class Separator:
         try:
             for name, target in paths.items():
                 staging = target.with_name(f".{target.name}.float.wav") if staged else target
-                writers[name] = AtomicAudioWriter(staging, info.sample_rate, info.channels,
-                                                  "FLOAT" if staged else subtype, "wav" if staged else ext)
+                writers[name] = AtomicAudioWriter(
+                    staging, info.sample_rate, info.channels, "FLOAT" if staged else subtype, "wav" if staged else ext
+                )
             peaks = dict.fromkeys(paths, 0.0)
             # "minus" needs the mix beside each output block: a second reader follows the output.
             mix_reader = _Reader(iter_audio_blocks(info, BLOCK)) if other_method == "minus" and two_stems else None
-            blocks = self.stream(lambda: iter_audio_blocks(info, BLOCK), frames, info.channels, info.sample_rate, stats, progress)
+            blocks = self.stream(
+                lambda: iter_audio_blocks(info, BLOCK), frames, info.channels, info.sample_rate, stats, progress
+            )
             for block in blocks:
                 mix = mix_reader.take(block.shape[-1]) if mix_reader is not None else None
                 for name, stem in self._select(block, two_stems, other_method, mix).items():
@@ -675,7 +691,9 @@ class Separator:
             return list(self.sources)
         return [two_stems] + ([f"no_{two_stems}"] if other_method != "none" else [])
 
-    def _select(self, block: np.ndarray, two_stems: str | None, other_method: str, mix: np.ndarray | None) -> dict[str, np.ndarray]:
+    def _select(
+        self, block: np.ndarray, two_stems: str | None, other_method: str, mix: np.ndarray | None
+    ) -> dict[str, np.ndarray]:
         """{output name: (channels, n)} from a (sources, channels, n) block."""
         if two_stems is None:
             return {name: block[i] for i, name in enumerate(self.sources)}

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import torch
-
-import jax
 
 FORWARD_NAME = "jit(hdemucs_separate_batch)"  # the Separator's jitted forward pass, as JAX names it in events
 
@@ -13,7 +12,8 @@ FORWARD_NAME = "jit(hdemucs_separate_batch)"  # the Separator's jitted forward p
 class AffineStandIn:
     """An identity-like model: source i = gains[i] * x + offsets[i], elementwise. Where its input is exactly
     0 (padding: the test signals never contain 0) it outputs NaN, so any padding that leaked into the result
-    shows up (`poison=False` turns that off for signals that may contain 0). Checks it always receives the same shape and records every batch."""
+    shows up (`poison=False` turns that off for signals that may contain 0). Checks it always receives the
+    same shape and counts its calls."""
 
     def __init__(self, gains, offsets, shape: tuple[int, int, int], poison: bool = True):
         self.poison = poison
@@ -69,12 +69,16 @@ class CompileCounter:
 
 def demucs_triangle(segment: int, transition_power: float) -> np.ndarray:
     """demucs apply.py's weight, written out: a triangle 1..segment//2 then down to 1, max-normalised, powered."""
-    weight = np.concatenate([np.arange(1, segment // 2 + 1), np.arange(segment - segment // 2, 0, -1)]).astype(np.float64)
+    weight = np.concatenate([np.arange(1, segment // 2 + 1), np.arange(segment - segment // 2, 0, -1)]).astype(
+        np.float64
+    )
     return (weight / weight.max()) ** transition_power
 
 
 @torch.no_grad()
-def demucs_reference(model, mix: np.ndarray, *, segment: int, overlap: float, delays=(0,), transition_power=1.0) -> np.ndarray:
+def demucs_reference(
+    model, mix: np.ndarray, *, segment: int, overlap: float, delays=(0,), transition_power=1.0
+) -> np.ndarray:
     """A plain, non-streaming implementation of demucs's separation on torchaudio's model.
 
     mix: (channels, length) at the model's rate. Returns float64 (sources, channels, length).

@@ -45,8 +45,16 @@ def jax_cache(tmp_path_factory):
 
 
 def cli(checkpoint, jax_cache, *args) -> list[str]:
-    return ["separate", *map(str, args), "--model", str(checkpoint), "--segment", SEGMENT,
-            "--compilation-cache", str(jax_cache)]
+    return [
+        "separate",
+        *map(str, args),
+        "--model",
+        str(checkpoint),
+        "--segment",
+        SEGMENT,
+        "--compilation-cache",
+        str(jax_cache),
+    ]
 
 
 def make_song(path: Path, rate: int, channels: int, seconds: float = 0.25, **kwargs) -> Path:
@@ -65,8 +73,9 @@ def test_every_input_format_rate_and_channel_count(tiny_checkpoint_dir, jax_cach
     for kind, (kwargs, ext, _) in INPUT_KINDS.items():
         for rate in (22050, 44100, 48000):
             for channels in (1, 2):
-                songs[f"{kind}_{rate}_{channels}"] = make_song(tmp_path / "in" / f"{kind}_{rate}_{channels}.{ext}",
-                                                               rate, channels, **kwargs)
+                songs[f"{kind}_{rate}_{channels}"] = make_song(
+                    tmp_path / "in" / f"{kind}_{rate}_{channels}.{ext}", rate, channels, **kwargs
+                )
     status = main(cli(tiny_checkpoint_dir, jax_cache, tmp_path / "in", "-o", tmp_path / "out"))
     captured = capsys.readouterr()
     assert status == 0, captured.err
@@ -78,7 +87,10 @@ def test_every_input_format_rate_and_channel_count(tiny_checkpoint_dir, jax_cach
         for stem in SOURCES:
             info = sf.info(tmp_path / "out" / track / f"{stem}.wav")
             got = (info.format, info.subtype, info.samplerate, info.channels, info.frames)
-            assert got == ("WAV", INPUT_KINDS[kind][2], source.samplerate, source.channels, source.frames), (track, stem)
+            assert got == ("WAV", INPUT_KINDS[kind][2], source.samplerate, source.channels, source.frames), (
+                track,
+                stem,
+            )
             audio, _ = sf.read(tmp_path / "out" / track / f"{stem}.wav")
             assert np.isfinite(audio).all() and np.abs(audio).max() > 0
     assert len(files_under(tmp_path / "out")) == 4 * len(songs)  # no temporaries left
@@ -190,12 +202,30 @@ def test_second_process_reuses_the_persistent_cache(tiny_checkpoint_dir, tmp_pat
     variable: the first compiles the forward pass and stores it, the second loads it."""
     song = make_song(tmp_path / "song.wav", 44100, 2, subtype="PCM_16")
     cache = tmp_path / "cache"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HDEMUCS_FLAX_COMPILATION_CACHE=str(cache),
-               JAX_LOG_COMPILES="1", JAX_EXPLAIN_CACHE_MISSES="1", JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        HDEMUCS_FLAX_COMPILATION_CACHE=str(cache),
+        JAX_LOG_COMPILES="1",
+        JAX_EXPLAIN_CACHE_MISSES="1",
+        JAX_PLATFORMS="cpu",
+    )
     runs = []
     for out in ("first", "second"):
-        command = [sys.executable, "-m", "modeling_hdemucs_flax", "separate", str(song), "-o", str(tmp_path / out),
-                   "--model", str(tiny_checkpoint_dir), "--segment", "0.1", "-q"]
+        command = [
+            sys.executable,
+            "-m",
+            "modeling_hdemucs_flax",
+            "separate",
+            str(song),
+            "-o",
+            str(tmp_path / out),
+            "--model",
+            str(tiny_checkpoint_dir),
+            "--segment",
+            "0.1",
+            "-q",
+        ]
         runs.append(subprocess.run(command, env=env, capture_output=True, text=True, timeout=600))
         assert runs[-1].returncode == 0, runs[-1].stderr[-3000:]
         assert len(files_under(tmp_path / out)) == 4

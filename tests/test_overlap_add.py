@@ -36,8 +36,19 @@ def blocks_of(x: np.ndarray, sizes: list[int]):
 
 
 def run_stream(x, stand_in, *, segment, stride, batch_size, weight, delays, block_sizes):
-    out = list(overlap_add_stream(blocks_of(x, block_sizes), x.shape[1], stand_in, channels=x.shape[0],
-                                  segment=segment, stride=stride, batch_size=batch_size, weight=weight, delays=delays))
+    out = list(
+        overlap_add_stream(
+            blocks_of(x, block_sizes),
+            x.shape[1],
+            stand_in,
+            channels=x.shape[0],
+            segment=segment,
+            stride=stride,
+            batch_size=batch_size,
+            weight=weight,
+            delays=delays,
+        )
+    )
     return np.concatenate(out, axis=-1)
 
 
@@ -62,8 +73,16 @@ def test_overlap_add_reconstructs_identity_like_model(
     x = nonzero_signal(channels, length, seed)
     x_before = x.copy()
     stand_in = AffineStandIn([0.5, -1.0, 2.0], [0.25, 0.0, -3.0], (batch_size, channels, segment))
-    got = run_stream(x, stand_in, segment=segment, stride=stride, batch_size=batch_size, weight=weight,
-                     delays=delays, block_sizes=block_sizes)
+    got = run_stream(
+        x,
+        stand_in,
+        segment=segment,
+        stride=stride,
+        batch_size=batch_size,
+        weight=weight,
+        delays=delays,
+        block_sizes=block_sizes,
+    )
     want = stand_in.expected(x)
     assert got.shape == want.shape == (3, channels, length)  # output length = input length, exactly
     assert np.isfinite(got).all(), "padding (NaN from the stand-in) leaked into the output"
@@ -74,15 +93,19 @@ def test_overlap_add_reconstructs_identity_like_model(
 
 
 @settings(max_examples=200, deadline=None)
-@given(length=st.integers(1, 5000), segment=st.integers(1, 600), overlap=st.floats(0.0, 0.99),
-       delays=st.lists(st.integers(0, 900), min_size=1, max_size=3).map(tuple))
+@given(
+    length=st.integers(1, 5000),
+    segment=st.integers(1, 600),
+    overlap=st.floats(0.0, 0.99),
+    delays=st.lists(st.integers(0, 900), min_size=1, max_size=3).map(tuple),
+)
 def test_chunk_plan_covers_song_once_per_pass(length, segment, overlap, delays):
     stride = max(1, int((1 - overlap) * segment))
     chunks = plan_chunks(length, segment, stride, delays)
     assert [c.start for c in chunks] == sorted(c.start for c in chunks)
     for shift, delay in enumerate(delays):
         starts = [c.start for c in chunks if c.shift == shift]
-        assert starts[0] == -delay and all(b - a == stride for a, b in zip(starts, starts[1:]))
+        assert starts[0] == -delay and all(b - a == stride for a, b in zip(starts, starts[1:], strict=False))
         assert starts[-1] + segment >= length  # the last chunk reaches the end ...
         assert len(starts) == 1 or starts[-2] + segment < length  # ... and is the first one that does
     if segment >= length:
@@ -151,8 +174,9 @@ def test_stream_memory_does_not_grow_with_length():
         blocks = (nonzero_signal(2, min(65536, length - i), i) for i in range(0, length, 65536))
         tracemalloc.start()
         done = 0
-        for out in overlap_add_stream(blocks, length, stand_in, channels=2, segment=segment, stride=stride,
-                                      batch_size=batch, weight=weight):
+        for out in overlap_add_stream(
+            blocks, length, stand_in, channels=2, segment=segment, stride=stride, batch_size=batch, weight=weight
+        ):
             done += out.shape[-1]
         _, top = tracemalloc.get_traced_memory()
         tracemalloc.stop()

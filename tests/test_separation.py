@@ -94,8 +94,11 @@ def test_five_minute_song_compiles_once(tiny_pair, jax_cache):
     separator = Separator(slow_rate, segment=SEGMENT / 4000, batch_size=2, compilation_cache=jax_cache)
     chunks = []
     with CompileCounter() as counter:
-        long = separator.separate(music_like(300 * 4000, 2, seed=4, sample_rate=4000), 4000,
-                                  progress=lambda done, total: chunks.append((done, total)))
+        long = separator.separate(
+            music_like(300 * 4000, 2, seed=4, sample_rate=4000),
+            4000,
+            progress=lambda done, total: chunks.append((done, total)),
+        )
         after_long = counter.compiles
         short = separator.separate(music_like(30 * 4000, 2, seed=5, sample_rate=4000), 4000)
     print(f"[compile] executables for the 5-minute song: {after_long}; after the 30-second song: {counter.compiles}")
@@ -118,13 +121,15 @@ def test_mono_and_other_rates_through_stand_in(tiny_pair, jax_cache):
         for mix in (tones.astype(np.float32), tones[:1].astype(np.float32), tones[0].astype(np.float32)):
             stems = separator.separate(mix, rate)
             mean = mix.astype(np.float64).mean(axis=0).mean() if mix.ndim == 2 else mix.mean()
-            for gain, name in zip(gains, separator.sources):
+            for gain, name in zip(gains, separator.sources, strict=True):
                 assert stems[name].shape == mix.shape and stems[name].dtype == np.float32
                 want = gain * (mix - mean) + mean
                 # The tones start and stop abruptly: the resampler rings for a few ms at both ends (-60 dB if
                 # included), which is the signal's fault, not the pipeline's; compare the rest.
                 core = (..., slice(200, -200))
-                _, db = error_report(f"stand-in {name} at {rate} Hz, shape {mix.shape}", stems[name][core], want[core], -110)
+                _, db = error_report(
+                    f"stand-in {name} at {rate} Hz, shape {mix.shape}", stems[name][core], want[core], -110
+                )
                 assert db < (-110 if rate != SR else -130)  # measured -129 dB through soxr and back, -144 without
 
 
@@ -172,8 +177,9 @@ def test_bfloat16_stays_close_to_float32(tiny_pair, jax_cache):
     full = make(model, jax_cache).separate(mix, SR)
     half = make(model, jax_cache, dtype=jnp.bfloat16)
     assert half.dtype == jnp.bfloat16
-    _, db = error_report("bfloat16 vs float32 separator", stack(half.separate(mix, SR), config.sources),
-                         stack(full, config.sources), -40)
+    _, db = error_report(
+        "bfloat16 vs float32 separator", stack(half.separate(mix, SR), config.sources), stack(full, config.sources), -40
+    )
     assert db < -40  # measured -51 dB: bfloat16 keeps 8 bits of mantissa
 
 
@@ -197,8 +203,9 @@ def test_separate_file_streams_the_same_result(tiny_pair, jax_cache, tmp_path):
     others = sum(in_memory[n] for n in config.sources if n != "vocals")
     error_report("no_vocals (add)", no_vocals, others, -120)
     np.testing.assert_allclose(no_vocals, others, atol=1e-6)
-    minus = separator.separate_file(song, tmp_path / "minus", two_stems="vocals", other_method="minus",
-                                    subtype="FLOAT", clip_mode="none")
+    minus = separator.separate_file(
+        song, tmp_path / "minus", two_stems="vocals", other_method="minus", subtype="FLOAT", clip_mode="none"
+    )
     np.testing.assert_allclose(read_audio(minus["no_vocals"])[0], mix - in_memory["vocals"], atol=1e-6)
     none = separator.separate_file(song, tmp_path / "none", two_stems="vocals", other_method="none")
     assert list(none) == ["vocals"]
@@ -208,7 +215,9 @@ def test_separate_file_streams_the_same_result(tiny_pair, jax_cache, tmp_path):
 def test_clip_modes(tiny_pair, jax_cache, tmp_path, mode):
     _, _, model = tiny_pair
     separator = make(model, jax_cache)
-    separator._forward_numpy = lambda batch: AffineStandIn([3.0, 1.0, 0.1, 0.0], [0, 0, 0, 0], batch.shape, poison=False)(batch)
+    separator._forward_numpy = lambda batch: AffineStandIn(
+        [3.0, 1.0, 0.1, 0.0], [0, 0, 0, 0], batch.shape, poison=False
+    )(batch)
     song = write_audio(tmp_path / "loud.wav", 0.6 * music_like(20000, 2, seed=10), SR, subtype="PCM_16")
     paths = separator.separate_file(song, tmp_path, filename="{stem}.{ext}", clip_mode=mode)
     loud, quiet = read_audio(paths["drums"])[0], read_audio(paths["other"])[0]
@@ -221,4 +230,10 @@ def test_clip_modes(tiny_pair, jax_cache, tmp_path, mode):
     else:  # integer samples saturate at full scale
         assert peak > 0.999
     assert sf.info(paths["drums"]).subtype == "PCM_16"  # the input's bit depth
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bass.wav", "drums.wav", "loud.wav", "other.wav", "vocals.wav"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bass.wav",
+        "drums.wav",
+        "loud.wav",
+        "other.wav",
+        "vocals.wav",
+    ]
