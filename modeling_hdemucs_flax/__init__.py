@@ -2,10 +2,21 @@
 
 from transformers import AutoConfig, FlaxAutoModel
 
+from .audio_io import AudioError, read_audio, write_audio
 from .configuration_hdemucs import HDemucsConfig
 from .modeling_flax_hdemucs import FlaxHDemucs, FlaxHDemucsOutput, HDemucsModule
+from .separation import Separator
 
 AutoConfig.register(HDemucsConfig.model_type, HDemucsConfig)
 FlaxAutoModel.register(HDemucsConfig, FlaxHDemucs)
 
-__all__ = ["FlaxHDemucs", "FlaxHDemucsOutput", "HDemucsConfig", "HDemucsModule"]
+__all__ = [
+    "AudioError",
+    "FlaxHDemucs",
+    "FlaxHDemucsOutput",
+    "HDemucsConfig",
+    "HDemucsModule",
+    "Separator",
+    "read_audio",
+    "write_audio",
+]

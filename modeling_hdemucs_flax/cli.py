@@ -1,0 +1,250 @@
+"""The `hdemucs-flax` command (also `python -m modeling_hdemucs_flax`), modelled on `demucs`.
+
+    hdemucs-flax separate song.mp3 more_songs/ -o separated --two-stems vocals --mp3
+
+Exit status: 0 when every file was separated, 1 when any input, output or the model failed (each problem
+is one line on stderr naming the file; the other files are still processed), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `hdemucs-flax` (subcommand `separate`)."""
+    parser = argparse.ArgumentParser(
+        prog="hdemucs-flax", description="Hybrid Demucs music source separation in JAX/Flax."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sep = commands.add_parser(
+        "separate",
+        help="separate audio files into stems (drums, bass, other, vocals)",
+        description="Separate audio files into stems. Stems keep the input's sample rate, channel count and (by "
+        "default) bit depth; they appear only when complete.",
+    )
+    sep.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="FILES_OR_DIRS",
+        help="audio files (WAV, FLAC, OGG, MP3, AIFF) or folders searched recursively for them",
+    )
+    sep.add_argument("-o", "--out", default="separated", type=Path, help="output folder (default: %(default)s)")
+    sep.add_argument(
+        "-n",
+        "--model",
+        default=None,
+        metavar="ID_OR_DIR",
+        help="a local model folder or Hugging Face Hub repo id (default: HDEMUCS_HIGH_MUSDB_PLUS)",
+    )
+    sep.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
+    sep.add_argument(
+        "--filename",
+        default="{track}/{stem}.{ext}",
+        help="output path inside --out; variables {track}, {trackext}, {stem}, {ext} (default: %(default)s)",
+    )
+    sep.add_argument(
+        "--two-stems",
+        default=None,
+        metavar="STEM",
+        help="write only STEM and no_STEM (e.g. vocals and the accompaniment)",
+    )
+    sep.add_argument(
+        "--other-method",
+        choices=("add", "minus", "none"),
+        default="add",
+        help="no_STEM is the sum of the other stems (add), the mix minus STEM (minus), or not written "
+        "(none) (default: %(default)s)",
+    )
+    sep.add_argument(
+        "--segment", type=float, default=None, metavar="SECONDS", help="chunk length in seconds (default: 7.8)"
+    )
+    sep.add_argument(
+        "--overlap", type=float, default=0.25, help="overlap between chunks, in [0, 1) (default: %(default)s)"
+    )
+    sep.add_argument(
+        "--shifts",
+        type=int,
+        default=0,
+        help="random-shift passes averaged (better, N times slower; default: %(default)s)",
+    )
+    sep.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: %(default)s)")
+    sep.add_argument("--batch-size", type=int, default=1, help="chunks per forward pass (default: %(default)s)")
+    fmt = sep.add_mutually_exclusive_group()
+    fmt.add_argument("--flac", dest="ext", action="store_const", const="flac", help="write FLAC")
+    fmt.add_argument("--mp3", dest="ext", action="store_const", const="mp3", help="write MP3")
+    fmt.add_argument("--ogg", dest="ext", action="store_const", const="ogg", help="write Ogg Vorbis")
+    depth = sep.add_mutually_exclusive_group()
+    depth.add_argument("--int16", dest="subtype", action="store_const", const="PCM_16", help="16-bit integer samples")
+    depth.add_argument("--int24", dest="subtype", action="store_const", const="PCM_24", help="24-bit integer samples")
+    depth.add_argument(
+        "--float32", dest="subtype", action="store_const", const="FLOAT", help="32-bit float samples (WAV only)"
+    )
+    sep.add_argument(
+        "--clip-mode",
+        choices=("rescale", "clamp", "none"),
+        default="rescale",
+        help="avoid clipping by scaling a stem down when it peaks above 1 (rescale), clipping to ±0.99 "
+        "(clamp) or not at all (none) (default: %(default)s)",
+    )
+    sep.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="network compute precision (default: %(default)s)",
+    )
+    sep.add_argument(
+        "--compilation-cache",
+        default=None,
+        metavar="DIR",
+        help="folder of JAX's persistent compilation cache (default: $HDEMUCS_FLAX_COMPILATION_CACHE or "
+        "~/.cache/hdemucs-flax/jax-compilation-cache)",
+    )
+    sep.add_argument("--no-compilation-cache", action="store_true", help="compile in every run")
+    sep.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
+    sep.set_defaults(ext="wav", subtype=None)
+    return parser
+
+
+def find_audio(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """(files to separate, one-line problems). Folders contribute their audio files, recursively, sorted."""
+    from .audio_io import AUDIO_EXTENSIONS
+
+    files, problems = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            if not found:
+                problems.append(f"{path}: no audio files in this folder ({', '.join(AUDIO_EXTENSIONS)})")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            problems.append(f"{path}: no such file or directory")
+    return files, problems
+
+
+def _status(quiet: bool, message: str) -> None:
+    if not quiet and sys.stderr.isatty():
+        print(message, file=sys.stderr, flush=True)
+
+
+def _error(message: str) -> None:
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def separate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .audio_io import AudioError, output_subtype
+
+    try:
+        output_subtype(args.ext, requested=args.subtype)
+    except ValueError as error:
+        parser.error(str(error))
+    if (
+        not 0 <= args.overlap < 1
+        or args.batch_size < 1
+        or args.shifts < 0
+        or (args.segment is not None and args.segment <= 0)
+    ):
+        parser.error("need 0 <= --overlap < 1, --batch-size >= 1, --shifts >= 0 and --segment > 0")
+    try:
+        args.filename.format(track="t", trackext="wav", stem="s", ext="wav")
+    except (KeyError, IndexError, ValueError) as error:
+        parser.error(f"--filename {args.filename!r}: unknown variable or bad format ({error})")
+
+    files, problems = find_audio(args.inputs)
+    for problem in problems:
+        _error(problem)
+    if not files:
+        return EXIT_FAILED
+
+    # Heavy imports only once there is work: `--help` and usage errors stay fast.
+    import jax.numpy as jnp
+    from tqdm import tqdm
+
+    from .pretrained import ModelLoadError
+    from .separation import Separator
+
+    cache = False if args.no_compilation_cache else (args.compilation_cache or True)
+    _status(args.quiet, f"loading model {args.model or '(default)'} ...")
+    try:
+        separator = Separator.from_pretrained(
+            args.model,
+            revision=args.revision,
+            dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
+            segment=args.segment,
+            overlap=args.overlap,
+            shifts=args.shifts,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            compilation_cache=cache,
+        )
+    except ModelLoadError as error:
+        _error(error)
+        return EXIT_FAILED
+    if args.two_stems is not None and args.two_stems not in separator.sources:
+        _error(f"--two-stems {args.two_stems}: the model has no such stem (it has {', '.join(separator.sources)})")
+        return EXIT_USAGE
+    _status(args.quiet, "compiling the model (cached for later runs) ...")
+    separator.warmup()
+
+    failed = len(problems)
+    disable = True if args.quiet else None  # tqdm: None = bars only on a terminal
+    with tqdm(total=len(files), desc="files", unit="file", position=0, disable=disable) as overall:
+        for path in files:
+            with tqdm(desc=path.name, unit="chunk", position=1, leave=False, disable=disable) as bar:
+
+                def progress(done: int, total: int, bar=bar) -> None:
+                    bar.total = total
+                    bar.n = done
+                    bar.refresh()
+
+                try:
+                    written = separator.separate_file(
+                        path,
+                        args.out,
+                        filename=args.filename,
+                        ext=args.ext,
+                        subtype=args.subtype,
+                        two_stems=args.two_stems,
+                        other_method=args.other_method,
+                        clip_mode=args.clip_mode,
+                        progress=progress,
+                    )
+                except AudioError as error:
+                    failed += 1
+                    message = str(error)
+                    _error(message if message.startswith(str(path)) else f"{path}: {message}")
+                except (OSError, ValueError, RuntimeError) as error:  # anything unforeseen: still one line
+                    failed += 1
+                    _error(f"{path}: {type(error).__name__}: {error}")
+                else:
+                    folder = os.path.commonpath([str(p.parent) for p in written.values()])
+                    tqdm.write(f"{path}: {len(written)} stems in {folder}", file=sys.stdout)
+            overall.update(1)
+    return EXIT_OK if failed == 0 else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return separate_command(args, parser)
+    except KeyboardInterrupt:
+        _error("interrupted (no partial stem files were kept)")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Reading, writing and rejecting audio files (soundfile), without the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from modeling_hdemucs_flax.audio_io import (
+    AtomicAudioWriter,
+    AudioError,
+    inspect_audio,
+    iter_audio_blocks,
+    output_subtype,
+    read_audio,
+    write_audio,
+)
+
+from .reference import error_report
+
+# (file name, subtype written, relative error of a round trip in dB: lossless formats are bounded by their
+# quantisation, lossy ones only have to be recognisably the same signal)
+FORMATS = [
+    ("pcm16.wav", "PCM_16", -80),
+    ("pcm24.wav", "PCM_24", -120),
+    ("float.wav", "FLOAT", -200),
+    ("pcm16.flac", "PCM_16", -80),
+    ("pcm24.flac", "PCM_24", -120),
+    ("vorbis.ogg", "VORBIS", -10),
+    ("layer3.mp3", "MPEG_LAYER_III", -10),
+]
+
+
+def tones(channels: int, frames: int, rate: int) -> np.ndarray:
+    t = np.arange(frames) / rate
+    return np.stack([0.4 * np.sin(2 * np.pi * (440 + 110 * c) * t) for c in range(channels)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("name,subtype,max_db", FORMATS)
+@pytest.mark.parametrize("rate", [22050, 44100, 48000])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_round_trip(tmp_path, name, subtype, max_db, rate, channels):
+    audio = tones(channels, 9000, rate)
+    path = write_audio(tmp_path / name, audio, rate, subtype=subtype)
+    info = inspect_audio(path)
+    assert (info.sample_rate, info.channels, info.frames, info.subtype) == (rate, channels, 9000, subtype)
+    back, back_rate = read_audio(path)
+    assert back_rate == rate and back.shape == audio.shape and back.dtype == np.float32
+    if max_db > -20:  # lossy codecs delay and smear the signal: compare energy only
+        assert abs(np.linalg.norm(back) / np.linalg.norm(audio) - 1) < 0.2
+    else:
+        _, db = error_report(f"round trip {name} {rate} Hz {channels} ch", back, audio, max_db)
+        assert db < max_db
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary left behind
+
+
+def test_blocks_cover_the_file_in_order(tmp_path):
+    audio = tones(2, 10000, 44100)
+    info = inspect_audio(write_audio(tmp_path / "x.wav", audio, 44100, subtype="FLOAT"))
+    blocks = list(iter_audio_blocks(info, blocksize=3000))
+    assert [b.shape for b in blocks] == [(2, 3000)] * 3 + [(2, 1000)]
+    np.testing.assert_array_equal(np.concatenate(blocks, axis=1), audio)
+
+
+def bad_files(folder):
+    """{file: expected message fragment} for every kind of unusable input file."""
+    folder.mkdir(exist_ok=True)
+    good = tones(2, 4000, 44100)
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "text.wav").write_text("this is not audio\n" * 20)
+    sf.write(folder / "zero.wav", np.zeros((0, 2)), 44100)
+    for name, kwargs in [("trunc.wav", {"subtype": "PCM_16"}), ("trunc.flac", {}), ("trunc.mp3", {"format": "MP3"})]:
+        sf.write(folder / name, good.T, 44100, **kwargs)
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+    nan = good.copy()
+    nan[1, 1234] = np.nan
+    sf.write(folder / "nan.wav", nan.T, 44100, subtype="FLOAT")
+    return {
+        "empty.wav": "empty file (0 bytes)",
+        "text.wav": "not a readable audio file",
+        "zero.wav": "no audio samples (0 frames)",
+        "trunc.wav": "truncated file (header declares",
+        "trunc.flac": "truncated or corrupt",
+        "trunc.mp3": "truncated file (header promises",
+        "nan.wav": "contains NaN or infinite samples",
+        "missing.wav": "no such file",
+    }
+
+
+def test_bad_files_raise_one_line_errors(tmp_path, capfd):
+    for name, fragment in bad_files(tmp_path).items():
+        with pytest.raises(AudioError) as info:
+            read_audio(tmp_path / name)
+        message = str(info.value)
+        assert message.startswith(f"{tmp_path / name}: ") and fragment in message and "\n" not in message, message
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""  # nothing else on the C-level stderr either (libmpg123 warnings are silenced)
+
+
+def test_atomic_writer_leaves_nothing_on_failure(tmp_path):
+    writer = AtomicAudioWriter(tmp_path / "stem.wav", 44100, 2, "PCM_16")
+    writer.write(np.zeros((2, 100), np.float32))
+    assert not (tmp_path / "stem.wav").exists()  # only the temporary exists until commit
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError), AtomicAudioWriter(tmp_path / "stem.flac", 44100, 2, "PCM_24") as writer:
+        writer.write(np.zeros((2, 100), np.float32))
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_destinations(tmp_path):
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(AudioError, match="cannot write to output folder"):
+        write_audio(tmp_path / "file" / "song" / "drums.wav", np.zeros((2, 10), np.float32), 44100)
+    with pytest.raises(AudioError, match="MP3 cannot store 96000 Hz"):
+        write_audio(tmp_path / "x.mp3", np.zeros((2, 10), np.float32), 96000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize(
+    "ext,given,requested,want",
+    [
+        ("wav", "PCM_24", None, "PCM_24"),
+        ("wav", "FLOAT", None, "FLOAT"),
+        ("wav", "DOUBLE", None, "FLOAT"),
+        ("wav", "VORBIS", None, "PCM_16"),
+        ("wav", "MPEG_LAYER_III", None, "PCM_16"),
+        ("flac", "FLOAT", None, "PCM_24"),
+        ("flac", "PCM_24", None, "PCM_24"),
+        ("mp3", "PCM_24", None, "MPEG_LAYER_III"),
+        ("ogg", "PCM_16", None, "VORBIS"),
+        ("wav", "PCM_16", "FLOAT", "FLOAT"),
+        ("flac", "PCM_16", "PCM_24", "PCM_24"),
+    ],
+)
+def test_output_subtype_keeps_bit_depth(ext, given, requested, want):
+    assert output_subtype(ext, given, requested) == want
+
+
+def test_output_subtype_rejects_impossible_requests():
+    with pytest.raises(ValueError, match="flac files cannot hold FLOAT"):
+        output_subtype("flac", "PCM_16", "FLOAT")
