@@ -29,7 +29,6 @@ import math
 import shutil
 import sys
 import tempfile
-import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +163,9 @@ def resolve_source(args: argparse.Namespace, bundles: Mapping[str, TorchaudioBun
         raise ConversionError(f"{path}: no such checkpoint file")
     digest = sha256_file(path)
     if args.sha256 is not None and digest != args.sha256.lower():
-        raise ConversionError(f"{path}: sha256 mismatch (got {digest}, expected {args.sha256.lower()}); nothing written")
+        raise ConversionError(
+            f"{path}: sha256 mismatch (got {digest}, expected {args.sha256.lower()}); nothing written"
+        )
     if args.config is not None:
         try:
             config = HDemucsConfig.from_json_file(args.config)
@@ -245,7 +246,9 @@ def parity_check(
     try:
         reference.load_state_dict(state)
     except RuntimeError as error:
-        raise ConversionError(f"{checkpoint}: torchaudio cannot load it for this config ({_first_line(error)})") from None
+        raise ConversionError(
+            f"{checkpoint}: torchaudio cannot load it for this config ({_first_line(error)})"
+        ) from None
     reference.eval()
     with torch.no_grad():
         want = reference(torch.from_numpy(probe)[None]).numpy()[0].astype(np.float64)
@@ -314,7 +317,9 @@ def make_card(source: Source, result: ParityResult, repo_id: str | None):
     else:
         origin = f"the torchaudio HDemucs state-dict file `{source.checkpoint.name}`, {digest_note}."
         training = "Not stated by the converter: this folder was made from a local checkpoint."
-    sources_table = "\n".join(f"| {i} | {s} | {result.details.get(s, float('nan')):.1f} dB |" for i, s in enumerate(config.sources))
+    sources_table = "\n".join(
+        f"| {i} | {s} | {result.details.get(s, float('nan')):.1f} dB |" for i, s in enumerate(config.sources)
+    )
     text = f"""---
 {data.to_yaml()}
 ---
@@ -392,7 +397,9 @@ def check_output_dir(path: Path) -> None:
             raise ConversionError(f"--output-dir {path}: exists and is not a folder")
         extra = sorted(p.name for p in path.iterdir() if p.name not in OUTPUT_FILES)
         if extra:
-            raise ConversionError(f"--output-dir {path}: holds other files ({', '.join(extra)}); choose a new or empty folder")
+            raise ConversionError(
+                f"--output-dir {path}: holds other files ({', '.join(extra)}); choose a new or empty folder"
+            )
 
 
 def write_folder(model: FlaxHDemucs, card, output_dir: Path) -> list[str]:
@@ -456,8 +463,9 @@ def push_folder(folder: Path, repo_id: str, *, private: bool, revision: str, com
             commit_message=commit_message or f"Upload {folder.name} (converted from torchaudio)",
             allow_patterns=list(OUTPUT_FILES),
         )
-    except (HfHubHTTPError, OSError, ValueError) as error:
-        raise ConversionError(f"push to {repo_id} failed: {_first_line(error)} (the folder {folder} is complete)") from None
+    except (HfHubHTTPError, OSError, ValueError, KeyError, TypeError) as error:  # network or a malformed answer
+        reason = _first_line(error) if not isinstance(error, KeyError) else f"unexpected answer from the Hub ({error})"
+        raise ConversionError(f"push to {repo_id} failed: {reason} (the folder {folder} is complete)") from None
     if before is not None and info.oid == before:
         return f"{repo_id}@{revision}: already up to date (commit {before[:12]}), nothing pushed"
     return f"pushed to {repo_id}@{revision}: commit {info.oid[:12]} ({info.commit_url})"
@@ -482,10 +490,13 @@ def run(args: argparse.Namespace, bundles: Mapping[str, TorchaudioBundle]) -> in
         from huggingface_hub import get_token
 
         if get_token() is None:
-            raise ConversionError("--push-to-hub needs a Hugging Face token: set HF_TOKEN or run `huggingface-cli login`")
+            raise ConversionError(
+                "--push-to-hub needs a Hugging Face token: set HF_TOKEN or run `huggingface-cli login`"
+            )
     check_output_dir(args.output_dir)
     source = resolve_source(args, bundles)
-    print(f"source: {source.checkpoint} (sha256 {source.sha256}, {'verified' if source.sha256_verified else 'UNVERIFIED'})")
+    status = "verified" if source.sha256_verified else "UNVERIFIED"
+    print(f"source: {source.checkpoint} (sha256 {source.sha256}, {status})")
 
     try:
         state_dict = load_torch_state_dict(source.checkpoint)
@@ -497,7 +508,11 @@ def run(args: argparse.Namespace, bundles: Mapping[str, TorchaudioBundle]) -> in
     print(result.describe())
     print("  per source: " + ", ".join(f"{k} {v:.1f} dB" for k, v in result.details.items()))
     if not result.passed:
-        print(f"error: parity gate failed; nothing written to {args.output_dir}" + (", nothing pushed" if args.push_to_hub else ""), file=sys.stderr)
+        print(
+            f"error: parity gate failed; nothing written to {args.output_dir}"
+            + (", nothing pushed" if args.push_to_hub else ""),
+            file=sys.stderr,
+        )
         return 1
 
     model = FlaxHDemucs(source.config, params=params)
@@ -505,7 +520,15 @@ def run(args: argparse.Namespace, bundles: Mapping[str, TorchaudioBundle]) -> in
     written = write_folder(model, card, args.output_dir)
     print(f"wrote {args.output_dir}: {', '.join(written)}")
     if args.push_to_hub:
-        print(push_folder(args.output_dir, args.push_to_hub, private=args.private, revision=args.revision, commit_message=args.commit_message))
+        print(
+            push_folder(
+                args.output_dir,
+                args.push_to_hub,
+                private=args.private,
+                revision=args.revision,
+                commit_message=args.commit_message,
+            )
+        )
     return 0
 
 

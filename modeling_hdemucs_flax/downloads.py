@@ -144,16 +144,18 @@ def download_file(url: str, destination: str | os.PathLike, *, sha256: str | Non
                     desc=destination.name,
                     disable=not progress,
                 )
+                received = 0
                 with bar:
                     try:
                         while chunk := response.read(1 << 20):
                             out.write(chunk)
                             digest.update(chunk)
+                            received += len(chunk)
                             bar.update(len(chunk))
                     except OSError as error:
                         raise DownloadError(f"cannot download {url}: connection lost ({error})") from None
-                if total and bar.n != int(total):
-                    raise DownloadError(f"cannot download {url}: got {bar.n} of {total} bytes")
+                if total and received != int(total):
+                    raise DownloadError(f"cannot download {url}: got {received} of {total} bytes")
         got = digest.hexdigest()
         _check_digest(url, got, sha256)
         os.chmod(partial, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the user's usual mode

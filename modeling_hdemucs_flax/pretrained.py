@@ -26,7 +26,14 @@ from pathlib import Path
 import jax.numpy as jnp
 from huggingface_hub import constants as hf_constants
 
-from .downloads import BUNDLES, DownloadError, TorchaudioBundle, cache_dir, fetch_torchaudio_checkpoint, replace_directory
+from .downloads import (
+    BUNDLES,
+    DownloadError,
+    TorchaudioBundle,
+    cache_dir,
+    fetch_torchaudio_checkpoint,
+    replace_directory,
+)
 from .modeling_flax_hdemucs import FlaxHDemucs
 
 # The converted HDEMUCS_HIGH_MUSDB_PLUS checkpoint on the Hub (see conversion/README.md).
@@ -86,7 +93,9 @@ def _load_repo(repo_id: str, dtype, revision: str | None, *, local_files_only: b
         raise ModelLoadError(f"cannot load model {repo_id!r}: {_first_line(error)}") from error
 
 
-def load_model(model: str | os.PathLike | None = None, *, dtype=jnp.float32, revision: str | None = None) -> FlaxHDemucs:
+def load_model(
+    model: str | os.PathLike | None = None, *, dtype=jnp.float32, revision: str | None = None
+) -> FlaxHDemucs:
     """Load `model`: a `save_pretrained` folder, a Hub repo id (downloaded once, then read from the Hugging
     Face cache, also offline), or None for the default HDEMUCS_HIGH_MUSDB_PLUS model (see the module doc).
 

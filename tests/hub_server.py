@@ -107,7 +107,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep pytest output clean
         pass
 
-    def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, *, head: bool = False) -> None:
+    def reply(
+        self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, *, head: bool = False
+    ) -> None:
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -121,7 +123,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def error(self, status: int, code: str, message: str, *, head: bool = False) -> None:
         body = json.dumps({"error": message}).encode()
-        self.reply(status, body, {"Content-Type": "application/json", "X-Error-Code": code, "X-Error-Message": message}, head=head)
+        self.reply(
+            status,
+            body,
+            {"Content-Type": "application/json", "X-Error-Code": code, "X-Error-Message": message},
+            head=head,
+        )
 
     def body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -148,8 +155,9 @@ class HubServer(_Base):
                 request = json.loads(payload or b"{}")
                 repo_id = "/".join(p for p in (request.get("organization"), request["name"]) if p)
                 with hub._lock:
-                    if repo_id in hub.repos:
-                        return self.error(409, "RepoExists", "You already created this model repo")
+                    if repo_id in hub.repos:  # the Hub's 409 names the existing repo; clients read its url
+                        body = {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"}
+                        return self.reply_json(409, body, {"X-Error-Message": body["error"]})
                     hub.create(repo_id, private=bool(request.get("private")))
                 return self.reply_json(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id})
             if path == "/api/validate-yaml":
@@ -183,7 +191,11 @@ class HubServer(_Base):
                     commit = hub.commit(repo_id, revision, payload)
                     return self.reply_json(
                         200,
-                        {"commitOid": commit.sha, "commitUrl": f"{hub.url}/{repo_id}/commit/{commit.sha}", "pullRequestUrl": None},
+                        {
+                            "commitOid": commit.sha,
+                            "commitUrl": f"{hub.url}/{repo_id}/commit/{commit.sha}",
+                            "pullRequestUrl": None,
+                        },
                     )
             return self.error(404, "NotFound", f"no route for POST {path}")
 
@@ -220,7 +232,11 @@ class HubServer(_Base):
                 if file_path not in commit.files:
                     return self.error(404, "EntryNotFound", f"{file_path} does not exist at {revision}", head=head)
                 content = commit.files[file_path]
-                headers = {"X-Repo-Commit": commit.sha, "ETag": f'"{git_blob_sha1(content)}"', "Content-Type": "application/octet-stream"}
+                headers = {
+                    "X-Repo-Commit": commit.sha,
+                    "ETag": f'"{git_blob_sha1(content)}"',
+                    "Content-Type": "application/octet-stream",
+                }
                 return self.reply(200, content, headers, head=head)
             return self.error(404, "NotFound", f"no route for GET {path}", head=head)
 
