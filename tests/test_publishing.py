@@ -96,8 +96,11 @@ def test_bundle_is_downloaded_verified_cached_and_recorded(tmp_path, monkeypatch
         out.mkdir()  # a previous output of the script is replaced as a whole
         (out / "README.md").write_text("stale card")
         argv = ["--bundle", bundle.name, "--output-dir", str(out), "--probe-seconds", "1.2", "--no-progress"]
+        argv += ["--dtype", "bfloat16"]  # half-size weights: gated twice (float32 conversion, then rounding)
         assert convert.main(argv, bundles={bundle.name: bundle}) == 0
         assert sorted(p.name for p in out.iterdir()) == THREE_FILES
+        with safe_open(out / "model.safetensors", framework="flax") as weights:
+            assert {str(weights.get_tensor(k).dtype) for k in weights.keys()} == {"bfloat16"}
         assert server.requests == [("GET", bundle.key)]
         assert (tmp_path / "cache" / "torchaudio" / bundle.key).read_bytes() == path.read_bytes()
 
@@ -111,6 +114,12 @@ def test_bundle_is_downloaded_verified_cached_and_recorded(tmp_path, monkeypatch
             "sha256_verified": True,
         }
         assert bundle.training_data in card.text
+        data = card.data.to_dict()
+        assert data["parity"]["weights_dtype"] == "bfloat16"
+        assert data["parity"]["relative_error_db"] <= convert.THRESHOLDS_DB["bfloat16"]
+        assert data["parity_float32_conversion"]["relative_error_db"] <= GATE_DB
+        printed = capsys.readouterr().out
+        assert "float32 weights" in printed and "bfloat16 weights" in printed
         written, want = FlaxHDemucs.from_pretrained(out).config, tiny_config()
         assert written.torchaudio_kwargs() == want.torchaudio_kwargs() and written.sampling_rate == want.sampling_rate
 
