@@ -412,7 +412,7 @@ Architecture: `torchaudio.models.HDemucs` with `nfft={config.nfft}`, `depth={con
 
 Before this folder was written, torchaudio's model (loading the original file with `torch.load`) and the
 converted Flax model separated the same {result.probe_seconds:g}-second music-like probe (bass, chords, a
-voice-like tone, drums). {"; ".join(_sentence(r) for r in results)}.
+voice-like tone, drums). {". ".join(_sentence(r) for r in results)}.
 
 ## Licence
 
