@@ -1,0 +1,604 @@
+"""Convert a torchaudio HDemucs checkpoint into a Hub-ready Flax folder, check it, and optionally publish it.
+
+    python -m conversion.convert_torchaudio_hdemucs --bundle HDEMUCS_HIGH_MUSDB_PLUS \
+        --output-dir out/hdemucs-high-musdb-plus --push-to-hub hdemucs-flax/hdemucs-high-musdb-plus
+
+Steps, in order; any failure stops with one line on stderr, a non-zero exit and nothing written:
+1. Source: `--bundle NAME` downloads torchaudio's official file into the cache (`HDEMUCS_FLAX_CACHE`, base URL
+   `HDEMUCS_FLAX_TORCHAUDIO_URL`) and verifies its sha256; `--checkpoint PATH` takes a local state-dict file
+   with `--preset` or `--config` for its architecture (`--sha256` verifies it too).
+2. Conversion with the package's torch-free reader and converter (the path users' machines take).
+3. Parity gate: torchaudio (reading the file with `torch.load`) and the converted Flax model — with its
+   weights in the stored dtype — separate the same music-like probe; the relative error in dB must be at or
+   below the threshold. The error is printed either way.
+4. Output: config.json, model.safetensors (flax format) and README.md (the model card), staged in a
+   temporary folder beside `--output-dir`, re-read and compared with what passed the gate, then moved into
+   place. Exactly those three files.
+5. `--push-to-hub REPO_ID`: `create_repo(exist_ok=True)` and `upload_folder`. Unchanged files make no new
+   commit, so re-running is harmless. The token comes from the usual Hugging Face sources (`HF_TOKEN`,
+   `huggingface-cli login`).
+
+Needs torch and torchaudio (`pip install hdemucs-flax[convert]`); the runtime package never imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modeling_hdemucs_flax import FlaxHDemucs, HDemucsConfig
+from modeling_hdemucs_flax.configuration_hdemucs import PRESETS
+from modeling_hdemucs_flax.downloads import (
+    BUNDLES,
+    DownloadError,
+    TorchaudioBundle,
+    fetch_torchaudio_checkpoint,
+    replace_directory,
+    sha256_file,
+    torchaudio_url,
+)
+from modeling_hdemucs_flax.torch_checkpoint import load_torch_state_dict
+from modeling_hdemucs_flax.weight_conversion import convert_torchaudio_state_dict
+
+OUTPUT_FILES = ("README.md", "config.json", "model.safetensors")
+
+# Relative error 20·log10(‖flax − torch‖ / ‖torch‖) allowed on the probe, in dB. Measured with every
+# parameter re-drawn (tests/reference.py): float32 weights -130 dB on the tiny test model (1.2 s probe) and
+# -116.9 dB on the full-size high preset (6 s probe); bfloat16-rounded weights -52.9 dB (tiny) and -39.9 dB
+# (full size). One flipped transposed-conv kernel measures -37 dB on the tiny model, so mapping errors are
+# judged by the float32 gate only; the bfloat16 gate is a rounding budget checked in addition to it.
+THRESHOLDS_DB = {"float32": -80.0, "bfloat16": -30.0}
+
+CODE_URL = "https://huggingface.co/hdemucs-flax"  # the project's homepage (pyproject.toml)
+
+
+class ConversionError(Exception):
+    """A user-facing failure; the message is one line."""
+
+
+@dataclass
+class Source:
+    """What is being converted: the checkpoint file, its architecture and where it came from."""
+
+    checkpoint: Path
+    config: HDemucsConfig
+    sha256: str
+    sha256_verified: bool
+    bundle: TorchaudioBundle | None = None
+    url: str | None = None
+
+
+@dataclass
+class ParityResult:
+    """Flax vs torchaudio on the probe: max-abs error and relative L2 error 20·log10(‖a−b‖/‖b‖) in dB."""
+
+    max_abs: float
+    relative_db: float
+    threshold_db: float
+    probe_seconds: float
+    weights_dtype: str
+    details: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return math.isfinite(self.relative_db) and self.relative_db <= self.threshold_db
+
+    def describe(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return (
+            f"parity vs torchaudio ({self.weights_dtype} weights, {self.probe_seconds:g} s music-like probe): "
+            f"max-abs {self.max_abs:.3e}, relative {self.relative_db:.1f} dB "
+            f"(gate: <= {self.threshold_db:g} dB) - {verdict}"
+        )
+
+
+def build_parser(bundles: Mapping[str, TorchaudioBundle] = BUNDLES) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m conversion.convert_torchaudio_hdemucs",
+        description="Convert torchaudio HDemucs weights to a Flax safetensors folder (config, weights, model card), "
+        "verified against torchaudio before anything is written; optionally push it to the Hugging Face Hub.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bundle", choices=sorted(bundles), help="download torchaudio's official checkpoint")
+    source.add_argument("--checkpoint", type=Path, help="a local torchaudio HDemucs state-dict file (torch.save)")
+    arch = parser.add_mutually_exclusive_group()
+    arch.add_argument("--preset", choices=sorted(PRESETS), help="architecture of --checkpoint (default: high)")
+    arch.add_argument("--config", type=Path, help="config.json with the architecture of --checkpoint")
+    parser.add_argument("--sha256", help="expected sha256 of the checkpoint file (checked before conversion)")
+    parser.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="convert a bundle for which no sha256 is published without --sha256 (the card says so)",
+    )
+    parser.add_argument("--output-dir", type=Path, required=True, help="folder to write (new, or a previous output)")
+    parser.add_argument("--dtype", choices=sorted(THRESHOLDS_DB), default="float32", help="dtype of the stored weights")
+    parser.add_argument(
+        "--threshold-db", type=float, help=f"float32 parity gate in dB (default {THRESHOLDS_DB['float32']:g})"
+    )
+    parser.add_argument(
+        "--bf16-threshold-db",
+        type=float,
+        help=f"extra gate for --dtype bfloat16 weights in dB (default {THRESHOLDS_DB['bfloat16']:g})",
+    )
+    parser.add_argument("--probe-seconds", type=float, default=6.0, help="length of the parity probe (default: 6)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this Hub model repo")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    parser.add_argument("--revision", default="main", help="branch to push to (created if missing; default: main)")
+    parser.add_argument("--commit-message", help="commit message for the upload")
+    parser.add_argument("--no-progress", action="store_true", help="no download progress bar")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- source
+
+
+def resolve_source(args: argparse.Namespace, bundles: Mapping[str, TorchaudioBundle]) -> Source:
+    """Download/verify the checkpoint and settle its architecture. Raises ConversionError."""
+    if args.sha256 is not None and not _is_sha256(args.sha256):
+        raise ConversionError(f"--sha256 {args.sha256!r}: expected 64 hexadecimal digits")
+    if args.bundle is not None:
+        if args.preset or args.config:
+            raise ConversionError("--preset/--config apply to --checkpoint; a bundle fixes its own architecture")
+        if args.bundle not in bundles:
+            raise ConversionError(f"--bundle {args.bundle}: unknown bundle; choose one of {sorted(bundles)}")
+        bundle = bundles[args.bundle]
+        want = args.sha256 or bundle.sha256
+        if want is None and not args.allow_unverified:
+            raise ConversionError(
+                f"{bundle.name}: torchaudio publishes no sha256 for {bundle.key}; pass --sha256 HEX to verify the "
+                "download, or --allow-unverified to convert it unverified (the model card will say so)"
+            )
+        try:
+            path, digest = fetch_torchaudio_checkpoint(bundle, sha256=want, progress=not args.no_progress)
+        except DownloadError as error:
+            raise ConversionError(str(error)) from None
+        if want is None:
+            print(f"WARNING: {path.name} is UNVERIFIED (no published sha256); its sha256 is {digest}", file=sys.stderr)
+        return Source(path, bundle.config(), digest, want is not None, bundle, torchaudio_url(bundle.key))
+
+    path = args.checkpoint
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such checkpoint file")
+    digest = sha256_file(path)
+    if args.sha256 is not None and digest != args.sha256.lower():
+        raise ConversionError(
+            f"{path}: sha256 mismatch (got {digest}, expected {args.sha256.lower()}); nothing written"
+        )
+    if args.config is not None:
+        try:
+            config = HDemucsConfig.from_json_file(args.config)
+        except (OSError, ValueError) as error:
+            raise ConversionError(f"{args.config}: cannot read the config ({_first_line(error)})") from None
+    else:
+        config = HDemucsConfig.from_preset(args.preset or "high")
+    return Source(path, config, digest, args.sha256 is not None)
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# ------------------------------------------------------------------------------------ conversion + gate
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], config: HDemucsConfig) -> dict:
+    """torchaudio state dict -> Flax params (the package's converter; one seam, so tests can break it)."""
+    return convert_torchaudio_state_dict(state_dict, config)
+
+
+def cast_params(params: dict, dtype: str) -> dict:
+    """Params in the stored dtype (numpy float32 or bfloat16)."""
+    import jax
+    import ml_dtypes
+
+    target = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
+    return jax.tree.map(lambda a: np.asarray(a).astype(target), params)
+
+
+def probe_audio(seconds: float, sample_rate: int, channels: int, seed: int = 0) -> np.ndarray:
+    """A deterministic music-like probe, float32 (channels, samples): a bass line, a three-note chord with
+    vibrato, a voice-like harmonic tone with formants, kick and snare hits, and hi-hat noise, panned."""
+    rng = np.random.default_rng(seed)
+    n = max(int(round(seconds * sample_rate)), 1)
+    t = np.arange(n) / sample_rate
+    beat = 0.5  # seconds per beat (120 bpm)
+    step = np.floor(t / beat).astype(int)
+    phase = t - step * beat
+
+    bass_notes = np.array([55.0, 55.0, 65.4, 73.4])[step % 4]
+    bass = 0.25 * np.sin(2 * np.pi * np.cumsum(bass_notes) / sample_rate) * np.exp(-2.0 * phase)
+    chord = sum(0.06 * np.sin(2 * np.pi * f * t + 0.3 * np.sin(2 * np.pi * 5 * t)) for f in (261.6, 329.6, 392.0))
+    f0 = 220.0 * (1 + 0.02 * np.sin(2 * np.pi * 4.5 * t))
+    voice_phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    voice = sum(
+        (0.08 / k) * np.sin(k * voice_phase) * (1.5 if abs(k * 220 - 700) < 250 or abs(k * 220 - 1200) < 250 else 1.0)
+        for k in range(1, 12)
+    ) * (0.6 + 0.4 * np.sin(2 * np.pi * 0.25 * t) ** 2)
+    kick = 0.5 * np.sin(2 * np.pi * (50 + 100 * np.exp(-30 * phase)) * phase) * np.exp(-12 * phase) * (step % 2 == 0)
+    snare = 0.25 * rng.standard_normal(n) * np.exp(-18 * phase) * (step % 2 == 1)
+    hat_phase = np.mod(t, beat / 2)
+    hat = 0.05 * np.diff(rng.standard_normal(n + 1)) * np.exp(-60 * hat_phase)
+
+    out = np.zeros((channels, n))
+    for c in range(channels):
+        pan = 0.5 if channels == 1 else c / (channels - 1)
+        out[c] = bass + kick + snare + voice + (0.6 + 0.8 * pan) * chord + (1.4 - 0.8 * pan) * hat
+    return out.astype(np.float32)
+
+
+def torchaudio_reference(checkpoint: Path, config: HDemucsConfig, probe: np.ndarray) -> np.ndarray:
+    """torchaudio's output for `probe` (channels, samples), reading `checkpoint` with `torch.load` (an
+    independent reader, so the gate also checks the package's torch-free one): (sources, channels, samples)."""
+    import torch
+    import torchaudio
+
+    reference = torchaudio.models.HDemucs(**config.torchaudio_kwargs())
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        reference.load_state_dict(state)
+    except RuntimeError as error:
+        raise ConversionError(
+            f"{checkpoint}: torchaudio cannot load it for this config ({_first_line(error)})"
+        ) from None
+    reference.eval()
+    with torch.no_grad():
+        return reference(torch.from_numpy(probe)[None]).numpy()[0].astype(np.float64)
+
+
+def compare(
+    config: HDemucsConfig,
+    params: dict,
+    probe: np.ndarray,
+    want: np.ndarray,
+    weights_dtype: str,
+    threshold_db: float,
+    probe_seconds: float,
+) -> ParityResult:
+    """Run the Flax model with `params` (as stored) on `probe` and measure its error against `want`."""
+    model = FlaxHDemucs(config, params=params)
+    got = np.asarray(model(probe[None]).sources, np.float64)[0]
+    diff = got - want
+
+    def relative_db(d: np.ndarray, w: np.ndarray) -> float:
+        return 20 * math.log10(max(float(np.linalg.norm(d)), 1e-30) / max(float(np.linalg.norm(w)), 1e-30))
+
+    total = relative_db(diff, want) if np.all(np.isfinite(got)) else math.inf
+    details = {name: relative_db(diff[i], want[i]) for i, name in enumerate(config.sources)}
+    return ParityResult(float(np.abs(diff).max()), total, threshold_db, probe_seconds, weights_dtype, details)
+
+
+def parity_gate(
+    checkpoint: Path,
+    config: HDemucsConfig,
+    params: dict,
+    dtype: str,
+    probe_seconds: float,
+    thresholds: Mapping[str, float],
+) -> list[ParityResult]:
+    """The float32 conversion against torchaudio (catches any mapping or layout error), then, for bfloat16
+    storage, the rounded weights too (a rounding budget: it alone would miss subtle mapping errors, which
+    can measure near -37 dB)."""
+    probe = probe_audio(probe_seconds, config.sampling_rate, config.audio_channels)
+    want = torchaudio_reference(checkpoint, config, probe)
+    results = [compare(config, params, probe, want, "float32", thresholds["float32"], probe_seconds)]
+    if dtype != "float32" and results[0].passed:
+        stored = cast_params(params, dtype)
+        results.append(compare(config, stored, probe, want, dtype, thresholds[dtype], probe_seconds))
+    return results
+
+
+# --------------------------------------------------------------------------------------------- card
+
+
+def _figures(result: ParityResult) -> dict[str, Any]:
+    return {
+        "max_abs_error": float(f"{result.max_abs:.3e}"),
+        "relative_error_db": round(result.relative_db, 1),
+        "threshold_db": result.threshold_db,
+        "probe_seconds": result.probe_seconds,
+        "weights_dtype": result.weights_dtype,
+    }
+
+
+def make_card(source: Source, results: list[ParityResult], repo_id: str | None):
+    """The README.md model card: metadata the Hub indexes, then provenance, caveats, parity and usage.
+    `results[-1]` measures the weights as stored; a bfloat16 card also carries the float32 conversion check."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    result = results[-1]
+    config = source.config
+    name = source.bundle.name if source.bundle else source.checkpoint.name
+    model_ref = repo_id or "path/to/this/folder"
+    provenance = {
+        "torchaudio_bundle": source.bundle.name if source.bundle else None,
+        "file": source.bundle.key if source.bundle else source.checkpoint.name,
+        "url": source.url,
+        "sha256": source.sha256,
+        "sha256_verified": source.sha256_verified,
+    }
+    extra = {"parity_float32_conversion": _figures(results[0])} if len(results) > 1 else {}
+    data = ModelCardData(
+        license="cc-by-nc-sa-4.0",
+        pipeline_tag="audio-to-audio",
+        tags=["music-source-separation", "audio", "music", "demucs", "hybrid-demucs", "jax", "flax", "hdemucs-flax"],
+        sources=list(config.sources),
+        sample_rate=config.sampling_rate,
+        audio_channels=config.audio_channels,
+        provenance=provenance,
+        parity=_figures(result),
+        **extra,
+    )
+    if source.sha256_verified:
+        digest_note = f"sha256 `{source.sha256}` (verified before conversion)"
+    else:
+        digest_note = (
+            f"sha256 `{source.sha256}` (computed at conversion; **unverified**: no published digest was available "
+            "to check it against)"
+        )
+    if source.bundle:
+        origin = (
+            f"torchaudio's `torchaudio.pipelines.{source.bundle.name}` checkpoint, file `{source.bundle.key}` "
+            f"({source.url}), {digest_note}."
+        )
+        training = source.bundle.training_data
+    else:
+        origin = f"the torchaudio HDemucs state-dict file `{source.checkpoint.name}`, {digest_note}."
+        training = "Not stated by the converter: this folder was made from a local checkpoint."
+    sources_table = "\n".join(
+        f"| {i} | {s} | {result.details.get(s, float('nan')):.1f} dB |" for i, s in enumerate(config.sources)
+    )
+    text = f"""---
+{data.to_yaml()}
+---
+
+# Hybrid Demucs ({name}) for JAX/Flax
+
+Hybrid Demucs music source separation: a {config.sampling_rate} Hz, {config.audio_channels}-channel mixture in,
+one waveform per source out ({", ".join(config.sources)}). Weights converted from torchaudio for
+[hdemucs-flax]({CODE_URL}), which runs them in JAX/Flax with the same numbers as torchaudio's `HDemucs`.
+
+| index | source | parity (relative error vs torchaudio) |
+|---|---|---|
+{sources_table}
+
+## Usage
+
+```bash
+pip install hdemucs-flax
+hdemucs-flax separate song.mp3 -o stems --model {model_ref}
+```
+
+```python
+import numpy as np
+from modeling_hdemucs_flax import FlaxHDemucs, Separator
+
+model = FlaxHDemucs.from_pretrained("{model_ref}")
+# (batch, channels, samples) float32 at {config.sampling_rate} Hz -> (batch, sources, channels, samples)
+stems = model(np.zeros((1, {config.audio_channels}, {config.sampling_rate}), np.float32)).sources
+
+separator = Separator.from_pretrained("{model_ref}")  # chunked overlap-add for whole songs
+stems = separator.separate_file("song.wav")  # {{source: (channels, samples)}}
+```
+
+The weights download once into the Hugging Face cache; afterwards `HF_HUB_OFFLINE=1` works.
+
+## Training data
+
+{training}
+
+## Provenance
+
+Converted from {origin}
+Architecture: `torchaudio.models.HDemucs` with `nfft={config.nfft}`, `depth={config.depth}`,
+`channels={config.channels}` (see `config.json`). Stored weights: {result.weights_dtype}, one
+`model.safetensors` file in Flax format.
+
+## Parity with torchaudio
+
+Before this folder was written, torchaudio's model (loading the original file with `torch.load`) and the
+converted Flax model separated the same {result.probe_seconds:g}-second music-like probe (bass, chords, a
+voice-like tone, drums). {". ".join(_sentence(r) for r in results)}.
+
+## Licence
+
+The weights are released by their authors (Meta, through torchaudio) under
+[CC BY-NC-SA 4.0](https://creativecommons.org/licenses/by-nc-sa/4.0/): non-commercial use, attribution,
+share-alike. The hdemucs-flax code is MIT-licensed; that licence does not extend to these weights.
+
+## Citation
+
+Alexandre Défossez, *Hybrid Spectrogram and Waveform Source Separation*, Proceedings of the ISMIR 2021
+Workshop on Music Source Separation. arXiv:2111.03600.
+"""
+    return ModelCard(text)
+
+
+def _sentence(result: ParityResult) -> str:
+    return (
+        f"With {result.weights_dtype} weights: max-abs error {result.max_abs:.3e}, relative error "
+        f"{result.relative_db:.1f} dB (gate: at most {result.threshold_db:g} dB)"
+    )
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def check_output_dir(path: Path) -> None:
+    """`path` must be new, empty, or a previous output of this script (only files it writes)."""
+    if path.exists():
+        if not path.is_dir():
+            raise ConversionError(f"--output-dir {path}: exists and is not a folder")
+        extra = sorted(p.name for p in path.iterdir() if p.name not in OUTPUT_FILES)
+        if extra:
+            raise ConversionError(
+                f"--output-dir {path}: holds other files ({', '.join(extra)}); choose a new or empty folder"
+            )
+
+
+def write_folder(model: FlaxHDemucs, card, output_dir: Path) -> list[str]:
+    """Stage config.json + model.safetensors + README.md beside `output_dir`, re-read the weights and compare
+    them with `model.params`, then move the folder into place. Nothing is left behind on failure."""
+    from flax.traverse_util import flatten_dict
+
+    output_dir = output_dir.resolve()
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        # save_pretrained first: it deletes files named model* in the folder before writing the weights.
+        model.save_pretrained(staging, safe_serialization=True)
+        card.save(staging / "README.md")
+        written = sorted(p.name for p in staging.iterdir())
+        if written != sorted(OUTPUT_FILES):
+            raise ConversionError(f"internal error: wrote {written}, expected {sorted(OUTPUT_FILES)}")
+        with _quiet_transformers():  # bfloat16 weights make transformers list every key in a warning
+            reloaded = flatten_dict(dict(FlaxHDemucs.from_pretrained(staging, dtype=model.dtype).params))
+        gated = flatten_dict(dict(model.params))
+        if reloaded.keys() != gated.keys() or any(
+            np.asarray(reloaded[k]).dtype != np.asarray(gated[k]).dtype
+            or not np.array_equal(np.asarray(reloaded[k]), np.asarray(gated[k]))
+            for k in gated
+        ):
+            raise ConversionError("internal error: the saved weights differ from the ones that passed the gate")
+        replace_directory(staging, output_dir)
+        return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def push_folder(folder: Path, repo_id: str, *, private: bool, revision: str, commit_message: str | None) -> str:
+    """create_repo(exist_ok) + upload_folder; returns a one-line summary. Unchanged files make no commit."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        before = _head(api, repo_id, revision)
+        if revision != "main" and before is None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            repo_type="model",
+            folder_path=str(folder),
+            revision=revision,
+            commit_message=commit_message or f"Upload {folder.name} (converted from torchaudio)",
+            allow_patterns=list(OUTPUT_FILES),
+        )
+    except (HfHubHTTPError, OSError, ValueError, KeyError, TypeError) as error:  # network or a malformed answer
+        reason = _first_line(error) if not isinstance(error, KeyError) else f"unexpected answer from the Hub ({error})"
+        raise ConversionError(f"push to {repo_id} failed: {reason} (the folder {folder} is complete)") from None
+    if before is not None and info.oid == before:
+        return f"{repo_id}@{revision}: already up to date (commit {before[:12]}), nothing pushed"
+    return f"pushed to {repo_id}@{revision}: commit {info.oid[:12]} ({info.commit_url})"
+
+
+def _head(api, repo_id: str, revision: str) -> str | None:
+    from huggingface_hub.utils import RevisionNotFoundError
+
+    try:
+        return api.repo_info(repo_id, revision=revision).sha
+    except RevisionNotFoundError:
+        return None
+
+
+# -------------------------------------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace, bundles: Mapping[str, TorchaudioBundle]) -> int:
+    if args.probe_seconds <= 0:
+        raise ConversionError("--probe-seconds: must be > 0")
+    if args.push_to_hub:
+        from huggingface_hub import get_token
+
+        if get_token() is None:
+            raise ConversionError(
+                "--push-to-hub needs a Hugging Face token: set HF_TOKEN or run `huggingface-cli login`"
+            )
+    check_output_dir(args.output_dir)
+    source = resolve_source(args, bundles)
+    status = "verified" if source.sha256_verified else "UNVERIFIED"
+    print(f"source: {source.checkpoint} (sha256 {source.sha256}, {status})")
+
+    try:
+        state_dict = load_torch_state_dict(source.checkpoint)
+        params = cast_params(convert_state_dict(state_dict, source.config), "float32")
+    except (OSError, ValueError) as error:
+        raise ConversionError(f"{source.checkpoint}: {_first_line(error)}") from None
+    thresholds = dict(THRESHOLDS_DB)
+    if args.threshold_db is not None:
+        thresholds["float32"] = args.threshold_db
+    if args.bf16_threshold_db is not None:
+        thresholds["bfloat16"] = args.bf16_threshold_db
+    results = parity_gate(source.checkpoint, source.config, params, args.dtype, args.probe_seconds, thresholds)
+    for result in results:
+        print(result.describe())
+        print("  per source: " + ", ".join(f"{k} {v:.1f} dB" for k, v in result.details.items()))
+    if not all(r.passed for r in results):
+        print(
+            f"error: parity gate failed; nothing written to {args.output_dir}"
+            + (", nothing pushed" if args.push_to_hub else ""),
+            file=sys.stderr,
+        )
+        return 1
+
+    params = cast_params(params, args.dtype)
+    model = FlaxHDemucs(source.config, params=params)
+    card = make_card(source, results, args.push_to_hub)
+    written = write_folder(model, card, args.output_dir)
+    print(f"wrote {args.output_dir}: {', '.join(written)}")
+    if args.push_to_hub:
+        print(
+            push_folder(
+                args.output_dir,
+                args.push_to_hub,
+                private=args.private,
+                revision=args.revision,
+                commit_message=args.commit_message,
+            )
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None, *, bundles: Mapping[str, TorchaudioBundle] | None = None) -> int:
+    """Command-line entry point; `bundles` replaces the table of torchaudio bundles (tests use tiny ones)."""
+    bundles = BUNDLES if bundles is None else bundles
+    args = build_parser(bundles).parse_args(argv)
+    try:
+        return run(args, bundles)
+    except ConversionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; nothing written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

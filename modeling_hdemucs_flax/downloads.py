@@ -1,0 +1,217 @@
+"""torchaudio's official HDemucs checkpoints: where they live, how to fetch one, how to check it.
+
+Shared by the default-model chain (`pretrained.py`) and the publishing script
+(`conversion/convert_torchaudio_hdemucs.py`), so there is one downloader and one sha256 check. Torch-free.
+
+Environment variables (read at call time):
+- `HDEMUCS_FLAX_TORCHAUDIO_URL`: base URL of torchaudio's asset server (default
+  https://download.pytorch.org/torchaudio/, the base torchaudio's own `_download_asset` uses).
+- `HDEMUCS_FLAX_CACHE`: this package's cache folder (default `$XDG_CACHE_HOME/hdemucs-flax`, else
+  `~/.cache/hdemucs-flax`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .configuration_hdemucs import DEFAULT_SOURCES, HDemucsConfig
+
+TORCHAUDIO_BASE_URL = "https://download.pytorch.org/torchaudio/"
+ENV_TORCHAUDIO_URL = "HDEMUCS_FLAX_TORCHAUDIO_URL"
+ENV_CACHE = "HDEMUCS_FLAX_CACHE"
+
+
+class DownloadError(RuntimeError):
+    """A download failed or its content did not match the expected sha256; the message is one line."""
+
+
+@dataclass(frozen=True)
+class TorchaudioBundle:
+    """One of torchaudio's pretrained HDemucs bundles (`torchaudio.pipelines.<name>`).
+
+    `key` is the file's path under torchaudio's asset server; `sha256` is the published digest of that
+    file, or None when no digest is published (the file can then only be checked against a digest the user
+    supplies). The architecture is `HDemucsConfig.from_preset(preset, sources=sources, **overrides)`.
+    """
+
+    name: str
+    key: str
+    sha256: str | None
+    training_data: str
+    preset: str = "high"
+    sources: tuple[str, ...] = DEFAULT_SOURCES
+    overrides: dict[str, Any] = field(default_factory=dict)
+    sample_rate: int = 44100
+
+    def config(self) -> HDemucsConfig:
+        return HDemucsConfig.from_preset(
+            self.preset, sources=list(self.sources), sampling_rate=self.sample_rate, **self.overrides
+        )
+
+    @property
+    def filename(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+
+# File names and architecture: torchaudio/pipelines/_source_separation_pipeline.py (torchaudio 2.11).
+# torchaudio publishes no digests for them; the PLUS digest is of the file download.pytorch.org serves
+# (334,697,255 bytes), checked when this table was written. No digest is known for the MUSDB-only file.
+BUNDLES: dict[str, TorchaudioBundle] = {
+    "HDEMUCS_HIGH_MUSDB_PLUS": TorchaudioBundle(
+        name="HDEMUCS_HIGH_MUSDB_PLUS",
+        key="models/hdemucs_high_trained.pt",
+        sha256="a004b2790d73ffeaa535db458a1a79b539dfdbafbccc31f275d07e632ebd7816",
+        training_data=(
+            "MUSDB-HQ train and test sets plus 150 extra songs from an internal database produced for Meta. "
+            "The model has seen MUSDB18's test set, so MUSDB18 test scores are not a fair measure of it."
+        ),
+    ),
+    "HDEMUCS_HIGH_MUSDB": TorchaudioBundle(
+        name="HDEMUCS_HIGH_MUSDB",
+        key="models/hdemucs_high_musdbhq_only.pt",
+        sha256=None,
+        training_data="MUSDB-HQ training set only (MUSDB18 test scores are a fair measure of it).",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """This package's cache folder (`HDEMUCS_FLAX_CACHE`, else the XDG cache home)."""
+    explicit = os.environ.get(ENV_CACHE)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "hdemucs-flax"
+
+
+def torchaudio_url(key: str) -> str:
+    """Download URL of a torchaudio asset (`HDEMUCS_FLAX_TORCHAUDIO_URL` overrides the base)."""
+    base = os.environ.get(ENV_TORCHAUDIO_URL) or TORCHAUDIO_BASE_URL
+    return base.rstrip("/") + "/" + key.lstrip("/")
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_digest(name: str, got: str, want: str | None) -> None:
+    if want is not None and got.lower() != want.lower():
+        raise DownloadError(f"{name}: sha256 mismatch (got {got}, expected {want.lower()}); the file was rejected")
+
+
+def download_file(url: str, destination: str | os.PathLike, *, sha256: str | None = None, progress: bool = True) -> str:
+    """Download `url` to `destination` and return the file's sha256.
+
+    The file is written under a temporary name beside `destination` and renamed only once complete and (when
+    `sha256` is given) verified, so an interrupted or rejected download leaves nothing behind.
+    Raises `DownloadError` (one line) on network errors and digest mismatches.
+    """
+    from tqdm.auto import tqdm  # imported here: only a download needs it
+
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(handle, "wb") as out:
+            try:
+                response = urllib.request.urlopen(url, timeout=60)
+            except urllib.error.HTTPError as error:
+                raise DownloadError(f"cannot download {url}: HTTP {error.code} {error.reason}") from None
+            except (urllib.error.URLError, OSError) as error:
+                reason = getattr(error, "reason", error)
+                raise DownloadError(f"cannot download {url}: {reason}") from None
+            with response:
+                total = response.headers.get("Content-Length")
+                bar = tqdm(
+                    total=int(total) if total else None,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=destination.name,
+                    disable=not progress,
+                )
+                received = 0
+                with bar:
+                    try:
+                        while chunk := response.read(1 << 20):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            received += len(chunk)
+                            bar.update(len(chunk))
+                    except OSError as error:
+                        raise DownloadError(f"cannot download {url}: connection lost ({error})") from None
+                if total and received != int(total):
+                    raise DownloadError(f"cannot download {url}: got {received} of {total} bytes")
+        got = digest.hexdigest()
+        _check_digest(url, got, sha256)
+        os.chmod(partial, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the user's usual mode
+        os.replace(partial, destination)
+        return got
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def fetch_torchaudio_checkpoint(
+    bundle: TorchaudioBundle,
+    *,
+    sha256: str | None = None,
+    directory: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> tuple[Path, str]:
+    """The bundle's checkpoint file, downloaded once into `directory` (default `cache_dir()/torchaudio`,
+    keeping torchaudio's key layout) and verified. Returns (path, its sha256).
+
+    `sha256` (a digest the caller trusts) overrides the bundle's. A cached file is re-hashed on every call;
+    a cached file that fails the check is discarded and downloaded again. Raises `DownloadError`.
+    """
+    want = sha256 or bundle.sha256
+    root = Path(directory) if directory is not None else cache_dir() / "torchaudio"
+    path = root / bundle.key
+    if path.is_file():
+        got = sha256_file(path)
+        if want is None or got == want.lower():
+            return path, got
+        path.unlink()  # stale or corrupt: fetch it again
+    got = download_file(torchaudio_url(bundle.key), path, sha256=want, progress=progress)
+    return path, got
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def replace_directory(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Move the finished folder `source` to `destination`, replacing what is there, so a reader never sees a
+    half-written folder (the swap is two renames on the same file system)."""
+    source, destination = Path(source), Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    # mkdtemp/mkstemp create 0700/0600 entries; the finished folder gets the user's usual modes.
+    mask = _umask()
+    os.chmod(source, 0o777 & ~mask)
+    for entry in source.iterdir():
+        if entry.is_file():
+            os.chmod(entry, 0o666 & ~mask)
+    if destination.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old.", dir=destination.parent))
+        os.replace(destination, old / "previous")
+        os.replace(source, destination)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(source, destination)

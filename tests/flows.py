@@ -1,0 +1,109 @@
+"""Run real Hub/download flows in fresh Python processes.
+
+`HF_ENDPOINT`, `HF_HOME` and `HF_HUB_OFFLINE` are read when huggingface_hub/transformers are imported, so each
+flow runs in a new interpreter with its environment set up front (never by mocking huggingface_hub).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from modeling_hdemucs_flax.downloads import TorchaudioBundle
+
+from .reference import music_like, tiny_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Variables of the outer environment that would make a flow talk to the real Hub or reuse real caches.
+_SCRUBBED = (
+    "HF_ENDPOINT",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HDEMUCS_FLAX_CACHE",
+    "HDEMUCS_FLAX_TORCHAUDIO_URL",
+    "XDG_CACHE_HOME",
+)
+
+# The input every flow separates, and its length: over 51,200 samples so the tiny model's BLSTM frames.
+PROBE_SAMPLES = 53_000
+
+
+def probe() -> np.ndarray:
+    return music_like(PROBE_SAMPLES, 2, seed=3)
+
+
+def tiny_bundle(sha256: str | None, name: str = "TINY_TEST_BUNDLE") -> TorchaudioBundle:
+    """A torchaudio-bundle entry for the tiny test model (same shape of table entry as the real ones)."""
+    config = tiny_config()
+    overrides = {k: getattr(config, k) for k in ("channels", "norm_starts", "dconv_lstm", "dconv_attn")}
+    return TorchaudioBundle(
+        name=name,
+        key="models/tiny_test_hdemucs.pt",
+        sha256=sha256,
+        training_data="Random weights drawn by the test suite.",
+        preset="low",
+        overrides=overrides,
+    )
+
+
+def flow_env(base: Path, **overrides: str | None) -> dict[str, str]:
+    """A clean environment: caches under `base`, a dummy token, CPU JAX with a shared compilation cache."""
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    env.update(
+        PYTHONPATH=str(REPO_ROOT),
+        HF_HOME=str(base / "hf_home"),
+        HDEMUCS_FLAX_CACHE=str(base / "hdemucs_cache"),
+        XDG_CACHE_HOME=str(base / "xdg_cache"),
+        HF_TOKEN="hf_local_test_token",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        JAX_PLATFORMS="cpu",
+        # Only compile time: reusing compiled tiny forwards across the flows' processes.
+        JAX_COMPILATION_CACHE_DIR=str(base.parent / "jax_compilation_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def run_python(code: str, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (cwd: the repo root) and return the finished process."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    print(f"--- stdout ---\n{result.stdout}\n--- stderr (tail) ---\n{result.stderr[-3000:]}")
+    return result
+
+
+def converter(*argv: str) -> list[str]:
+    """The command line that runs the conversion script as users do."""
+    return [sys.executable, "-m", "conversion.convert_torchaudio_hdemucs", *argv]
+
+
+def run_converter(env: dict[str, str], *argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(converter(*argv), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    print(f"--- converter stdout ---\n{result.stdout}\n--- converter stderr (tail) ---\n{result.stderr[-3000:]}")
+    return result
+
+
+def error_lines(stderr: str) -> list[str]:
+    """Lines a user sees as errors (our own one-line messages), ignoring library warnings."""
+    return [line for line in stderr.splitlines() if line.startswith(("error:", "ModelLoadError:"))]
