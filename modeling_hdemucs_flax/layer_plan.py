@@ -158,7 +158,7 @@ def plan_layers(config: Any) -> HDemucsPlan:
             time_downsampling *= t_stride
             if last_freq and time_downsampling != c.nfft // 4:
                 raise ValueError(
-                    f"HDemucsConfig.stride={c.stride!r}: the time branch downsamples by {time_downsampling} where "
+                    f"HDemucsConfig.nfft={c.nfft!r}/stride={c.stride!r}: the time branch downsamples by {time_downsampling} where "
                     f"it joins the frequency branch, but the STFT hop is nfft // 4 = {c.nfft // 4}"
                 )
         if index == 0:
@@ -184,10 +184,11 @@ def plan_layers(config: Any) -> HDemucsPlan:
         chout, chout_z = int(c.growth * chout), int(c.growth * chout_z)
         if freq:
             new_freqs = 1 if freqs <= c.kernel_size else freqs // stride
-            if not last_freq and (freqs % stride or (new_freqs - 1) * stride + ker - 2 * dec_pad != freqs):
+            enc_out = (freqs + 2 * enc_pad - ker) // stride + 1
+            if not last_freq and (enc_out != new_freqs or (new_freqs - 1) * stride + ker - 2 * dec_pad != freqs):
                 raise ValueError(
-                    f"HDemucsConfig.kernel_size={c.kernel_size!r}: with stride {stride} the decoder cannot "
-                    f"restore {freqs} frequency bins (use kernel_size = 2 * stride)"
+                    f"HDemucsConfig.kernel_size={c.kernel_size!r}/stride={stride}: the layers cannot map {freqs} "
+                    f"frequency bins to {new_freqs} and back (use kernel_size = 2 * stride)"
                 )
             freqs = new_freqs
         if index == 0 and c.freq_emb:
@@ -214,6 +215,11 @@ def _check_layers(plan: HDemucsPlan) -> None:
             raise ValueError(
                 f"HDemucsConfig.norm_groups={layer.norm_groups!r}: does not divide the {widths} channels "
                 f"of {layer.path}"
+            )
+        if isinstance(layer, EncoderPlan) and not layer.freq and not -layer.stride <= 2 * layer.pad - layer.kernel_size < 0:
+            raise ValueError(
+                f"HDemucsConfig.time_stride/kernel_size: {layer.path} (kernel {layer.kernel_size}, stride "
+                f"{layer.stride}) would not shorten its input exactly by its stride"
             )
         if not layer.freq and not layer.empty and (layer.kernel_size - layer.stride) % 2:
             raise ValueError(

@@ -150,13 +150,17 @@ def _numpy(value: Any) -> np.ndarray:
 
 
 def _mismatch_error(what: str, missing: list[str], unexpected: list[str], wrong: list[str]) -> ValueError:
+    def listed(items: list[str], limit: int = 8) -> str:
+        more = f" and {len(items) - limit} more" if len(items) > limit else ""
+        return f"{items[:limit]}{more}"
+
     parts = []
     if missing:
-        parts.append(f"missing keys {missing}")
+        parts.append(f"missing keys {listed(missing)}")
     if unexpected:
-        parts.append(f"unexpected keys {unexpected}")
+        parts.append(f"unexpected keys {listed(unexpected)}")
     if wrong:
-        parts.append(f"wrong shapes {wrong}")
+        parts.append(f"wrong shapes {listed(wrong)}")
     return ValueError(f"{what} does not match the HDemucs config: " + "; ".join(parts))
 
 
