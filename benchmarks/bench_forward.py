@@ -53,17 +53,23 @@ def measure(segments: list[float], repeats: int, threads: int) -> list[dict]:
             x = np.random.default_rng(0).standard_normal((1, 2, samples)).astype(np.float32) * 0.1
             xt = torch.from_numpy(x)
 
-            def run_torch():
+            def run_torch(xt=xt, dtype=dtype):
                 with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
                     return reference(xt)
 
-            def run_flax():
+            def run_flax(model=model, x=x):
                 return jax.block_until_ready(model(x).sources)
 
             t_torch = _best_of(run_torch, repeats)
             t_flax = _best_of(run_flax, repeats)
             rows.append(
-                {"dtype": dtype, "segment": seconds, "torch": t_torch / seconds, "flax": t_flax / seconds, "ratio": t_torch / t_flax}
+                {
+                    "dtype": dtype,
+                    "segment": seconds,
+                    "torch": t_torch / seconds,
+                    "flax": t_flax / seconds,
+                    "ratio": t_torch / t_flax,
+                }
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
@@ -79,15 +85,30 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.segments, args.repeats, args.threads)))
         return
-    print(f"HDemucs high, batch 1, {args.threads} threads, best of {args.repeats} warm runs; s = seconds per audio-second")
+    print(
+        f"HDemucs high, batch 1, {args.threads} threads, best of {args.repeats} warm runs; s = seconds per audio-second"
+    )
     print(f"{'allocator':<10} {'dtype':<9} {'segment':>8} {'torch s':>8} {'flax s':>8} {'torch/flax':>11}")
     for name, extra in (("default", {}), ("tuned", TUNED_MALLOC)):
         env = {k: v for k, v in os.environ.items() if k not in TUNED_MALLOC} | extra
         env.setdefault("OMP_NUM_THREADS", str(args.threads))
-        cmd = [sys.executable, __file__, "--child", "--repeats", str(args.repeats), "--threads", str(args.threads), "--segments", *map(str, args.segments)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--repeats",
+            str(args.repeats),
+            "--threads",
+            str(args.threads),
+            "--segments",
+            *map(str, args.segments),
+        ]
         result = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
         for row in json.loads(result.stdout.strip().splitlines()[-1]):
-            print(f"{name:<10} {row['dtype']:<9} {row['segment']:>7.1f}s {row['torch']:>8.3f} {row['flax']:>8.3f} {row['ratio']:>10.2f}x")
+            print(
+                f"{name:<10} {row['dtype']:<9} {row['segment']:>7.1f}s "
+                f"{row['torch']:>8.3f} {row['flax']:>8.3f} {row['ratio']:>10.2f}x"
+            )
 
 
 if __name__ == "__main__":

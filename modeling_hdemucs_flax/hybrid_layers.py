@@ -43,7 +43,9 @@ class HEncLayer(nn.Module):
             return y
         if inject is not None:
             if inject.shape[1] != y.shape[2]:
-                raise ValueError(f"{p.path}: injected time features have {inject.shape[1]} frames, expected {y.shape[2]}")
+                raise ValueError(
+                    f"{p.path}: injected time features have {inject.shape[1]} frames, expected {y.shape[2]}"
+                )
             y = y + inject[:, None]
         y = gelu(_norm(p.norm, p.norm_groups, self.dtype, "norm1")(y))
         if p.dconv is not None:

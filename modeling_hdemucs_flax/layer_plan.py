@@ -130,10 +130,12 @@ def plan_layers(config: Any) -> HDemucsPlan:
             chout_z = max(chout, chout_z)
             chout = chout_z
 
-        def dconv(channels: int) -> DConvPlan:
+        def dconv(channels: int, lstm: bool = lstm, attn: bool = attn) -> DConvPlan:
             hidden = int(channels / c.dconv_comp)
             if abs(c.dconv_depth) and hidden < 1:
-                raise ValueError(f"HDemucsConfig.dconv_comp={c.dconv_comp!r}: leaves {channels} channels no hidden unit")
+                raise ValueError(
+                    f"HDemucsConfig.dconv_comp={c.dconv_comp!r}: leaves {channels} channels no hidden unit"
+                )
             if abs(c.dconv_depth) and attn and hidden % ATTN_HEADS:
                 raise ValueError(
                     f"HDemucsConfig.dconv_comp={c.dconv_comp!r}: attention needs hidden channels "
@@ -144,22 +146,43 @@ def plan_layers(config: Any) -> HDemucsPlan:
         enc_pad = ker // 4 if pad else 0
         freq_enc.append(
             EncoderPlan(
-                f"freq_encoder.{index}", chin_z, chout_z, ker, stride, enc_pad, freq, False, norm,
-                c.norm_groups, c.context_enc, dconv(chout_z),
+                f"freq_encoder.{index}",
+                chin_z,
+                chout_z,
+                ker,
+                stride,
+                enc_pad,
+                freq,
+                False,
+                norm,
+                c.norm_groups,
+                c.context_enc,
+                dconv(chout_z),
             )
         )
         if freq:
             time_enc.append(
                 EncoderPlan(
-                    f"time_encoder.{index}", chin, chout, t_ker, t_stride, t_ker // 4, False, last_freq, norm,
-                    c.norm_groups, c.context_enc, None if last_freq else dconv(chout),
+                    f"time_encoder.{index}",
+                    chin,
+                    chout,
+                    t_ker,
+                    t_stride,
+                    t_ker // 4,
+                    False,
+                    last_freq,
+                    norm,
+                    c.norm_groups,
+                    c.context_enc,
+                    None if last_freq else dconv(chout),
                 )
             )
             time_downsampling *= t_stride
             if last_freq and time_downsampling != c.nfft // 4:
                 raise ValueError(
-                    f"HDemucsConfig.nfft={c.nfft!r}/stride={c.stride!r}: the time branch downsamples by {time_downsampling} where "
-                    f"it joins the frequency branch, but the STFT hop is nfft // 4 = {c.nfft // 4}"
+                    f"HDemucsConfig.nfft={c.nfft!r}/stride={c.stride!r}: the time branch downsamples by "
+                    f"{time_downsampling} where it joins the frequency branch, but the STFT hop is "
+                    f"nfft // 4 = {c.nfft // 4}"
                 )
         if index == 0:
             chin = c.audio_channels * len(c.sources)
@@ -168,16 +191,36 @@ def plan_layers(config: Any) -> HDemucsPlan:
         freq_dec.insert(
             0,
             DecoderPlan(
-                f"freq_decoder.{c.depth - 1 - index}", chout_z, chin_z, ker, stride, dec_pad, freq, False,
-                index == 0, norm, c.norm_groups, c.context,
+                f"freq_decoder.{c.depth - 1 - index}",
+                chout_z,
+                chin_z,
+                ker,
+                stride,
+                dec_pad,
+                freq,
+                False,
+                index == 0,
+                norm,
+                c.norm_groups,
+                c.context,
             ),
         )
         if freq:
             time_dec.insert(
                 0,
                 DecoderPlan(
-                    "time_decoder.?", chout, chin, t_ker, t_stride, (t_ker - t_stride) // 2, False, last_freq,
-                    index == 0, norm, c.norm_groups, c.context,
+                    "time_decoder.?",
+                    chout,
+                    chin,
+                    t_ker,
+                    t_stride,
+                    (t_ker - t_stride) // 2,
+                    False,
+                    last_freq,
+                    index == 0,
+                    norm,
+                    c.norm_groups,
+                    c.context,
                 ),
             )
         chin, chin_z = chout, chout_z
@@ -197,8 +240,15 @@ def plan_layers(config: Any) -> HDemucsPlan:
     # Time decoders are numbered in execution order, like torchaudio's ModuleList after its inserts.
     time_dec = [_renamed(d, f"time_decoder.{i}") for i, d in enumerate(time_dec)]
     plan = HDemucsPlan(
-        len(c.sources), c.audio_channels, c.nfft, c.nfft // 4, tuple(freq_enc), tuple(time_enc),
-        tuple(freq_dec), tuple(time_dec), freq_emb,
+        len(c.sources),
+        c.audio_channels,
+        c.nfft,
+        c.nfft // 4,
+        tuple(freq_enc),
+        tuple(time_enc),
+        tuple(freq_dec),
+        tuple(time_dec),
+        freq_emb,
     )
     _check_layers(plan)
     return plan
@@ -216,7 +266,11 @@ def _check_layers(plan: HDemucsPlan) -> None:
                 f"HDemucsConfig.norm_groups={layer.norm_groups!r}: does not divide the {widths} channels "
                 f"of {layer.path}"
             )
-        if isinstance(layer, EncoderPlan) and not layer.freq and not -layer.stride <= 2 * layer.pad - layer.kernel_size < 0:
+        if (
+            isinstance(layer, EncoderPlan)
+            and not layer.freq
+            and not -layer.stride <= 2 * layer.pad - layer.kernel_size < 0
+        ):
             raise ValueError(
                 f"HDemucsConfig.time_stride/kernel_size: {layer.path} (kernel {layer.kernel_size}, stride "
                 f"{layer.stride}) would not shorten its input exactly by its stride"

@@ -162,8 +162,14 @@ class LSTM(nn.Module):
         for layer in range(self.num_layers):
             w_ih, w_hh, bias = [], [], []
             for suffix in ("", "_reverse"):
-                w_ih.append(self.param(f"kernel_ih_l{layer}{suffix}", nn.initializers.lecun_normal(), (x.shape[-1], 4 * h), jnp.float32))
-                w_hh.append(self.param(f"kernel_hh_l{layer}{suffix}", nn.initializers.orthogonal(), (h, 4 * h), jnp.float32))
+                w_ih.append(
+                    self.param(
+                        f"kernel_ih_l{layer}{suffix}", nn.initializers.lecun_normal(), (x.shape[-1], 4 * h), jnp.float32
+                    )
+                )
+                w_hh.append(
+                    self.param(f"kernel_hh_l{layer}{suffix}", nn.initializers.orthogonal(), (h, 4 * h), jnp.float32)
+                )
                 b_ih = self.param(f"bias_ih_l{layer}{suffix}", nn.initializers.zeros, (4 * h,), jnp.float32)
                 b_hh = self.param(f"bias_hh_l{layer}{suffix}", nn.initializers.zeros, (4 * h,), jnp.float32)
                 bias.append(b_ih + b_hh)
@@ -240,7 +246,9 @@ class LocalState(nn.Module):
         delta = np.arange(t, dtype=np.float32)
         delta = np.abs(delta[:, None] - delta[None, :])
         decay_kernel = -decays[:, None, None] * delta / np.float32(np.sqrt(ndecay))  # (f, t, s)
-        decay_q = jax.nn.sigmoid(proj("query_decay", heads * ndecay).reshape(n, t, heads, ndecay).astype(jnp.float32)) / 2
+        decay_q = (
+            jax.nn.sigmoid(proj("query_decay", heads * ndecay).reshape(n, t, heads, ndecay).astype(jnp.float32)) / 2
+        )
         dots = dots + jnp.einsum("fts,bshf->bhts", decay_kernel, decay_q)
         dots = jnp.where(np.eye(t, dtype=bool), np.float32(-100), dots)
         weights = jax.nn.softmax(dots, axis=2)  # over the key step t, for each query step s
@@ -262,7 +270,9 @@ class DConvBranch(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         p = self.plan
         pad = self.dilation * (DCONV_KERNEL // 2)
-        y = Conv(p.hidden, (DCONV_KERNEL,), padding=(pad,), dilation=(self.dilation,), dtype=self.dtype, name="conv_in")(x)
+        y = Conv(
+            p.hidden, (DCONV_KERNEL,), padding=(pad,), dilation=(self.dilation,), dtype=self.dtype, name="conv_in"
+        )(x)
         y = gelu(GroupNorm(1, dtype=self.dtype, name="norm_in")(y))
         if p.lstm:
             y = BLSTM(p.hidden, dtype=self.dtype, name="lstm")(y)

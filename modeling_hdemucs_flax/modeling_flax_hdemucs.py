@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -96,7 +97,12 @@ class HDemucsModule(nn.Module):
             x = HEncLayer(enc_plan, dtype=self.dtype, name=flax_name(enc_plan.path))(x, inject)
             if idx == 0 and p.freq_emb is not None:
                 e = p.freq_emb
-                table = self.param("freq_emb", _embedding_init(e.num_embeddings, e.smooth, e.scale), (e.num_embeddings, e.dim), jnp.float32)
+                table = self.param(
+                    "freq_emb",
+                    _embedding_init(e.num_embeddings, e.smooth, e.scale),
+                    (e.num_embeddings, e.dim),
+                    jnp.float32,
+                )
                 # `_ScaledEmbedding` stores weight / scale and multiplies back by scale.
                 emb = table[: x.shape[1]] * e.scale
                 x = x + (e.weight * emb)[None, :, None, :].astype(x.dtype)
@@ -110,9 +116,13 @@ class HDemucsModule(nn.Module):
             if idx >= offset:
                 tdec_plan = p.time_decoder[idx - offset]
                 if tdec_plan.empty:  # takes the frequency branch's last single-bin features
-                    xt, _ = HDecLayer(tdec_plan, dtype=self.dtype, name=flax_name(tdec_plan.path))(pre[:, 0], None, lengths_t.pop())
+                    xt, _ = HDecLayer(tdec_plan, dtype=self.dtype, name=flax_name(tdec_plan.path))(
+                        pre[:, 0], None, lengths_t.pop()
+                    )
                 else:
-                    xt, _ = HDecLayer(tdec_plan, dtype=self.dtype, name=flax_name(tdec_plan.path))(xt, saved_t.pop(), lengths_t.pop())
+                    xt, _ = HDecLayer(tdec_plan, dtype=self.dtype, name=flax_name(tdec_plan.path))(
+                        xt, saved_t.pop(), lengths_t.pop()
+                    )
 
         sources = p.num_sources
         # Frequency branch: (B, F, T, S * C * 2) -> complex (B, S, C, T, F), denormalised in float32.
@@ -181,7 +191,9 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
         self._given_params = None
 
-    def init_weights(self, rng: jax.Array, input_shape: tuple[int, ...], params: FrozenDict | None = None) -> FrozenDict:
+    def init_weights(
+        self, rng: jax.Array, input_shape: tuple[int, ...], params: FrozenDict | None = None
+    ) -> FrozenDict:
         """Parameters drawn like torchaudio's initialisation (numpy; no forward pass is run).
 
         `input_shape` is unused: parameter shapes do not depend on the input length.
@@ -189,7 +201,13 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         if self._given_params is not None:
             return freeze(self._given_params)
         if isinstance(rng, jax.core.Tracer):  # under jax.eval_shape (`_do_init=False`) only shapes matter
-            return freeze(jax.tree.map(lambda shape: jnp.zeros(shape, jnp.float32), param_shapes(self.config), is_leaf=lambda x: isinstance(x, tuple)))
+            return freeze(
+                jax.tree.map(
+                    lambda shape: jnp.zeros(shape, jnp.float32),
+                    param_shapes(self.config),
+                    is_leaf=lambda x: isinstance(x, tuple),
+                )
+            )
         seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
         random_params = convert_torchaudio_state_dict(random_torchaudio_state_dict(self.config, seed), self.config)
         if params is None:
@@ -224,7 +242,9 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         return to_torchaudio_state_dict(unfreeze(self.params), self.config)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any) -> FlaxHDemucs:
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any
+    ) -> FlaxHDemucs:
         """transformers' `from_pretrained`, strict: a checkpoint whose parameters do not exactly match the
         config (missing, unexpected or wrongly shaped) is an error, never silently re-initialised."""
         if kwargs.get("_do_init", True) is False:
@@ -250,7 +270,9 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         cls._loaded_keys = set(flatten_dict(state).keys())  # read by `from_pretrained` to reject extra keys
         return state
 
-    def __call__(self, waveform: Any, params: dict | None = None, return_dict: bool = True) -> FlaxHDemucsOutput | tuple:
+    def __call__(
+        self, waveform: Any, params: dict | None = None, return_dict: bool = True
+    ) -> FlaxHDemucsOutput | tuple:
         params = self.params if params is None else params
         sources = self._forward(params, jnp.asarray(waveform, jnp.float32))
         return FlaxHDemucsOutput(sources=sources) if return_dict else (sources,)

@@ -91,7 +91,9 @@ def load_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             raise ValueError(f"{path}: big-endian checkpoints are not supported")
         with archive.open(pickles[0]) as handle:
             state = _Unpickler(handle, archive, prefix).load()
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in state.items()
+    ):
         found = f" (top-level keys {sorted(map(str, state))[:5]})" if isinstance(state, dict) else ""
         raise ValueError(f"{path}: the checkpoint is not a state dict of named tensors{found}")
     return dict(state)

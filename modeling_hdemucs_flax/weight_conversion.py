@@ -10,8 +10,9 @@ builds and never uses, so a round trip is exact). Layout changes, each named onc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
@@ -99,10 +100,34 @@ def conversion_table(config: Any) -> list[Entry]:
                     for lyr in range(LSTM_LAYERS):
                         width = h if lyr == 0 else 2 * h
                         for sfx in ("", "_reverse"):
-                            add(f"{tk}.lstm.weight_ih_l{lyr}{sfx}", (*fp, "lstm", f"kernel_ih_l{lyr}{sfx}"), (4 * h, width), "linear", "lstm")
-                            add(f"{tk}.lstm.weight_hh_l{lyr}{sfx}", (*fp, "lstm", f"kernel_hh_l{lyr}{sfx}"), (4 * h, h), "linear", "lstm")
-                            add(f"{tk}.lstm.bias_ih_l{lyr}{sfx}", (*fp, "lstm", f"bias_ih_l{lyr}{sfx}"), (4 * h,), "same", "lstm")
-                            add(f"{tk}.lstm.bias_hh_l{lyr}{sfx}", (*fp, "lstm", f"bias_hh_l{lyr}{sfx}"), (4 * h,), "same", "lstm")
+                            add(
+                                f"{tk}.lstm.weight_ih_l{lyr}{sfx}",
+                                (*fp, "lstm", f"kernel_ih_l{lyr}{sfx}"),
+                                (4 * h, width),
+                                "linear",
+                                "lstm",
+                            )
+                            add(
+                                f"{tk}.lstm.weight_hh_l{lyr}{sfx}",
+                                (*fp, "lstm", f"kernel_hh_l{lyr}{sfx}"),
+                                (4 * h, h),
+                                "linear",
+                                "lstm",
+                            )
+                            add(
+                                f"{tk}.lstm.bias_ih_l{lyr}{sfx}",
+                                (*fp, "lstm", f"bias_ih_l{lyr}{sfx}"),
+                                (4 * h,),
+                                "same",
+                                "lstm",
+                            )
+                            add(
+                                f"{tk}.lstm.bias_hh_l{lyr}{sfx}",
+                                (*fp, "lstm", f"bias_hh_l{lyr}{sfx}"),
+                                (4 * h,),
+                                "same",
+                                "lstm",
+                            )
                     add(f"{tk}.linear.weight", (*fp, "linear", "kernel"), (h, 2 * h), "linear", "weight")
                     add(f"{tk}.linear.bias", (*fp, "linear", "bias"), (h,), "same", "bias")
 
@@ -117,7 +142,13 @@ def conversion_table(config: Any) -> list[Entry]:
             norm(f"{t}.norm2", (*f, "norm2"), layer.chout)
 
     if plan.freq_emb is not None:
-        add("freq_emb.embedding.weight", ("freq_emb",), (plan.freq_emb.num_embeddings, plan.freq_emb.dim), "same", "embedding")
+        add(
+            "freq_emb.embedding.weight",
+            ("freq_emb",),
+            (plan.freq_emb.num_embeddings, plan.freq_emb.dim),
+            "same",
+            "embedding",
+        )
     return entries
 
 
@@ -206,7 +237,6 @@ def to_torchaudio_state_dict(params: Mapping[str, Any], config: Any) -> dict[str
     return {e.torch_key: _to_torch(flat[e.flax_path].astype(np.float32), e.kind) for e in table}
 
 
-
 def random_torchaudio_state_dict(config: Any, seed: int = 0) -> dict[str, np.ndarray]:
     """A state dict drawn like torchaudio's initialisation of `HDemucs(**config.torchaudio_kwargs())`.
 
@@ -253,6 +283,4 @@ def random_torchaudio_state_dict(config: Any, seed: int = 0) -> dict[str, np.nda
 def param_shapes(config: Any) -> dict:
     """Nested dict of the Flax parameter shapes (no arrays are built)."""
     table = conversion_table(config)
-    return unflatten_dict(
-        {e.flax_path: _to_flax(np.empty(e.torch_shape, np.float32), e.kind).shape for e in table}
-    )
+    return unflatten_dict({e.flax_path: _to_flax(np.empty(e.torch_shape, np.float32), e.kind).shape for e in table})

@@ -111,7 +111,9 @@ def test_torchaudio_flax_torchaudio_is_bit_identical(config):
         assert back[key].dtype == np.float32
         np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
     # and the result loads into torchaudio strictly
-    torchaudio.models.HDemucs(**config.torchaudio_kwargs()).load_state_dict({k: torch.from_numpy(v) for k, v in back.items()})
+    torchaudio.models.HDemucs(**config.torchaudio_kwargs()).load_state_dict(
+        {k: torch.from_numpy(v) for k, v in back.items()}
+    )
 
 
 def test_save_pretrained_from_pretrained_is_bit_identical(tiny_pair, tmp_path):
@@ -136,7 +138,9 @@ def test_conversion_errors_name_the_key(tiny_pair):
     state = dict(reference.state_dict())
     missing = dict(state)
     del missing["freq_encoder.3.dconv.layers.0.3.lstm.weight_hh_l1_reverse"]
-    with pytest.raises(ValueError, match=r"missing keys \['freq_encoder\.3\.dconv\.layers\.0\.3\.lstm\.weight_hh_l1_reverse'\]"):
+    with pytest.raises(
+        ValueError, match=r"missing keys \['freq_encoder\.3\.dconv\.layers\.0\.3\.lstm\.weight_hh_l1_reverse'\]"
+    ):
         convert_torchaudio_state_dict(missing, config)
     with pytest.raises(ValueError, match=r"unexpected keys \['extra\.weight'\]"):
         convert_torchaudio_state_dict({**state, "extra.weight": torch.zeros(3)}, config)
@@ -182,7 +186,9 @@ def test_torch_checkpoint_reader_without_torch(tiny_pair, tmp_path):
         "import numpy as np; m(np.zeros((1, 2, 3000), np.float32));"
         "assert 'torch' not in sys.modules, 'torch was imported'; print('ok')"
     )
-    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, "USE_TORCH": "0"}, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, "USE_TORCH": "0"}, capture_output=True, text=True
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
     torch.save({"model": reference.state_dict()}, path)
     with pytest.raises(ValueError, match="not a state dict of named tensors|unsupported"):
@@ -227,7 +233,9 @@ def test_jit_matches_eager_and_does_not_recompile(tiny_pair):
     assert db < -120
 
 
-@pytest.mark.parametrize("config", [tiny_config(), pytest.param(HDemucsConfig(), marks=pytest.mark.slow)], ids=["tiny", "high"])
+@pytest.mark.parametrize(
+    "config", [tiny_config(), pytest.param(HDemucsConfig(), marks=pytest.mark.slow)], ids=["tiny", "high"]
+)
 def test_bfloat16_runs_and_error_is_reported(config):
     reference = torch_model(config, seed=2)
     state = reference.state_dict()
@@ -238,6 +246,8 @@ def test_bfloat16_runs_and_error_is_reported(config):
     got = bf16(x).sources
     assert got.dtype == jnp.float32  # outputs (like STFT and statistics) stay float32
     # measured: tiny -50 dB, high -39 dB with these re-drawn weights (bf16 has an 8-bit mantissa)
-    _, db = error_report(f"bfloat16 vs float32 ({'high' if config.nfft == 4096 else 'tiny'})", np.asarray(got), want, -30)
+    _, db = error_report(
+        f"bfloat16 vs float32 ({'high' if config.nfft == 4096 else 'tiny'})", np.asarray(got), want, -30
+    )
     assert db < -30
     assert plan_layers(config) == bf16.module.plan

@@ -61,7 +61,9 @@ def _capture(reference: torch.nn.Module, x: np.ndarray) -> dict[str, tuple]:
     for branch in ("freq_encoder", "time_encoder", "freq_decoder", "time_decoder"):
         for index, layer in enumerate(getattr(reference, branch)):
             path = f"{branch}.{index}"
-            handles.append(layer.register_forward_hook(lambda m, args, out, path=path: seen.__setitem__(path, (args, out))))
+            handles.append(
+                layer.register_forward_hook(lambda m, args, out, path=path: seen.__setitem__(path, (args, out)))
+            )
     with torch.no_grad():
         reference(torch.from_numpy(x))
     for handle in handles:
@@ -108,7 +110,9 @@ def test_dconv_with_blstm_framing_and_local_state(tiny_pair):
     assert db < LAYER_DB
 
     branch = torch_dconv.layers[0]
-    hidden = torch.from_numpy(np.random.default_rng(4).standard_normal((2, plan.dconv.hidden, steps)).astype(np.float32))
+    hidden = torch.from_numpy(
+        np.random.default_rng(4).standard_normal((2, plan.dconv.hidden, steps)).astype(np.float32)
+    )
     with torch.no_grad():
         want_lstm, want_attn = branch[3](hidden), branch[4](hidden)
     got_lstm = BLSTM(plan.dconv.hidden).apply({"params": params["layers_0"]["lstm"]}, channels_last(hidden))
@@ -129,6 +133,8 @@ def test_blstm_framing_boundaries(tiny_pair, steps):
     x = torch.from_numpy(np.random.default_rng(steps).standard_normal((1, plan.dconv.hidden, steps)).astype(np.float32))
     with torch.no_grad():
         want = blstm(x)
-    got = BLSTM(plan.dconv.hidden).apply({"params": model.params["freq_encoder_3"]["dconv"]["layers_1"]["lstm"]}, channels_last(x))
+    got = BLSTM(plan.dconv.hidden).apply(
+        {"params": model.params["freq_encoder_3"]["dconv"]["layers_1"]["lstm"]}, channels_last(x)
+    )
     _, db = error_report(f"BLSTM {steps} steps", np.asarray(got), channels_last(want), LAYER_DB)
     assert db < LAYER_DB
