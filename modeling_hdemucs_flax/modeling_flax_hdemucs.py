@@ -36,7 +36,11 @@ class _DropFlaxDeprecation(logging.Filter):
     this model (transformers 4.57 is the pinned, last Flax-capable release), so it is filtered out."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "TensorFlow and JAX classes are deprecated" not in record.getMessage()
+        message = record.getMessage()
+        # FlaxHDemucs.from_pretrained upcasts bfloat16 checkpoints to float32 itself (see there).
+        return "TensorFlow and JAX classes are deprecated" not in message and not (
+            "of FlaxHDemucs were initialized in bfloat16 precision" in message
+        )
 
 
 logging.getLogger("transformers.modeling_flax_utils").addFilter(_DropFlaxDeprecation())
@@ -261,7 +265,9 @@ class FlaxHDemucs(FlaxPreTrainedModel):
                 f"{pretrained_model_name_or_path}: checkpoint does not match its config "
                 f"(missing {missing}, unexpected {unexpected})"
             )
-        params = jax.tree.map(jnp.asarray, params)
+        # Parameters are always float32 (a checkpoint may store bfloat16 to halve its size); `dtype` is the
+        # compute dtype and is applied per layer.
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
         return cls(model.config, dtype=model.dtype, params=params)
 
     @classmethod

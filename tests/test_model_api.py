@@ -251,3 +251,15 @@ def test_bfloat16_runs_and_error_is_reported(config):
     )
     assert db < -30
     assert plan_layers(config) == bf16.module.plan
+
+
+def test_bfloat16_checkpoint_loads_as_float32_params(tiny_pair, tmp_path, caplog):
+    _, _, model = tiny_pair
+    half = jax.tree.map(lambda a: jnp.asarray(a, jnp.bfloat16), model.params)
+    model.save_pretrained(tmp_path, params=half, safe_serialization=True)
+    with caplog.at_level("WARNING"):
+        loaded = FlaxHDemucs.from_pretrained(tmp_path)
+    assert "bfloat16 precision" not in caplog.text
+    for key, value in flatten_dict(loaded.params).items():
+        assert value.dtype == jnp.float32, key
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(flatten_dict(half)[key], np.float32))
