@@ -69,9 +69,10 @@ class Limits:
 
     @classmethod
     def from_env(cls, env=os.environ) -> Limits:
+        size = env.get("HDEMUCS_SPACE_MAX_FILE_SIZE", cls.max_file_size).strip()
         return cls(
             max_duration=float(env.get("HDEMUCS_SPACE_MAX_DURATION", cls.max_duration)),
-            max_file_size=env.get("HDEMUCS_SPACE_MAX_FILE_SIZE", cls.max_file_size),
+            max_file_size=int(size) if size.isdigit() else size,  # gradio takes bytes or "100mb", not "100"
             queue_size=int(env.get("HDEMUCS_SPACE_QUEUE_SIZE", cls.queue_size)),
         )
 
@@ -87,7 +88,9 @@ class Separated:
 
 def format_seconds(seconds: float) -> str:
     """ "42 s", "3 min 05 s", "10 min"."""
-    seconds = max(0, round(seconds))
+    if seconds < 9.95:  # short clips to a tenth: "2.5 s", "8 s"
+        return f"{max(0.0, seconds):.1f}".removesuffix(".0") + " s"
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
     return f"{seconds // 60} min" + (f" {seconds % 60:02d} s" if seconds % 60 else "")
@@ -237,23 +240,30 @@ def build_demo(
                 audio, mode, shifts=int(shifts), overlap=float(overlap), ext=ext, progress=chunk_progress(progress)
             )
         except AudioError as error:
-            raise gr.Error(str(error), title="Cannot separate this file", print_exception=False) from None
+            # duration=None: the message stays until the visitor closes it
+            raise gr.Error(str(error), duration=None, print_exception=False) from None
         except Exception as error:  # never a stack trace in the page; the log keeps it
             logger.exception("separation failed")
             raise gr.Error(
                 f"Separation failed unexpectedly ({type(error).__name__}); please try again or another file",
-                title="Something went wrong",
+                duration=None,
             ) from None
-        players = [
-            gr.update(value=str(result.stems[s]), visible=True)
-            if s in result.stems
-            else gr.update(value=None, visible=False)
-            for s in stems
-        ]
-        return (*players, gr.update(value=str(result.archive), visible=True), result.summary)
+        # Plain values, no gr.update: gradio 6.17 cannot cache example outputs that carry updates. Which
+        # players show follows the mode radio (`shown`), not this result.
+        players = [str(result.stems[s]) if s in result.stems else None for s in stems]
+        return (*players, str(result.archive), result.summary)
+
+    def shown(mode):
+        """Player visibility for `mode`. visible="hidden" (in the page, not shown), never False: gradio 6.17
+        does not show a component again that received visible=False while already invisible."""
+        wanted = {KARAOKE_STEM, f"no_{KARAOKE_STEM}"} if mode == "karaoke" else set(separator.sources)
+        return [gr.update(visible=True if s in wanted else "hidden") for s in stems]
 
     def separate_example(audio, mode, progress=gr.Progress()):  # noqa: B008
-        return separate(audio, mode, 0, separator.overlap, "wav", progress)
+        # Examples set mode "all" and fill only the source players: gradio 6.17 cannot read a cached None back
+        # for an Audio output (the hidden accompaniment player).
+        *players, archive_path, summary = separate(audio, mode, 0, separator.overlap, "wav", progress)
+        return (*players[: len(separator.sources)], archive_path, summary)
 
     with gr.Blocks(title="Hybrid Demucs · stem separation", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# Hybrid Demucs: split a song into stems", elem_id="hdemucs-title")
@@ -303,20 +313,22 @@ def build_demo(
                                     type="filepath",
                                     interactive=False,
                                     buttons=["download"],
-                                    visible=not s.startswith("no_"),
+                                    visible="hidden" if s.startswith("no_") else True,
                                     elem_id=f"stem-{s}",
                                 )
                 players = [player[s] for s in stems]
-                archive = gr.File(label="All stems (.zip)", interactive=False, visible=False, elem_id="stems-zip")
+                archive = gr.File(label="All stems (.zip)", interactive=False, elem_id="stems-zip")
         outputs = [*players, archive, status]
         button.click(
             separate, [audio_in, mode, shifts, overlap, ext], outputs, api_name="separate", concurrency_limit=1
         )
+        # .change also fires when an example sets the mode; UI only, outside the queue's single worker
+        mode.change(shown, mode, players, api_name=False, queue=False, show_progress="hidden")
         if examples:
             gr.Examples(
                 [[str(p), "all"] for p in examples],
                 [audio_in, mode],
-                outputs,
+                [*players[: len(separator.sources)], archive, status],
                 fn=separate_example,
                 cache_examples=True,
                 cache_mode="lazy",
@@ -325,7 +337,7 @@ def build_demo(
             )
         gr.Markdown(
             "The model weights (torchaudio's HDEMUCS_HIGH_MUSDB_PLUS) are licensed CC BY-NC-SA 4.0: "
-            "non-commercial use. Uploads and results are deleted from the server within an hour."
+            "non-commercial use. Uploads and results older than an hour are deleted from the server every hour."
         )
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
@@ -362,6 +374,7 @@ def main() -> int:
         # Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere else stay on the loopback interface.
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         max_file_size=limits.max_file_size,
+        allowed_paths=[str(EXAMPLES_DIR)],  # the example clips, whatever the working directory
         ssr_mode=False,
         theme=THEME,
         css=CSS,
