@@ -240,13 +240,13 @@ def build_demo(
                 audio, mode, shifts=int(shifts), overlap=float(overlap), ext=ext, progress=chunk_progress(progress)
             )
         except AudioError as error:
-            # duration=None: the message stays until the visitor closes it
-            raise gr.Error(str(error), duration=None, print_exception=False) from None
+            # 30 s on screen (closable): long enough to read, gone before the next result
+            raise gr.Error(str(error), duration=30, print_exception=False) from None
         except Exception as error:  # never a stack trace in the page; the log keeps it
             logger.exception("separation failed")
             raise gr.Error(
                 f"Separation failed unexpectedly ({type(error).__name__}); please try again or another file",
-                duration=None,
+                duration=30,
             ) from None
         # Plain values, no gr.update: gradio 6.17 cannot cache example outputs that carry updates. Which
         # players show follows the mode radio (`shown`), not this result.
@@ -317,7 +317,7 @@ def build_demo(
                                     elem_id=f"stem-{s}",
                                 )
                 players = [player[s] for s in stems]
-                archive = gr.File(label="All stems (.zip)", interactive=False, elem_id="stems-zip")
+                archive = gr.File(label="All stems (.zip)", interactive=False, height=100, elem_id="stems-zip")
         outputs = [*players, archive, status]
         button.click(
             separate, [audio_in, mode, shifts, overlap, ext], outputs, api_name="separate", concurrency_limit=1
@@ -361,7 +361,7 @@ def main() -> int:
     try:
         separator = load_separator()
     except ModelLoadError as error:
-        logger.error("%s", error)
+        logger.error("cannot load the model (HDEMUCS_MODEL=%s): %s", os.environ.get("HDEMUCS_MODEL", ""), error)
         return 1
     logger.info(
         "model %s ready (sources %s, compiled) in %.1f s",

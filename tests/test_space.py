@@ -219,6 +219,7 @@ def test_browser_upload_separate_download_error_and_recovery(server, tmp_path):
         page.goto(server.url)
         status = page.locator("#hdemucs-status")
         expect(status).to_contain_text("Stems will appear here", timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "space-start.png"), full_page=True)
 
         # 1. a stereo 48 kHz song into four stems: players, downloads and the zip
         upload(page, song)
@@ -281,9 +282,7 @@ def test_gradio_client_separates_and_reports_errors(server, tmp_path):
 
     client = Client(server.url, download_files=str(tmp_path / "client"), verbose=False)
     song = write_song(tmp_path / "api_song.wav", 2.0, SR, 2, subtype="PCM_24")
-    *players, archive, summary = client.predict(
-        handle_file(song), "all", 0, 0.25, "wav", api_name="/separate"
-    )
+    *players, archive, summary = client.predict(handle_file(song), "all", 0, 0.25, "wav", api_name="/separate")
     assert len(players) == 5 and players[4] is None  # drums, bass, other, vocals, no_vocals (hidden)
     for stem, path in zip(SOURCES, players[:4], strict=True):
         assert Path(path).name == f"api_song_{stem}.wav"
@@ -293,9 +292,7 @@ def test_gradio_client_separates_and_reports_errors(server, tmp_path):
         assert len(bundle.namelist()) == 4
     assert "api_song.wav" in summary and "4 stems" in summary
 
-    *players, archive, summary = client.predict(
-        handle_file(song), "karaoke", 1, 0.5, "flac", api_name="/separate"
-    )
+    *players, archive, summary = client.predict(handle_file(song), "karaoke", 1, 0.5, "flac", api_name="/separate")
     assert [p is not None for p in players] == [False, False, False, True, True]
     for path in players[3:]:
         assert Path(path).suffix == ".flac"
