@@ -19,6 +19,7 @@ zero-padded, because a shorter chunk would need a compilation per song length.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -457,6 +458,7 @@ class Separator:
         if shifts < 0 or batch_size < 1 or transition_power <= 0:
             raise ValueError("need shifts >= 0, batch_size >= 1 and transition_power > 0")
         self.shifts, self.seed, self.batch_size = int(shifts), int(seed), int(batch_size)
+        self.weighting, self.transition_power = weighting, float(transition_power)
         self.weight = chunk_weight(
             self.segment_samples, self.segment_samples - self.stride, weighting, transition_power
         )
@@ -486,6 +488,25 @@ class Separator:
 
         dtype = options.get("dtype") or jnp.float32
         return cls(load_model(model, dtype=dtype, revision=revision), **options)
+
+    def with_options(
+        self, *, overlap: float | None = None, shifts: int | None = None, seed: int | None = None
+    ) -> Separator:
+        """A Separator sharing this one's model and compiled forward pass, with other scheduling options
+        (None keeps the current value). The forward pass's shape does not depend on them, so the variant
+        compiles nothing: a server can warm up once and still offer per-request overlap and shifts."""
+        overlap = self.overlap if overlap is None else float(overlap)
+        shifts = self.shifts if shifts is None else int(shifts)
+        if not 0 <= overlap < 1 or shifts < 0:
+            raise ValueError(f"need 0 <= overlap < 1 and shifts >= 0 (got {overlap}, {shifts})")
+        variant = copy.copy(self)
+        variant.overlap, variant.shifts = overlap, shifts
+        variant.seed = self.seed if seed is None else int(seed)
+        variant.stride = max(1, int((1 - overlap) * self.segment_samples))
+        variant.weight = chunk_weight(
+            self.segment_samples, self.segment_samples - variant.stride, self.weighting, self.transition_power
+        )
+        return variant
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
