@@ -9,6 +9,7 @@ is one line on stderr naming the file; the other files are still processed), 2 f
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -239,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    # huggingface_hub logs a warning per retry of an unreachable Hub; the model loader's own one-line
+    # error says what failed, so the CLI keeps only errors from that logger.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
         return separate_command(args, parser)
     except KeyboardInterrupt:
