@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
 
 from modeling_hdemucs_flax import FlaxHDemucs, HDemucsConfig
 from modeling_hdemucs_flax.configuration_hdemucs import PRESETS
@@ -468,9 +469,13 @@ def write_folder(model: FlaxHDemucs, card, output_dir: Path) -> list[str]:
         with _quiet_transformers():  # bfloat16 weights make transformers list every key in a warning
             reloaded = flatten_dict(dict(FlaxHDemucs.from_pretrained(staging, dtype=model.dtype).params))
         gated = flatten_dict(dict(model.params))
+        # from_pretrained hands back float32 parameters (bfloat16 -> float32 is exact), so values are compared
+        # in float32 and the stored dtypes are read from the file itself.
+        with safe_open(staging / "model.safetensors", framework="flax") as stored:
+            stored_dtypes = {tuple(k.split(".")): stored.get_tensor(k).dtype for k in stored.keys()}
         if reloaded.keys() != gated.keys() or any(
-            np.asarray(reloaded[k]).dtype != np.asarray(gated[k]).dtype
-            or not np.array_equal(np.asarray(reloaded[k]), np.asarray(gated[k]))
+            stored_dtypes.get(k) != np.asarray(gated[k]).dtype
+            or not np.array_equal(np.asarray(reloaded[k]), np.asarray(gated[k], np.float32))
             for k in gated
         ):
             raise ConversionError("internal error: the saved weights differ from the ones that passed the gate")

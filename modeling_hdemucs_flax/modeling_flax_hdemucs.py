@@ -38,9 +38,9 @@ class _DropFlaxDeprecation(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         # FlaxHDemucs.from_pretrained upcasts bfloat16 checkpoints to float32 itself (see there).
-        return "TensorFlow and JAX classes are deprecated" not in message and not (
-            "of FlaxHDemucs were initialized in bfloat16 precision" in message
-        )
+        deprecation = "TensorFlow and JAX classes are deprecated"
+        upcast = "of FlaxHDemucs were initialized in bfloat16 precision"
+        return deprecation not in message and upcast not in message
 
 
 logging.getLogger("transformers.modeling_flax_utils").addFilter(_DropFlaxDeprecation())

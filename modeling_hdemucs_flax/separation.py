@@ -165,15 +165,16 @@ class OverlapAdd:
 
     For each shift pass s: out_s(t) = sum_k w(t - start_k) y_k(t) / sum_k w(t - start_k); the result is the
     mean over passes. Chunks must be added in order of start; `pop(frontier)` returns the finished samples
-    before `frontier` (no chunk yet to come covers them). Float32; storage is bounded by the span of the
-    chunks in flight.
+    before `frontier` (no chunk yet to come covers them). Sums are kept in float64 (with high overlap and
+    a sharp weight, many small float32 terms would cost ~1e-6 of accuracy); output is float32. Storage is
+    bounded by the span of the chunks in flight.
     """
 
     def __init__(self, length: int, n_shifts: int, weight: np.ndarray, out_shape: tuple[int, ...]):
         self.length, self.weight = length, weight
         self.base = 0  # first sample not yet returned
-        self._acc = np.zeros((n_shifts, *out_shape, 0), np.float32)
-        self._wsum = np.zeros((n_shifts, 0), np.float32)
+        self._acc = np.zeros((n_shifts, *out_shape, 0), np.float64)
+        self._wsum = np.zeros((n_shifts, 0), np.float64)
 
     def add(self, shift: int, start: int, chunk: np.ndarray) -> None:
         """Accumulate `chunk` (*out_shape, segment) for pass `shift`; only samples inside [0, length) count."""
@@ -184,8 +185,8 @@ class OverlapAdd:
         needed = hi - self.base
         if needed > self._acc.shape[-1]:
             grow = needed - self._acc.shape[-1]
-            self._acc = np.concatenate([self._acc, np.zeros((*self._acc.shape[:-1], grow), np.float32)], axis=-1)
-            self._wsum = np.concatenate([self._wsum, np.zeros((self._wsum.shape[0], grow), np.float32)], axis=-1)
+            self._acc = np.concatenate([self._acc, np.zeros((*self._acc.shape[:-1], grow), np.float64)], axis=-1)
+            self._wsum = np.concatenate([self._wsum, np.zeros((self._wsum.shape[0], grow), np.float64)], axis=-1)
         w = self.weight[lo - start : hi - start]
         self._acc[shift, ..., lo - self.base : hi - self.base] += chunk[..., lo - start : hi - start] * w
         self._wsum[shift, lo - self.base : hi - self.base] += w
@@ -197,7 +198,7 @@ class OverlapAdd:
         wsum = self._wsum[:, :n]
         assert (wsum > 0).all(), "a sample without weight (chunk plan does not cover the song)"
         acc = self._acc[..., :n]
-        out = (acc / wsum.reshape(wsum.shape[0], *([1] * (acc.ndim - 2)), n)).mean(axis=0)
+        out = (acc / wsum.reshape(wsum.shape[0], *([1] * (acc.ndim - 2)), n)).mean(axis=0).astype(np.float32)
         self._acc = self._acc[..., n:].copy()
         self._wsum = self._wsum[:, n:].copy()
         self.base += n
