@@ -163,6 +163,18 @@ def _to_flax(value: np.ndarray, kind: str) -> np.ndarray:
     return np.array(value)
 
 
+def _flax_shape(entry: Entry) -> tuple[int, ...]:
+    """Shape of the Flax leaf for `entry`: `_to_flax`'s layout change applied to the shape alone."""
+    shape = entry.torch_shape
+    if entry.kind == "conv":
+        return (*shape[2:], shape[1], shape[0])
+    if entry.kind == "conv_tr":
+        return (*shape[2:], shape[0], shape[1])
+    if entry.kind == "linear":
+        return shape[::-1]
+    return shape
+
+
 def _to_torch(value: np.ndarray, kind: str) -> np.ndarray:
     nd = value.ndim
     if kind == "conv":  # (*k, in, out) -> (out, in, *k)
@@ -229,7 +241,7 @@ def to_torchaudio_state_dict(params: Mapping[str, Any], config: Any) -> dict[str
     wrong = []
     for path, e in expected.items():
         if path in flat:
-            want = _to_flax(np.empty(e.torch_shape, np.float32), e.kind).shape
+            want = _flax_shape(e)
             if flat[path].shape != want:
                 wrong.append(f"{'/'.join(path)}: {flat[path].shape} (expected {want})")
     if missing or unexpected or wrong:
@@ -283,4 +295,4 @@ def random_torchaudio_state_dict(config: Any, seed: int = 0) -> dict[str, np.nda
 def param_shapes(config: Any) -> dict:
     """Nested dict of the Flax parameter shapes (no arrays are built)."""
     table = conversion_table(config)
-    return unflatten_dict({e.flax_path: _to_flax(np.empty(e.torch_shape, np.float32), e.kind).shape for e in table})
+    return unflatten_dict({e.flax_path: _flax_shape(e) for e in table})
