@@ -25,38 +25,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CHILD = r"""
-import json, resource, sys, time
-t0 = time.perf_counter()
-import jax, numpy as np
-from modeling_hdemucs_flax import FlaxHDemucs, HDemucsConfig, Separator
-t_import = time.perf_counter()
-args = json.loads(sys.argv[1])
-if args["model"]:
-    from modeling_hdemucs_flax.pretrained import load_model
-    model = load_model(args["model"])
-else:
-    config = HDemucsConfig() if args["config"] == "high" else HDemucsConfig.from_preset(
-        "low", channels=4, norm_starts=2, dconv_lstm=3, dconv_attn=3)
-    model = FlaxHDemucs(config, seed=0)
-t_load = time.perf_counter()
-separator = Separator(model, compilation_cache=args["cache"], batch_size=args["batch_size"])
-separator.warmup()
-t_compile = time.perf_counter()
-result = {"import_s": t_import - t0, "load_s": t_load - t_import, "compile_s": t_compile - t_load}
-if args["song"]:
-    t = time.perf_counter()
-    separator.separate_file(args["song"], args["out"])
-    result["separate_s"] = time.perf_counter() - t
-result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print("RESULT " + json.dumps(result))
-"""
+CHILD = Path(__file__).with_name("separation_child.py")  # one measurement, in its own process
 
 
 def run_child(options: dict) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(options)], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(CHILD), json.dumps(options)], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"benchmark child failed:\n{done.stderr[-4000:]}")
     line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
@@ -66,18 +41,16 @@ def run_child(options: dict) -> dict:
 
 
 def write_song(path: Path, minutes: float, rate: int = 44100) -> Path:
-    """A 16-bit stereo WAV of tones and noise bursts, generated block by block."""
-    import numpy as np
+    """A 16-bit stereo WAV of `minutes` of synthetic music (a 30-second `synth_song`, repeated), block by block."""
     import soundfile as sf
 
-    rng = np.random.default_rng(0)
+    from modeling_hdemucs_flax import synth_song
+
+    loop = synth_song(30 * rate, rate, 2).T
     frames = int(minutes * 60 * rate)
     with sf.SoundFile(path, "w", samplerate=rate, channels=2, subtype="PCM_16") as handle:
-        for start in range(0, frames, rate * 10):
-            t = np.arange(start, min(start + rate * 10, frames)) / rate
-            tone = 0.2 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 55 * t)
-            bursts = 0.1 * (np.sin(2 * np.pi * 2 * t) > 0.6) * rng.standard_normal(t.size)
-            handle.write(np.stack([tone + bursts, tone - bursts], axis=1))
+        for start in range(0, frames, loop.shape[0]):
+            handle.write(loop[: frames - start])
     return path
 
 

@@ -26,9 +26,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import shutil
+import string
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,13 +40,15 @@ from modeling_hdemucs_flax import FlaxHDemucs, HDemucsConfig
 from modeling_hdemucs_flax.configuration_hdemucs import PRESETS
 from modeling_hdemucs_flax.downloads import (
     BUNDLES,
-    DownloadError,
     TorchaudioBundle,
     fetch_torchaudio_checkpoint,
-    replace_directory,
     sha256_file,
     torchaudio_url,
 )
+from modeling_hdemucs_flax.errors import DownloadError, HDemucsFlaxError, one_line
+from modeling_hdemucs_flax.metrics import max_abs_error, relative_error_db
+from modeling_hdemucs_flax.pretrained import save_pretrained_atomic
+from modeling_hdemucs_flax.synthetic import synth_song
 from modeling_hdemucs_flax.torch_checkpoint import load_torch_state_dict
 from modeling_hdemucs_flax.weight_conversion import convert_torchaudio_state_dict
 
@@ -61,9 +62,10 @@ OUTPUT_FILES = ("README.md", "config.json", "model.safetensors")
 THRESHOLDS_DB = {"float32": -80.0, "bfloat16": -30.0}
 
 CODE_URL = "https://huggingface.co/hdemucs-flax"  # the project's homepage (pyproject.toml)
+CARD_TEMPLATE = Path(__file__).with_name("model_card.md")  # string.Template: $name fields filled by make_card
 
 
-class ConversionError(Exception):
+class ConversionError(HDemucsFlaxError):
     """A user-facing failure; the message is one line."""
 
 
@@ -179,7 +181,7 @@ def resolve_source(args: argparse.Namespace, bundles: Mapping[str, TorchaudioBun
         try:
             config = HDemucsConfig.from_json_file(args.config)
         except (OSError, ValueError) as error:
-            raise ConversionError(f"{args.config}: cannot read the config ({_first_line(error)})") from None
+            raise ConversionError(f"{args.config}: cannot read the config ({one_line(error)})") from None
     else:
         config = HDemucsConfig.from_preset(args.preset or "high")
     return Source(path, config, digest, args.sha256 is not None)
@@ -187,11 +189,6 @@ def resolve_source(args: argparse.Namespace, bundles: Mapping[str, TorchaudioBun
 
 def _is_sha256(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # ------------------------------------------------------------------------------------ conversion + gate
@@ -212,34 +209,9 @@ def cast_params(params: dict, dtype: str) -> dict:
 
 
 def probe_audio(seconds: float, sample_rate: int, channels: int, seed: int = 0) -> np.ndarray:
-    """A deterministic music-like probe, float32 (channels, samples): a bass line, a three-note chord with
-    vibrato, a voice-like harmonic tone with formants, kick and snare hits, and hi-hat noise, panned."""
-    rng = np.random.default_rng(seed)
-    n = max(int(round(seconds * sample_rate)), 1)
-    t = np.arange(n) / sample_rate
-    beat = 0.5  # seconds per beat (120 bpm)
-    step = np.floor(t / beat).astype(int)
-    phase = t - step * beat
-
-    bass_notes = np.array([55.0, 55.0, 65.4, 73.4])[step % 4]
-    bass = 0.25 * np.sin(2 * np.pi * np.cumsum(bass_notes) / sample_rate) * np.exp(-2.0 * phase)
-    chord = sum(0.06 * np.sin(2 * np.pi * f * t + 0.3 * np.sin(2 * np.pi * 5 * t)) for f in (261.6, 329.6, 392.0))
-    f0 = 220.0 * (1 + 0.02 * np.sin(2 * np.pi * 4.5 * t))
-    voice_phase = 2 * np.pi * np.cumsum(f0) / sample_rate
-    voice = sum(
-        (0.08 / k) * np.sin(k * voice_phase) * (1.5 if abs(k * 220 - 700) < 250 or abs(k * 220 - 1200) < 250 else 1.0)
-        for k in range(1, 12)
-    ) * (0.6 + 0.4 * np.sin(2 * np.pi * 0.25 * t) ** 2)
-    kick = 0.5 * np.sin(2 * np.pi * (50 + 100 * np.exp(-30 * phase)) * phase) * np.exp(-12 * phase) * (step % 2 == 0)
-    snare = 0.25 * rng.standard_normal(n) * np.exp(-18 * phase) * (step % 2 == 1)
-    hat_phase = np.mod(t, beat / 2)
-    hat = 0.05 * np.diff(rng.standard_normal(n + 1)) * np.exp(-60 * hat_phase)
-
-    out = np.zeros((channels, n))
-    for c in range(channels):
-        pan = 0.5 if channels == 1 else c / (channels - 1)
-        out[c] = bass + kick + snare + voice + (0.6 + 0.8 * pan) * chord + (1.4 - 0.8 * pan) * hat
-    return out.astype(np.float32)
+    """The gate's deterministic probe, float32 (channels, samples): a synthetic song with drums, bass, chords and
+    a voice-like melody, so every source the model separates has something to separate."""
+    return synth_song(max(int(round(seconds * sample_rate)), 1), sample_rate, channels, seed=seed)
 
 
 def torchaudio_reference(checkpoint: Path, config: HDemucsConfig, probe: np.ndarray) -> np.ndarray:
@@ -253,9 +225,7 @@ def torchaudio_reference(checkpoint: Path, config: HDemucsConfig, probe: np.ndar
     try:
         reference.load_state_dict(state)
     except RuntimeError as error:
-        raise ConversionError(
-            f"{checkpoint}: torchaudio cannot load it for this config ({_first_line(error)})"
-        ) from None
+        raise ConversionError(f"{checkpoint}: torchaudio cannot load it for this config ({one_line(error)})") from None
     reference.eval()
     with torch.no_grad():
         return reference(torch.from_numpy(probe)[None]).numpy()[0].astype(np.float64)
@@ -273,14 +243,10 @@ def compare(
     """Run the Flax model with `params` (as stored) on `probe` and measure its error against `want`."""
     model = FlaxHDemucs(config, params=params)
     got = np.asarray(model(probe[None]).sources, np.float64)[0]
-    diff = got - want
-
-    def relative_db(d: np.ndarray, w: np.ndarray) -> float:
-        return 20 * math.log10(max(float(np.linalg.norm(d)), 1e-30) / max(float(np.linalg.norm(w)), 1e-30))
-
-    total = relative_db(diff, want) if np.all(np.isfinite(got)) else math.inf
-    details = {name: relative_db(diff[i], want[i]) for i, name in enumerate(config.sources)}
-    return ParityResult(float(np.abs(diff).max()), total, threshold_db, probe_seconds, weights_dtype, details)
+    details = {name: relative_error_db(got[i], want[i]) for i, name in enumerate(config.sources)}
+    return ParityResult(
+        max_abs_error(got, want), relative_error_db(got, want), threshold_db, probe_seconds, weights_dtype, details
+    )
 
 
 def parity_gate(
@@ -360,72 +326,27 @@ def make_card(source: Source, results: list[ParityResult], repo_id: str | None):
     else:
         origin = f"the torchaudio HDemucs state-dict file `{source.checkpoint.name}`, {digest_note}."
         training = "Not stated by the converter: this folder was made from a local checkpoint."
-    sources_table = "\n".join(
+    source_table = "\n".join(
         f"| {i} | {s} | {result.details.get(s, float('nan')):.1f} dB |" for i, s in enumerate(config.sources)
     )
-    text = f"""---
-{data.to_yaml()}
----
-
-# Hybrid Demucs ({name}) for JAX/Flax
-
-Hybrid Demucs music source separation: a {config.sampling_rate} Hz, {config.audio_channels}-channel mixture in,
-one waveform per source out ({", ".join(config.sources)}). Weights converted from torchaudio for
-[hdemucs-flax]({CODE_URL}), which runs them in JAX/Flax with the same numbers as torchaudio's `HDemucs`.
-
-| index | source | parity (relative error vs torchaudio) |
-|---|---|---|
-{sources_table}
-
-## Usage
-
-```bash
-pip install hdemucs-flax
-hdemucs-flax separate song.mp3 -o stems --model {model_ref}
-```
-
-```python
-import numpy as np
-from modeling_hdemucs_flax import FlaxHDemucs, Separator
-
-model = FlaxHDemucs.from_pretrained("{model_ref}")
-# (batch, channels, samples) float32 at {config.sampling_rate} Hz -> (batch, sources, channels, samples)
-stems = model(np.zeros((1, {config.audio_channels}, {config.sampling_rate}), np.float32)).sources
-
-separator = Separator.from_pretrained("{model_ref}")  # chunked overlap-add for whole songs
-stems = separator.separate_file("song.wav")  # {{source: (channels, samples)}}
-```
-
-The weights download once into the Hugging Face cache; afterwards `HF_HUB_OFFLINE=1` works.
-
-## Training data
-
-{training}
-
-## Provenance
-
-Converted from {origin}
-Architecture: `torchaudio.models.HDemucs` with `nfft={config.nfft}`, `depth={config.depth}`,
-`channels={config.channels}` (see `config.json`). Stored weights: {result.weights_dtype}, one
-`model.safetensors` file in Flax format.
-
-## Parity with torchaudio
-
-Before this folder was written, torchaudio's model (loading the original file with `torch.load`) and the
-converted Flax model separated the same {result.probe_seconds:g}-second music-like probe (bass, chords, a
-voice-like tone, drums). {". ".join(_sentence(r) for r in results)}.
-
-## Licence
-
-The weights are released by their authors (Meta, through torchaudio) under
-[CC BY-NC-SA 4.0](https://creativecommons.org/licenses/by-nc-sa/4.0/): non-commercial use, attribution,
-share-alike. The hdemucs-flax code is MIT-licensed; that licence does not extend to these weights.
-
-## Citation
-
-Alexandre Défossez, *Hybrid Spectrogram and Waveform Source Separation*, Proceedings of the ISMIR 2021
-Workshop on Music Source Separation. arXiv:2111.03600.
-"""
+    text = string.Template(CARD_TEMPLATE.read_text()).substitute(
+        metadata=data.to_yaml(),
+        name=name,
+        sample_rate=config.sampling_rate,
+        audio_channels=config.audio_channels,
+        source_list=", ".join(config.sources),
+        code_url=CODE_URL,
+        source_table=source_table,
+        model_ref=model_ref,
+        training=training,
+        origin=origin,
+        nfft=config.nfft,
+        depth=config.depth,
+        channels=config.channels,
+        weights_dtype=result.weights_dtype,
+        probe_seconds=f"{result.probe_seconds:g}",
+        parity=". ".join(_sentence(r) for r in results),
+    )
     return ModelCard(text)
 
 
@@ -452,16 +373,11 @@ def check_output_dir(path: Path) -> None:
 
 
 def write_folder(model: FlaxHDemucs, card, output_dir: Path) -> list[str]:
-    """Stage config.json + model.safetensors + README.md beside `output_dir`, re-read the weights and compare
-    them with `model.params`, then move the folder into place. Nothing is left behind on failure."""
+    """Write config.json + model.safetensors + README.md into `output_dir` atomically (`save_pretrained_atomic`),
+    after re-reading the staged weights and comparing them with `model.params`. Nothing is left on failure."""
     from flax.traverse_util import flatten_dict
 
-    output_dir = output_dir.resolve()
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        # save_pretrained first: it deletes files named model* in the folder before writing the weights.
-        model.save_pretrained(staging, safe_serialization=True)
+    def finish(staging: Path) -> None:
         card.save(staging / "README.md")
         written = sorted(p.name for p in staging.iterdir())
         if written != sorted(OUTPUT_FILES):
@@ -479,10 +395,9 @@ def write_folder(model: FlaxHDemucs, card, output_dir: Path) -> list[str]:
             for k in gated
         ):
             raise ConversionError("internal error: the saved weights differ from the ones that passed the gate")
-        replace_directory(staging, output_dir)
-        return written
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    save_pretrained_atomic(model, output_dir, finish)
+    return sorted(OUTPUT_FILES)
 
 
 @contextlib.contextmanager
@@ -517,7 +432,7 @@ def push_folder(folder: Path, repo_id: str, *, private: bool, revision: str, com
             allow_patterns=list(OUTPUT_FILES),
         )
     except (HfHubHTTPError, OSError, ValueError, KeyError, TypeError) as error:  # network or a malformed answer
-        reason = _first_line(error) if not isinstance(error, KeyError) else f"unexpected answer from the Hub ({error})"
+        reason = one_line(error) if not isinstance(error, KeyError) else f"unexpected answer from the Hub ({error})"
         raise ConversionError(f"push to {repo_id} failed: {reason} (the folder {folder} is complete)") from None
     if before is not None and info.oid == before:
         return f"{repo_id}@{revision}: already up to date (commit {before[:12]}), nothing pushed"
@@ -555,7 +470,7 @@ def run(args: argparse.Namespace, bundles: Mapping[str, TorchaudioBundle]) -> in
         state_dict = load_torch_state_dict(source.checkpoint)
         params = cast_params(convert_state_dict(state_dict, source.config), "float32")
     except (OSError, ValueError) as error:
-        raise ConversionError(f"{source.checkpoint}: {_first_line(error)}") from None
+        raise ConversionError(f"{source.checkpoint}: {one_line(error)}") from None
     thresholds = dict(THRESHOLDS_DB)
     if args.threshold_db is not None:
         thresholds["float32"] = args.threshold_db

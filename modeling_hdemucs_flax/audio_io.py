@@ -6,6 +6,7 @@ temporary name in the destination folder and is renamed over the final name only
 failure never leaves a partial file under the final name.
 
 Every problem with a file is an `AudioError` whose message is one line: the file, a colon, the problem.
+Stems are written by `StemWriter`, which also applies a clip mode (demucs's `prevent_clip`) on the way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from .errors import AudioError, OptionError, one_line
 
 # Extensions taken from a folder given on the command line (lower case, with the dot).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
@@ -44,10 +47,6 @@ _MP3_FRAME_SLACK = 2 * 1152
 _SHORT_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
-class AudioError(ValueError):
-    """An audio file or array that cannot be used; the message is one line: `name: problem`."""
-
-
 @dataclass(frozen=True)
 class AudioInfo:
     """What a file's header says. `frames` is samples per channel; `subtype` is libsndfile's (e.g. PCM_16)."""
@@ -65,10 +64,9 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
+def _libsndfile_problem(error: BaseException) -> str:
     # libsndfile prefixes "Error opening '<path>': "; the caller names the file already.
-    return re.sub(r"^Error opening '.*?':\s*", "", text) or type(error).__name__
+    return re.sub(r"^Error opening '.*?':\s*", "", one_line(error)) or type(error).__name__
 
 
 def _looks_like_mp3(path: Path) -> bool:
@@ -111,7 +109,7 @@ def inspect_audio(path: str | os.PathLike) -> AudioInfo:
             info = AudioInfo(path, handle.frames, handle.samplerate, handle.channels, handle.format, handle.subtype)
             log = handle.extra_info
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioError(f"{path}: not a readable audio file ({_one_line(error)})") from None
+        raise AudioError(f"{path}: not a readable audio file ({_libsndfile_problem(error)})") from None
     for match in _SHORT_CHUNK.finditer(log):
         declared, present = int(match.group(2)), int(match.group(3))
         if present < declared:
@@ -145,7 +143,7 @@ def iter_audio_blocks(info: AudioInfo, blocksize: int = 65536) -> Iterator[np.nd
     except sf.LibsndfileError as error:
         raise AudioError(
             f"{info.path}: cannot decode audio after {read} of {info.frames} frames "
-            f"(truncated or corrupt: {_one_line(error)})"
+            f"(truncated or corrupt: {_libsndfile_problem(error)})"
         ) from None
     slack = _MP3_FRAME_SLACK if info.format == "MP3" else 0
     if read < info.frames - slack:
@@ -169,11 +167,11 @@ def output_subtype(ext: str, input_subtype: str | None = None, requested: str | 
     input gets the format's default.
     """
     if ext not in OUTPUT_FORMATS:
-        raise ValueError(f"unknown output format {ext!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+        raise OptionError("ext", ext, f"unknown output format; choose one of {', '.join(OUTPUT_FORMATS)}")
     _, subtypes, default = OUTPUT_FORMATS[ext]
     if requested is not None:
         if requested not in subtypes:
-            raise ValueError(f"{ext} files cannot hold {requested} samples (possible: {', '.join(subtypes)})")
+            raise OptionError("subtype", requested, f"{ext} files cannot hold it (possible: {', '.join(subtypes)})")
         return requested
     if input_subtype in subtypes:
         return input_subtype
@@ -225,7 +223,7 @@ class AtomicAudioWriter:
         except (sf.LibsndfileError, RuntimeError) as error:
             self.temp_path.unlink(missing_ok=True)
             raise AudioError(
-                f"{self.path}: cannot write {fmt} {subtype} at {sample_rate} Hz ({_one_line(error)})"
+                f"{self.path}: cannot write {fmt} {subtype} at {sample_rate} Hz ({_libsndfile_problem(error)})"
             ) from None
 
     def write(self, block: np.ndarray) -> None:
@@ -233,26 +231,30 @@ class AtomicAudioWriter:
         try:
             self._file.write(np.ascontiguousarray(np.asarray(block, np.float32).T))
         except (sf.LibsndfileError, RuntimeError, OSError) as error:
-            raise AudioError(f"{self.path}: write failed ({_one_line(error)})") from None
+            raise AudioError(f"{self.path}: write failed ({_libsndfile_problem(error)})") from None
         self.frames += block.shape[-1]
+
+    def close(self) -> Path:
+        """Finish the file under its temporary name (it can be read back there); `commit()` or `abort()` follow.
+        Returns the temporary path."""
+        if not self._file.closed:
+            try:
+                self._file.close()
+            except (sf.LibsndfileError, RuntimeError, OSError) as error:
+                raise AudioError(f"{self.path}: cannot finish writing ({_libsndfile_problem(error)})") from None
+        return self.temp_path
 
     def commit(self) -> Path:
         """Close the temporary file and rename it to `path`. Returns `path`."""
         try:
-            self._file.close()
+            self.close()
             os.replace(self.temp_path, self.path)
-        except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        except (AudioError, OSError) as error:
             self.abort()
-            raise AudioError(f"{self.path}: cannot finish writing ({_one_line(error)})") from None
+            if isinstance(error, AudioError):
+                raise
+            raise AudioError(f"{self.path}: cannot finish writing ({error.strerror or error})") from None
         return self.path
-
-    def close_temporary(self) -> Path:
-        """Close the file without renaming it, e.g. to read it back; `abort()` still deletes it."""
-        try:
-            self._file.close()
-        except (sf.LibsndfileError, RuntimeError, OSError) as error:
-            raise AudioError(f"{self.path}: write failed ({_one_line(error)})") from None
-        return self.temp_path
 
     def abort(self) -> None:
         """Discard the temporary file (idempotent)."""
@@ -269,6 +271,84 @@ class AtomicAudioWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+CLIP_MODES = ("rescale", "clamp", "none")
+_CLAMP = 0.99  # demucs's `prevent_clip(mode="clamp")` bound
+
+
+class StemWriter:
+    """An `AtomicAudioWriter` that keeps a stem within full scale with one of demucs's clip modes:
+
+    - "rescale": divide the whole stem by 1.01 x its peak when that exceeds 1 (the peak is known only at the
+      end, so samples go to a hidden float32 WAV beside `path` first and are converted on `close()`);
+    - "clamp": clip every sample to ±0.99;
+    - "none": leave samples alone (integer formats then saturate at full scale).
+
+    `close()` finishes the final file under a temporary name (where a failure can still be undone), `commit()`
+    renames it into place, `abort()` removes every temporary. `peak` is the largest |sample| written so far.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sample_rate: int,
+        channels: int,
+        subtype: str,
+        ext: str | None = None,
+        clip_mode: str = "rescale",
+    ):
+        if clip_mode not in CLIP_MODES:
+            raise OptionError("clip_mode", clip_mode, f"must be one of {', '.join(CLIP_MODES)}")
+        self.path, self.clip_mode, self.peak = Path(path), clip_mode, 0.0
+        ext = ext or self.path.suffix.lstrip(".").lower()
+        self._final_format = (sample_rate, channels, subtype, ext)
+        self._staging: AtomicAudioWriter | None = None
+        self._final: AtomicAudioWriter | None = None
+        if clip_mode == "rescale":
+            check_output_format(self.path, ext, subtype, sample_rate, channels)  # fail before staging anything
+            staging = self.path.with_name(f".{self.path.name}.float.wav")
+            self._staging = AtomicAudioWriter(staging, sample_rate, channels, "FLOAT", "wav")
+        else:
+            self._final = AtomicAudioWriter(self.path, *self._final_format)
+
+    def write(self, block: np.ndarray) -> None:
+        """Append float (channels, samples)."""
+        self.peak = max(self.peak, float(np.abs(block).max(initial=0.0)))
+        if self._staging is not None:
+            self._staging.write(block)
+        elif self.clip_mode == "clamp":
+            self._final.write(np.clip(block, -_CLAMP, _CLAMP))
+        else:
+            self._final.write(block)
+
+    def close(self) -> None:
+        """Finish the stem under its temporary name (for "rescale": scale the staged samples into it)."""
+        if self._staging is not None and self._final is None:
+            staged = inspect_audio(self._staging.close())
+            self._final = AtomicAudioWriter(self.path, *self._final_format)
+            gain = np.float32(1.0 / max(1.01 * self.peak, 1.0))
+            for block in iter_audio_blocks(staged):
+                self._final.write(block * gain)
+            self._staging.abort()
+        assert self._final is not None
+        self._final.close()
+
+    def commit(self) -> Path:
+        """`close()` if needed, then rename the stem into place. Returns `path`."""
+        try:
+            self.close()
+        except BaseException:
+            self.abort()
+            raise
+        assert self._final is not None
+        return self._final.commit()
+
+    def abort(self) -> None:
+        """Discard every temporary file (idempotent)."""
+        for writer in (self._staging, self._final):
+            if writer is not None:
+                writer.abort()
 
 
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, subtype: str | None = None) -> Path:

@@ -9,11 +9,17 @@ is one line on stderr naming the file; the other files are still processed), 2 f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from . import OptionError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -109,13 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sep.add_argument("--no-compilation-cache", action="store_true", help="compile in every run")
     sep.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
-    sep.set_defaults(ext="wav", subtype=None)
+    sep.set_defaults(ext="wav", subtype=None, command_parser=sep)
     return parser
 
 
 def find_audio(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
     """(files to separate, one-line problems). Folders contribute their audio files, recursively, sorted."""
-    from .audio_io import AUDIO_EXTENSIONS
+    from . import AUDIO_EXTENSIONS
 
     files, problems = [], []
     for item in inputs:
@@ -137,28 +143,59 @@ def _status(quiet: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _error(message: str) -> None:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+def _error(message: object) -> None:
+    from . import one_line
+
+    print(f"error: {one_line(str(message))}", file=sys.stderr, flush=True)
+
+
+def _follow(bar):
+    """A Separator progress callback that moves the tqdm `bar`."""
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return progress
+
+
+_SUBTYPE_FLAGS = {"PCM_16": "--int16", "PCM_24": "--int24", "FLOAT": "--float32"}
+
+
+def _as_usage(error: OptionError) -> str:
+    """An option's error worded with the flag the user typed: `--overlap 1.0: must be in [0, 1)`."""
+    if error.option == "subtype":
+        flag = _SUBTYPE_FLAGS.get(str(error.value), f"--subtype {error.value}")
+    elif error.option == "ext":
+        flag = f"--{error.value}"
+    else:
+        flag = f"--{error.option.replace('_', '-')} {shlex.quote(str(error.value))}"
+    return f"{flag}: {error.rule}"
 
 
 def separate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .audio_io import AudioError, output_subtype
+    # Light imports only (no JAX, no transformers) until the options are known to be valid.
+    from . import OptionError, OutputOptions, SeparationOptions
 
     try:
-        output_subtype(args.ext, requested=args.subtype)
-    except ValueError as error:
-        parser.error(str(error))
-    if (
-        not 0 <= args.overlap < 1
-        or args.batch_size < 1
-        or args.shifts < 0
-        or (args.segment is not None and args.segment <= 0)
-    ):
-        parser.error("need 0 <= --overlap < 1, --batch-size >= 1, --shifts >= 0 and --segment > 0")
-    try:
-        args.filename.format(track="t", trackext="wav", stem="s", ext="wav")
-    except (KeyError, IndexError, ValueError) as error:
-        parser.error(f"--filename {args.filename!r}: unknown variable or bad format ({error})")
+        schedule = SeparationOptions(
+            segment=args.segment,
+            overlap=args.overlap,
+            shifts=args.shifts,
+            seed=args.seed,
+            batch_size=args.batch_size,
+        )
+        output = OutputOptions(
+            filename=args.filename,
+            ext=args.ext,
+            subtype=args.subtype,
+            two_stems=args.two_stems,
+            other_method=args.other_method,
+            clip_mode=args.clip_mode,
+        )
+    except OptionError as error:
+        parser.error(_as_usage(error))
 
     files, problems = find_audio(args.inputs)
     for problem in problems:
@@ -167,31 +204,22 @@ def separate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         return EXIT_FAILED
 
     # Heavy imports only once there is work: `--help` and usage errors stay fast.
-    import jax.numpy as jnp
     from tqdm import tqdm
 
-    from .pretrained import ModelLoadError
-    from .separation import Separator
+    from . import HDemucsFlaxError, ModelLoadError, Separator, configure_compilation_cache, separate_file
 
-    cache = False if args.no_compilation_cache else (args.compilation_cache or True)
+    configure_compilation_cache(False if args.no_compilation_cache else (args.compilation_cache or True))
     _status(args.quiet, f"loading model {args.model or '(default)'} ...")
     try:
         separator = Separator.from_pretrained(
-            args.model,
-            revision=args.revision,
-            dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
-            segment=args.segment,
-            overlap=args.overlap,
-            shifts=args.shifts,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            compilation_cache=cache,
+            args.model, revision=args.revision, dtype=args.dtype, **dataclasses.asdict(schedule)
         )
+        output.stem_names(separator.sources)  # --two-stems must name one of this model's sources
     except ModelLoadError as error:
         _error(error)
         return EXIT_FAILED
-    if args.two_stems is not None and args.two_stems not in separator.sources:
-        _error(f"--two-stems {args.two_stems}: the model has no such stem (it has {', '.join(separator.sources)})")
+    except OptionError as error:
+        _error(_as_usage(error))
         return EXIT_USAGE
     _status(args.quiet, "compiling the model (cached for later runs) ...")
     separator.warmup()
@@ -201,25 +229,9 @@ def separate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     with tqdm(total=len(files), desc="files", unit="file", position=0, disable=disable) as overall:
         for path in files:
             with tqdm(desc=path.name, unit="chunk", position=1, leave=False, disable=disable) as bar:
-
-                def progress(done: int, total: int, bar=bar) -> None:
-                    bar.total = total
-                    bar.n = done
-                    bar.refresh()
-
                 try:
-                    written = separator.separate_file(
-                        path,
-                        args.out,
-                        filename=args.filename,
-                        ext=args.ext,
-                        subtype=args.subtype,
-                        two_stems=args.two_stems,
-                        other_method=args.other_method,
-                        clip_mode=args.clip_mode,
-                        progress=progress,
-                    )
-                except AudioError as error:
+                    written = separate_file(separator, path, args.out, output, progress=_follow(bar))
+                except HDemucsFlaxError as error:
                     failed += 1
                     message = str(error)
                     _error(message if message.startswith(str(path)) else f"{path}: {message}")
@@ -244,11 +256,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # error says what failed, so the CLI keeps only errors from that logger.
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
-        return separate_command(args, parser)
+        return separate_command(args, args.command_parser)
     except KeyboardInterrupt:
         _error("interrupted (no partial stem files were kept)")
         return EXIT_INTERRUPTED
 
 
+def entry_point(argv: Sequence[str] | None = None) -> int:
+    """The `hdemucs-flax` program (console script and `python -m modeling_hdemucs_flax`): `main` in a process
+    that runs nothing else, so it may also keep transformers from importing torch (see
+    `hide_torch_from_transformers`). Library callers use `main`, which changes no process-wide setting."""
+    from . import hide_torch_from_transformers
+
+    hide_torch_from_transformers()
+    return main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry_point())

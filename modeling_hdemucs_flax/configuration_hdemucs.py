@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
+
+from .errors import ConfigError
 
 DEFAULT_SOURCES = ("drums", "bass", "other", "vocals")
 
@@ -81,7 +83,7 @@ class HDemucsConfig(PretrainedConfig):
     def from_preset(cls, preset: str, **overrides: Any) -> HDemucsConfig:
         """The config of `torchaudio.models.hdemucs_{preset}`; `overrides` replace single fields."""
         if preset not in PRESETS:
-            raise ValueError(f"preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+            raise ConfigError(f"preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[preset], **overrides})
 
     @property
@@ -101,7 +103,7 @@ class HDemucsConfig(PretrainedConfig):
     def _validate(self) -> None:
         def need(ok: bool, field: str, rule: str) -> None:
             if not ok:
-                raise ValueError(f"HDemucsConfig.{field}={getattr(self, field)!r}: {rule}")
+                raise ConfigError(f"HDemucsConfig.{field}={getattr(self, field)!r}: {rule}")
 
         def is_int(value: Any) -> bool:
             return isinstance(value, int) and not isinstance(value, bool)
@@ -145,3 +147,6 @@ class HDemucsConfig(PretrainedConfig):
         from .layer_plan import plan_layers
 
         plan_layers(self)
+
+
+AutoConfig.register(HDemucsConfig.model_type, HDemucsConfig)

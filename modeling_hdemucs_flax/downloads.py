@@ -6,8 +6,8 @@ Shared by the default-model chain (`pretrained.py`) and the publishing script
 Environment variables (read at call time):
 - `HDEMUCS_FLAX_TORCHAUDIO_URL`: base URL of torchaudio's asset server (default
   https://download.pytorch.org/torchaudio/, the base torchaudio's own `_download_asset` uses).
-- `HDEMUCS_FLAX_CACHE`: this package's cache folder (default `$XDG_CACHE_HOME/hdemucs-flax`, else
-  `~/.cache/hdemucs-flax`).
+- `HDEMUCS_FLAX_CACHE`: this package's cache folder (see `runtime.cache_dir`); downloads go to its
+  `torchaudio/` folder.
 """
 
 from __future__ import annotations
@@ -23,14 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from .configuration_hdemucs import DEFAULT_SOURCES, HDemucsConfig
+from .errors import DownloadError
+from .runtime import cache_dir
 
 TORCHAUDIO_BASE_URL = "https://download.pytorch.org/torchaudio/"
 ENV_TORCHAUDIO_URL = "HDEMUCS_FLAX_TORCHAUDIO_URL"
-ENV_CACHE = "HDEMUCS_FLAX_CACHE"
-
-
-class DownloadError(RuntimeError):
-    """A download failed or its content did not match the expected sha256; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -81,15 +78,6 @@ BUNDLES: dict[str, TorchaudioBundle] = {
         training_data="MUSDB-HQ training set only (MUSDB18 test scores are a fair measure of it).",
     ),
 }
-
-
-def cache_dir() -> Path:
-    """This package's cache folder (`HDEMUCS_FLAX_CACHE`, else the XDG cache home)."""
-    explicit = os.environ.get(ENV_CACHE)
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "hdemucs-flax"
 
 
 def torchaudio_url(key: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from .errors import ConfigError
 from .layer_plan import DecoderPlan, EncoderPlan
 from .layers import Conv, ConvTranspose, DConv, Dtype, GroupNorm, gelu, glu
 
@@ -43,7 +44,7 @@ class HEncLayer(nn.Module):
             return y
         if inject is not None:
             if inject.shape[1] != y.shape[2]:
-                raise ValueError(
+                raise ConfigError(
                     f"{p.path}: injected time features have {inject.shape[1]} frames, expected {y.shape[2]}"
                 )
             y = y + inject[:, None]
@@ -78,7 +79,7 @@ class HDecLayer(nn.Module):
             x = x[:, None]
         if p.empty:
             if skip is not None:
-                raise ValueError(f"{p.path}: an empty decoder layer takes no skip connection")
+                raise ConfigError(f"{p.path}: an empty decoder layer takes no skip connection")
             y = x
         else:
             x = x + skip
@@ -96,7 +97,7 @@ class HDecLayer(nn.Module):
         else:
             z = z[:, p.pad : p.pad + length]
             if z.shape[1] != length:
-                raise ValueError(f"{p.path}: output has {z.shape[1]} steps, expected {length}")
+                raise ConfigError(f"{p.path}: output has {z.shape[1]} steps, expected {length}")
         if not p.last:
             z = gelu(z)
         return z, y

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConfigError
+
 # Fixed by torchaudio (not constructor arguments): `_DConv` kernel 3, `_LocalState` 4 heads and 4 decay
 # rates, `_BLSTM` 2 layers framed into windows of 200 steps.
 DCONV_KERNEL = 3
@@ -94,17 +96,38 @@ def flax_name(path: str) -> str:
     return path.replace(".", "_")
 
 
+def _dconv_plan(config: Any, channels: int, *, lstm: bool, attn: bool) -> DConvPlan:
+    """The `_DConv` of a layer with `channels` channels (torchaudio rounds the hidden width down)."""
+    hidden = int(channels / config.dconv_comp)
+    if abs(config.dconv_depth) and hidden < 1:
+        raise ConfigError(f"HDemucsConfig.dconv_comp={config.dconv_comp!r}: leaves {channels} channels no hidden unit")
+    if abs(config.dconv_depth) and attn and hidden % ATTN_HEADS:
+        raise ConfigError(
+            f"HDemucsConfig.dconv_comp={config.dconv_comp!r}: attention needs hidden channels "
+            f"int({channels} / dconv_comp) = {hidden} divisible by {ATTN_HEADS} heads"
+        )
+    return DConvPlan(
+        channels=channels,
+        hidden=hidden,
+        depth=abs(config.dconv_depth),
+        dilate=config.dconv_depth > 0,
+        lstm=lstm,
+        attn=attn,
+        init=float(config.dconv_init),
+    )
+
+
 def plan_layers(config: Any) -> HDemucsPlan:
     """Derive the per-layer plan of `torchaudio.models.HDemucs(**config.torchaudio_kwargs())`.
 
-    Raises ValueError naming the config field when torchaudio would build a model that cannot run (or
+    Raises `ConfigError` naming the config field when torchaudio would build a model that cannot run (or
     would fail to build it at all).
     """
     c = config
     freq_enc: list[EncoderPlan] = []
     time_enc: list[EncoderPlan] = []
-    freq_dec: list[DecoderPlan] = []
-    time_dec: list[DecoderPlan] = []
+    freq_dec: list[DecoderPlan] = []  # built outermost first; torchaudio inserts each at the front
+    time_dec: list[dict[str, Any]] = []  # the same, numbered once the count is known
     freq_emb = None
 
     chin, chout = c.audio_channels, c.channels
@@ -130,56 +153,43 @@ def plan_layers(config: Any) -> HDemucsPlan:
             chout_z = max(chout, chout_z)
             chout = chout_z
 
-        def dconv(channels: int, lstm: bool = lstm, attn: bool = attn) -> DConvPlan:
-            hidden = int(channels / c.dconv_comp)
-            if abs(c.dconv_depth) and hidden < 1:
-                raise ValueError(
-                    f"HDemucsConfig.dconv_comp={c.dconv_comp!r}: leaves {channels} channels no hidden unit"
-                )
-            if abs(c.dconv_depth) and attn and hidden % ATTN_HEADS:
-                raise ValueError(
-                    f"HDemucsConfig.dconv_comp={c.dconv_comp!r}: attention needs hidden channels "
-                    f"int({channels} / dconv_comp) = {hidden} divisible by {ATTN_HEADS} heads"
-                )
-            return DConvPlan(channels, hidden, abs(c.dconv_depth), c.dconv_depth > 0, lstm, attn, float(c.dconv_init))
-
         enc_pad = ker // 4 if pad else 0
         freq_enc.append(
             EncoderPlan(
-                f"freq_encoder.{index}",
-                chin_z,
-                chout_z,
-                ker,
-                stride,
-                enc_pad,
-                freq,
-                False,
-                norm,
-                c.norm_groups,
-                c.context_enc,
-                dconv(chout_z),
+                path=f"freq_encoder.{index}",
+                chin=chin_z,
+                chout=chout_z,
+                kernel_size=ker,
+                stride=stride,
+                pad=enc_pad,
+                freq=freq,
+                empty=False,
+                norm=norm,
+                norm_groups=c.norm_groups,
+                context=c.context_enc,
+                dconv=_dconv_plan(c, chout_z, lstm=lstm, attn=attn),
             )
         )
         if freq:
             time_enc.append(
                 EncoderPlan(
-                    f"time_encoder.{index}",
-                    chin,
-                    chout,
-                    t_ker,
-                    t_stride,
-                    t_ker // 4,
-                    False,
-                    last_freq,
-                    norm,
-                    c.norm_groups,
-                    c.context_enc,
-                    None if last_freq else dconv(chout),
+                    path=f"time_encoder.{index}",
+                    chin=chin,
+                    chout=chout,
+                    kernel_size=t_ker,
+                    stride=t_stride,
+                    pad=t_ker // 4,
+                    freq=False,
+                    empty=last_freq,
+                    norm=norm,
+                    norm_groups=c.norm_groups,
+                    context=c.context_enc,
+                    dconv=None if last_freq else _dconv_plan(c, chout, lstm=lstm, attn=attn),
                 )
             )
             time_downsampling *= t_stride
             if last_freq and time_downsampling != c.nfft // 4:
-                raise ValueError(
+                raise ConfigError(
                     f"HDemucsConfig.nfft={c.nfft!r}/stride={c.stride!r}: the time branch downsamples by "
                     f"{time_downsampling} where it joins the frequency branch, but the STFT hop is "
                     f"nfft // 4 = {c.nfft // 4}"
@@ -191,36 +201,35 @@ def plan_layers(config: Any) -> HDemucsPlan:
         freq_dec.insert(
             0,
             DecoderPlan(
-                f"freq_decoder.{c.depth - 1 - index}",
-                chout_z,
-                chin_z,
-                ker,
-                stride,
-                dec_pad,
-                freq,
-                False,
-                index == 0,
-                norm,
-                c.norm_groups,
-                c.context,
+                path=f"freq_decoder.{c.depth - 1 - index}",
+                chin=chout_z,
+                chout=chin_z,
+                kernel_size=ker,
+                stride=stride,
+                pad=dec_pad,
+                freq=freq,
+                empty=False,
+                last=index == 0,
+                norm=norm,
+                norm_groups=c.norm_groups,
+                context=c.context,
             ),
         )
         if freq:
             time_dec.insert(
                 0,
-                DecoderPlan(
-                    "time_decoder.?",
-                    chout,
-                    chin,
-                    t_ker,
-                    t_stride,
-                    (t_ker - t_stride) // 2,
-                    False,
-                    last_freq,
-                    index == 0,
-                    norm,
-                    c.norm_groups,
-                    c.context,
+                dict(
+                    chin=chout,
+                    chout=chin,
+                    kernel_size=t_ker,
+                    stride=t_stride,
+                    pad=(t_ker - t_stride) // 2,
+                    freq=False,
+                    empty=last_freq,
+                    last=index == 0,
+                    norm=norm,
+                    norm_groups=c.norm_groups,
+                    context=c.context,
                 ),
             )
         chin, chin_z = chout, chout_z
@@ -229,40 +238,41 @@ def plan_layers(config: Any) -> HDemucsPlan:
             new_freqs = 1 if freqs <= c.kernel_size else freqs // stride
             enc_out = (freqs + 2 * enc_pad - ker) // stride + 1
             if not last_freq and (enc_out != new_freqs or (new_freqs - 1) * stride + ker - 2 * dec_pad != freqs):
-                raise ValueError(
+                raise ConfigError(
                     f"HDemucsConfig.kernel_size={c.kernel_size!r}/stride={stride}: the layers cannot map {freqs} "
                     f"frequency bins to {new_freqs} and back (use kernel_size = 2 * stride)"
                 )
             freqs = new_freqs
         if index == 0 and c.freq_emb:
-            freq_emb = FreqEmbPlan(freqs, chin_z, float(c.emb_scale), float(c.freq_emb), bool(c.emb_smooth))
+            freq_emb = FreqEmbPlan(
+                num_embeddings=freqs,
+                dim=chin_z,
+                scale=float(c.emb_scale),
+                weight=float(c.freq_emb),
+                smooth=bool(c.emb_smooth),
+            )
 
-    # Time decoders are numbered in execution order, like torchaudio's ModuleList after its inserts.
-    time_dec = [_renamed(d, f"time_decoder.{i}") for i, d in enumerate(time_dec)]
     plan = HDemucsPlan(
-        len(c.sources),
-        c.audio_channels,
-        c.nfft,
-        c.nfft // 4,
-        tuple(freq_enc),
-        tuple(time_enc),
-        tuple(freq_dec),
-        tuple(time_dec),
-        freq_emb,
+        num_sources=len(c.sources),
+        audio_channels=c.audio_channels,
+        nfft=c.nfft,
+        hop_length=c.nfft // 4,
+        freq_encoder=tuple(freq_enc),
+        time_encoder=tuple(time_enc),
+        freq_decoder=tuple(freq_dec),
+        # Numbered in execution order, like torchaudio's ModuleList after its inserts.
+        time_decoder=tuple(DecoderPlan(path=f"time_decoder.{i}", **layer) for i, layer in enumerate(time_dec)),
+        freq_emb=freq_emb,
     )
     _check_layers(plan)
     return plan
-
-
-def _renamed(layer: DecoderPlan, path: str) -> DecoderPlan:
-    return DecoderPlan(path, *[getattr(layer, f) for f in DecoderPlan.__dataclass_fields__ if f != "path"])
 
 
 def _check_layers(plan: HDemucsPlan) -> None:
     for layer in (*plan.freq_encoder, *plan.time_encoder, *plan.freq_decoder, *plan.time_decoder):
         widths = (layer.chout, 2 * layer.chout) if isinstance(layer, EncoderPlan) else (2 * layer.chin, layer.chout)
         if layer.norm and any(w % layer.norm_groups for w in widths):
-            raise ValueError(
+            raise ConfigError(
                 f"HDemucsConfig.norm_groups={layer.norm_groups!r}: does not divide the {widths} channels "
                 f"of {layer.path}"
             )
@@ -271,12 +281,12 @@ def _check_layers(plan: HDemucsPlan) -> None:
             and not layer.freq
             and not -layer.stride <= 2 * layer.pad - layer.kernel_size < 0
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"HDemucsConfig.time_stride/kernel_size: {layer.path} (kernel {layer.kernel_size}, stride "
                 f"{layer.stride}) would not shorten its input exactly by its stride"
             )
         if not layer.freq and not layer.empty and (layer.kernel_size - layer.stride) % 2:
-            raise ValueError(
+            raise ConfigError(
                 f"HDemucsConfig.time_stride: {layer.path} has kernel {layer.kernel_size} and stride "
                 f"{layer.stride}, whose difference must be even"
             )

@@ -177,19 +177,25 @@ class LSTM(nn.Module):
             inputs = jnp.einsum("tdnc,dcg->tdng", both, jnp.stack(w_ih).astype(self.dtype))
             inputs = inputs.astype(jnp.float32) + jnp.stack(bias)[None, :, None, :]
             recurrent = jnp.stack(w_hh).astype(self.dtype)
-
-            def step(carry, gates_in, recurrent=recurrent):
-                hid, cell = carry
-                gates = gates_in + jnp.einsum("dnh,dhg->dng", hid.astype(self.dtype), recurrent).astype(jnp.float32)
-                i, f, g, o = jnp.split(gates, 4, axis=-1)
-                cell = jax.nn.sigmoid(f) * cell + jax.nn.sigmoid(i) * jnp.tanh(g)
-                hid = jax.nn.sigmoid(o) * jnp.tanh(cell)
-                return (hid, cell), hid
-
             zeros = jnp.zeros((2, x.shape[1], h), jnp.float32)
-            _, out = lax.scan(step, (zeros, zeros), inputs)  # (T, 2, N, H)
+            _, out = lax.scan(_lstm_step(recurrent, self.dtype), (zeros, zeros), inputs)  # (T, 2, N, H)
             x = jnp.concatenate([out[:, 0], out[::-1, 1]], axis=-1).astype(self.dtype)
         return x
+
+
+def _lstm_step(recurrent: jnp.ndarray, dtype: Dtype):
+    """One time step of both LSTM directions for `lax.scan`: carry (hidden, cell), each (2, N, H) float32;
+    input the precomputed input projection plus biases, (2, N, 4H); `recurrent` (2, H, 4H)."""
+
+    def step(carry, gates_in):
+        hid, cell = carry
+        gates = gates_in + jnp.einsum("dnh,dhg->dng", hid.astype(dtype), recurrent).astype(jnp.float32)
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        cell = jax.nn.sigmoid(f) * cell + jax.nn.sigmoid(i) * jnp.tanh(g)
+        hid = jax.nn.sigmoid(o) * jnp.tanh(cell)
+        return (hid, cell), hid
+
+    return step
 
 
 class BLSTM(nn.Module):

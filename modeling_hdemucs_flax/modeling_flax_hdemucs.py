@@ -14,10 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core.frozen_dict import FrozenDict, freeze, unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
+from transformers import FlaxAutoModel
 from transformers.modeling_flax_utils import FlaxPreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_hdemucs import HDemucsConfig
+from .errors import AudioError, CheckpointError
 from .hybrid_layers import HDecLayer, HEncLayer
 from .layer_plan import HDemucsPlan, flax_name, plan_layers
 from .layers import Dtype, accurate_sum
@@ -46,9 +48,9 @@ class _DropFlaxDeprecation(logging.Filter):
 logging.getLogger("transformers.modeling_flax_utils").addFilter(_DropFlaxDeprecation())
 
 
-def _normalize(x: jnp.ndarray, axes: tuple[int, ...]) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """torch's `(x - x.mean()) / (1e-5 + x.std())` per batch item: unbiased std (ddof=1), eps added to the
-    std (not the variance). float32."""
+def _normalize(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """torch's `(x - x.mean()) / (1e-5 + x.std())` over every axis but the batch: unbiased std (ddof=1), eps
+    added to the std (not the variance). float32."""
     flat = x.reshape(x.shape[0], -1)
     count = flat.shape[1]
     mean = accurate_sum(flat, axis=1) / count
@@ -72,8 +74,8 @@ class HDemucsModule(nn.Module):
     def __call__(self, waveform: jnp.ndarray) -> jnp.ndarray:
         p = self.plan
         if waveform.ndim != 3 or waveform.shape[1] != p.audio_channels:
-            raise ValueError(
-                f"expected a waveform of shape (batch, {p.audio_channels}, samples), got {tuple(waveform.shape)}"
+            raise AudioError(
+                f"<waveform>: expected shape (batch, {p.audio_channels}, samples), got {tuple(waveform.shape)}"
             )
         waveform = waveform.astype(jnp.float32)
         batch, channels, length = waveform.shape
@@ -82,22 +84,24 @@ class HDemucsModule(nn.Module):
         # torch's view_as_real layout: channel index = 2 * audio_channel + (0 real, 1 imaginary)
         mag = jnp.stack([z.real, z.imag], axis=-1)  # (B, C, T, F, 2)
         mag = mag.transpose(0, 3, 2, 1, 4).reshape(batch, z.shape[3], z.shape[2], 2 * channels)  # (B, F, T, 2C)
-        x, mean, std = _normalize(mag, (1, 2, 3))
-        xt, meant, stdt = _normalize(waveform.transpose(0, 2, 1), (1, 2))  # (B, L, C)
+        x, mean, std = _normalize(mag)
+        xt, meant, stdt = _normalize(waveform.transpose(0, 2, 1))  # (B, L, C)
         x, xt = x.astype(self.dtype), xt.astype(self.dtype)
 
         saved, saved_t, lengths, lengths_t = [], [], [], []
         for idx, enc_plan in enumerate(p.freq_encoder):
             lengths.append(x.shape[2] if x.ndim == 4 else x.shape[1])
             inject = None
-            if idx < len(p.time_encoder):
+            if idx < len(p.time_encoder):  # the branches have not merged yet
                 tenc_plan = p.time_encoder[idx]
                 lengths_t.append(xt.shape[1])
                 xt = HEncLayer(tenc_plan, dtype=self.dtype, name=flax_name(tenc_plan.path))(xt)
                 if tenc_plan.empty:
+                    # The empty time layer is only its first convolution, which brings the time branch to the
+                    # frequency branch's shape: it is added into the frequency encoder, and the branches merge.
                     inject = xt
                 else:
-                    saved_t.append(xt)
+                    saved_t.append(xt)  # for the skip connection
             x = HEncLayer(enc_plan, dtype=self.dtype, name=flax_name(enc_plan.path))(x, inject)
             if idx == 0 and p.freq_emb is not None:
                 e = p.freq_emb
@@ -112,10 +116,15 @@ class HDemucsModule(nn.Module):
                 x = x + (e.weight * emb)[None, :, None, :].astype(x.dtype)
             saved.append(x)
 
+        # Both decoders start from zeros: the signal reaches them through the U-Net skips. The time state starts
+        # with the frequency branch's shape because the branches are still merged in the deepest layers; the
+        # time decoder takes over only where they split again (its empty layer below), from `pre`.
         x = jnp.zeros_like(x)
         xt = jnp.zeros_like(x)
         offset = p.depth - len(p.time_decoder)
         for idx, dec_plan in enumerate(p.freq_decoder):
+            # `pre` is the decoder layer's output just before its transposed convolution: where the branches
+            # split, the time branch continues from it.
             x, pre = HDecLayer(dec_plan, dtype=self.dtype, name=flax_name(dec_plan.path))(x, saved.pop(), lengths.pop())
             if idx >= offset:
                 tdec_plan = p.time_decoder[idx - offset]
@@ -191,7 +200,11 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         if input_shape is None:
             input_shape = (1, config.audio_channels, config.nfft)
         self._given_params = params
-        self._forward = jax.jit(lambda params, waveform: module.apply({"params": params}, waveform))
+
+        def hdemucs_forward(params, waveform):  # the name JAX's compile logs, events and cache entries show
+            return module.apply({"params": params}, waveform)
+
+        self._forward = jax.jit(hdemucs_forward)
         super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
         self._given_params = None
 
@@ -261,7 +274,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         unexpected = sorted("/".join(k) for k in (cls._loaded_keys or set()) - model.required_params)
         cls._missing_keys, cls._loaded_keys = set(), None
         if missing or unexpected:
-            raise ValueError(
+            raise CheckpointError(
                 f"{pretrained_model_name_or_path}: checkpoint does not match its config "
                 f"(missing {missing}, unexpected {unexpected})"
             )
@@ -287,3 +300,6 @@ class FlaxHDemucs(FlaxPreTrainedModel):
     def sources(self) -> list[str]:
         """Source names in output order."""
         return list(self.config.sources)
+
+
+FlaxAutoModel.register(HDemucsConfig, FlaxHDemucs)

@@ -12,7 +12,7 @@ The default model (`model=None`) is found by trying, in order:
 3. torchaudio's official HDEMUCS_HIGH_MUSDB_PLUS file (sha256-verified), converted here without torch and
    saved into `cache_dir()/converted/<bundle>` for next time.
 With `HF_HUB_OFFLINE=1` only step 1 runs. Download locations follow `HF_ENDPOINT` (the Hub),
-`HDEMUCS_FLAX_TORCHAUDIO_URL` (torchaudio's asset server) and `HDEMUCS_FLAX_CACHE` (see `downloads.py`).
+`HDEMUCS_FLAX_TORCHAUDIO_URL` (torchaudio's asset server) and `HDEMUCS_FLAX_CACHE` (see `runtime.cache_dir`).
 """
 
 from __future__ import annotations
@@ -21,35 +21,22 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import jax.numpy as jnp
 from huggingface_hub import constants as hf_constants
 
-from .downloads import (
-    BUNDLES,
-    DownloadError,
-    TorchaudioBundle,
-    cache_dir,
-    fetch_torchaudio_checkpoint,
-    replace_directory,
-)
+from .downloads import BUNDLES, TorchaudioBundle, fetch_torchaudio_checkpoint, replace_directory
+from .errors import DownloadError, ModelLoadError, one_line
 from .modeling_flax_hdemucs import FlaxHDemucs
+from .runtime import cache_dir
 
 # The converted HDEMUCS_HIGH_MUSDB_PLUS checkpoint on the Hub (see conversion/README.md).
 DEFAULT_MODEL = "hdemucs-flax/hdemucs-high-musdb-plus"
 DEFAULT_BUNDLE = BUNDLES["HDEMUCS_HIGH_MUSDB_PLUS"]
 
 logger = logging.getLogger(__name__)
-
-
-class ModelLoadError(RuntimeError):
-    """The requested model could not be found or loaded; the message is one line for the user."""
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0].strip() if text else type(error).__name__
 
 
 def _offline() -> bool:
@@ -69,7 +56,7 @@ def _load_folder(path: Path, dtype) -> FlaxHDemucs:
     try:
         return FlaxHDemucs.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot load model {str(path)!r}: {_first_line(error)}") from error
+        raise ModelLoadError(f"cannot load model {str(path)!r}: {one_line(error)}") from error
 
 
 def _load_repo(repo_id: str, dtype, revision: str | None, *, local_files_only: bool = False) -> FlaxHDemucs:
@@ -90,7 +77,7 @@ def _load_repo(repo_id: str, dtype, revision: str | None, *, local_files_only: b
                 f"model {repo_id!r}: no such repository on {hf_constants.ENDPOINT} (or it is private and no token "
                 "grants access); check the name or pass a local model folder"
             ) from error
-        raise ModelLoadError(f"cannot load model {repo_id!r}: {_first_line(error)}") from error
+        raise ModelLoadError(f"cannot load model {repo_id!r}: {one_line(error)}") from error
 
 
 def load_model(
@@ -132,7 +119,7 @@ def load_default_model(
             return FlaxHDemucs.from_pretrained(converted, dtype=dtype)
         except (OSError, ValueError) as error:
             raise ModelLoadError(
-                f"cached model {converted} is unreadable ({_first_line(error)}); delete that folder to rebuild it"
+                f"cached model {converted} is unreadable ({one_line(error)}); delete that folder to rebuild it"
             ) from error
     try:
         return _load_repo(repo_id, dtype, revision, local_files_only=True)
@@ -159,13 +146,29 @@ def load_default_model(
     try:
         model = FlaxHDemucs.from_torchaudio(checkpoint, bundle.config(), dtype=dtype)
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot convert {checkpoint}: {_first_line(error)}") from error
-    converted.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{converted.name}.", dir=converted.parent))
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        replace_directory(staging, converted)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        raise ModelLoadError(f"cannot convert {checkpoint}: {one_line(error)}") from error
+    save_pretrained_atomic(model, converted)
     checkpoint.unlink(missing_ok=True)  # the converted copy replaces it; it is re-verified if ever fetched again
     return model
+
+
+def save_pretrained_atomic(
+    model: FlaxHDemucs, destination: str | os.PathLike, finish: Callable[[Path], None] | None = None
+) -> Path:
+    """`model.save_pretrained(destination, safe_serialization=True)` so that `destination` is only ever absent,
+    the previous folder, or the complete new one: the files are written into a staging folder beside it,
+    `finish(staging)` may add files or check them (raising stops everything), and the folder then replaces
+    `destination` in one rename. Nothing is left behind on failure. Returns `destination`.
+    """
+    destination = Path(destination).resolve()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        # First: save_pretrained deletes files whose names start with "model" before writing the weights.
+        model.save_pretrained(staging, safe_serialization=True)
+        if finish is not None:
+            finish(staging)
+        replace_directory(staging, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return destination

@@ -15,6 +15,9 @@ Demucs parity notes: the weighting, normalisation (`sources * std + mean`, the m
 and random shifts follow demucs's `apply_model` / `separate.py`. One difference is deliberate: demucs runs
 the song's final, shorter chunk at its own length; here every chunk is `segment` samples, the song's end
 zero-padded, because a shorter chunk would need a compilation per song length.
+
+This module opens no file: `file_output.separate_file` reads a song through `audio_io`, runs it through
+`Separator.stream` and writes the stems. Options are validated by `options.SeparationOptions`.
 """
 
 from __future__ import annotations
@@ -22,27 +25,18 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import soxr
 
-from .audio_io import (
-    AtomicAudioWriter,
-    AudioError,
-    check_output_format,
-    inspect_audio,
-    iter_audio_blocks,
-    output_subtype,
-)
+from .errors import AudioError, OptionError
 from .modeling_flax_hdemucs import FlaxHDemucs
+from .options import WEIGHTINGS, SeparationOptions
 
-DEFAULT_SEGMENT = 7.8  # seconds: demucs's segment for Hybrid Demucs at 44.1 kHz
-COMPILATION_CACHE_ENV = "HDEMUCS_FLAX_COMPILATION_CACHE"  # a folder, or "0"/"off"/"false" to disable
 STD_EPS = 1e-8  # added to the mix's std (demucs's api.py) so silence normalises to silence, not NaN
 BLOCK = 1 << 16  # samples per block read from a file or handed between stages
 Progress = Callable[[int, int], None]  # (chunks_done, chunks_total)
@@ -71,7 +65,7 @@ def chunk_weight(
         index = np.arange(segment, dtype=np.float64)
         weight = np.minimum(1.0, np.minimum((index + 1) / ramp, (segment - index) / ramp))
     else:
-        raise ValueError(f"weighting must be 'triangle' or 'linear', not {weighting!r}")
+        raise OptionError("weighting", weighting, f"must be one of {', '.join(WEIGHTINGS)}")
     weight = (weight / weight.max()) ** transition_power
     return weight.astype(np.float32)
 
@@ -331,74 +325,7 @@ def _exact_length(blocks: Iterable[np.ndarray], length: int, shape: tuple[int, .
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Compilation
-
-
-def _default_cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "hdemucs-flax" / "jax-compilation-cache"
-
-
-def configure_compilation_cache(setting: str | os.PathLike | bool | None = True) -> Path | None:
-    """Point JAX's persistent compilation cache at a folder so a later process loads the compiled forward
-    pass instead of compiling it again (tens of seconds for the full model on CPU).
-
-    `True`: the folder in `$HDEMUCS_FLAX_COMPILATION_CACHE` (set it to "0"/"off"/"false" to disable), else a
-    cache folder the user already gave JAX (`jax_compilation_cache_dir`), else
-    `$XDG_CACHE_HOME/hdemucs-flax/jax-compilation-cache` (`~/.cache/...`). A path: that folder. `False`/`None`:
-    leave JAX's configuration alone. Returns the folder in use, or None.
-
-    This is process-wide JAX configuration. Compiles of any duration are persisted
-    (`jax_persistent_cache_min_compile_time_secs = 0`): JAX's default of 1 s would skip small models.
-    """
-    if setting is None or setting is False:
-        return None
-    if setting is True:
-        env = os.environ.get(COMPILATION_CACHE_ENV)
-        if env is not None and env.strip().lower() in ("", "0", "off", "false", "no"):
-            return None
-        folder = env or jax.config.jax_compilation_cache_dir or _default_cache_dir()
-    else:
-        folder = setting
-    folder = Path(folder).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None  # an unusable cache must not stop separation: compile every time instead
-    from jax.experimental.compilation_cache import compilation_cache
-
-    if jax.config.jax_compilation_cache_dir != str(folder):
-        compilation_cache.set_cache_dir(str(folder))
-        # JAX decides once per process whether the cache is in use (at its first compile); start over so the
-        # folder applies even if something was compiled before this Separator was built.
-        compilation_cache.reset_cache()
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    return folder
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The Separator
-
-
-class _Reader:
-    """Hands out the samples of a (channels, n) block stream in pieces of any size."""
-
-    def __init__(self, blocks: Iterable[np.ndarray]):
-        self._blocks, self._buffer = iter(blocks), None
-
-    def take(self, n: int) -> np.ndarray:
-        """The next `n` samples: (channels, n); fewer only if the stream ends."""
-        pieces, have = [], 0
-        while have < n:
-            block = self._buffer if self._buffer is not None else next(self._blocks, None)
-            self._buffer = None
-            if block is None:
-                break
-            if have + block.shape[-1] > n:
-                block, self._buffer = block[:, : n - have], block[:, n - have :]
-            pieces.append(block)
-            have += block.shape[-1]
-        return np.concatenate(pieces, axis=1)
 
 
 def _adapt_channels_in(block: np.ndarray, model_channels: int) -> np.ndarray:
@@ -410,23 +337,33 @@ def _adapt_channels_out(stems: np.ndarray, channels: int) -> np.ndarray:
     return stems.mean(axis=1, keepdims=True) if channels == 1 and stems.shape[1] > 1 else stems
 
 
+# float32 (batch, channels, segment) -> (batch, sources, channels, segment): one batch through the network
+Forward = Callable[[np.ndarray], np.ndarray]
+
+
+def network_forward(model: FlaxHDemucs) -> Forward:
+    """The model's own jitted forward pass (compiled once per shape, in the model's compute dtype) on numpy
+    batches, with the parameters the model holds at call time."""
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(model(batch).sources)
+
+    return forward
+
+
 class Separator:
     """Separates songs of any length with a `FlaxHDemucs`, compiling one forward shape.
 
     Args:
-        model: the network.
-        segment: chunk length in seconds (None: 7.8 s, demucs's choice for Hybrid Demucs).
-        overlap: fraction of a chunk shared with the next one, in [0, 1).
-        shifts: demucs's random-shift averaging: run this many passes, each on the song delayed by a random
-            0..0.5 s, and average (0: one pass, no delay). Deterministic given `seed`.
-        seed: seed of the shift delays.
-        batch_size: chunks per forward pass.
-        dtype: compute dtype of the network (None: the model's); normalisation, resampling and overlap-add stay
-            float32.
-        weighting: "triangle" (demucs) or "linear" (torchaudio tutorial's linear fade).
-        transition_power: exponent applied to the weight; larger values give sharper transitions.
-        progress: default callback (chunks_done, chunks_total) for `separate` / `separate_file`.
-        compilation_cache: see `configure_compilation_cache` (True: on, in the user's cache folder).
+        model: the network. Its `dtype` is the compute dtype (load it with `dtype=jnp.bfloat16` for bfloat16);
+            normalisation, resampling and overlap-add stay float32 whatever it is.
+        segment, overlap, shifts, seed, batch_size, weighting, transition_power: the schedule; see
+            `SeparationOptions` (validated there).
+        progress: default callback (chunks_done, chunks_total) for `separate` / `stream`.
+        forward: what runs one batch of chunks, float32 (batch_size, audio_channels, segment samples) ->
+            (batch_size, sources, audio_channels, segment samples), always called with exactly that shape.
+            None: `network_forward(model)`. Another callable (a stand-in network, a wrapper that records or
+            fails) changes the network and nothing else.
     """
 
     def __init__(
@@ -438,90 +375,89 @@ class Separator:
         shifts: int = 0,
         seed: int = 0,
         batch_size: int = 1,
-        dtype=None,
         weighting: str = "triangle",
         transition_power: float = 1.0,
         progress: Progress | None = None,
-        compilation_cache: str | os.PathLike | bool | None = True,
+        forward: Forward | None = None,
     ):
         self.model = model
         self.sample_rate = int(model.config.sampling_rate)
         self.sources = list(model.config.sources)
         self.audio_channels = int(model.config.audio_channels)
-        segment = DEFAULT_SEGMENT if segment is None else float(segment)
-        self.segment_samples = int(round(segment * self.sample_rate))
-        if not 0 <= overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-        if self.segment_samples < 1:
-            raise ValueError(f"segment of {segment} s is shorter than one sample at {self.sample_rate} Hz")
-        self.overlap = float(overlap)
-        self.stride = max(1, int((1 - overlap) * self.segment_samples))
-        if shifts < 0 or batch_size < 1 or transition_power <= 0:
-            raise ValueError("need shifts >= 0, batch_size >= 1 and transition_power > 0")
-        self.shifts, self.seed, self.batch_size = int(shifts), int(seed), int(batch_size)
-        self.weighting, self.transition_power = weighting, float(transition_power)
-        self.weight = chunk_weight(
-            self.segment_samples, self.segment_samples - self.stride, weighting, transition_power
-        )
         self.progress = progress
-        self.compilation_cache_dir = configure_compilation_cache(compilation_cache)
+        self.forward = forward or network_forward(model)
+        self._set_options(SeparationOptions(segment, overlap, shifts, seed, batch_size, weighting, transition_power))
 
-        module = (
-            model.module
-            if dtype is None or jnp.dtype(dtype) == jnp.dtype(model.dtype)
-            else model.module.clone(dtype=dtype)
+    def _set_options(self, options: SeparationOptions) -> None:
+        self.options = options
+        self.segment_samples = options.segment_samples(self.sample_rate)
+        self.stride = options.stride(self.sample_rate)
+        self.weight = chunk_weight(
+            self.segment_samples, self.segment_samples - self.stride, options.weighting, options.transition_power
         )
-        self.dtype = jnp.dtype(module.dtype)
-
-        def hdemucs_separate_batch(params, waveform):  # the name shows in JAX's compile logs and events
-            return module.apply({"params": params}, waveform)
-
-        self._forward = jax.jit(hdemucs_separate_batch)
 
     @classmethod
     def from_pretrained(
-        cls, model: str | os.PathLike | None = None, *, revision: str | None = None, **options
+        cls, model: str | os.PathLike | None = None, *, revision: str | None = None, dtype=jnp.float32, **options
     ) -> Separator:
         """Load `model` (a local folder or Hub repo id; None: the default model) with
-        `pretrained.load_model` and wrap it. `dtype` in `options` is also the dtype the model is built with.
-        Raises `pretrained.ModelLoadError`."""
+        `pretrained.load_model`, computing in `dtype`, and wrap it. Raises `ModelLoadError`."""
         from .pretrained import load_model
 
-        dtype = options.get("dtype") or jnp.float32
-        return cls(load_model(model, dtype=dtype, revision=revision), **options)
+        return cls(load_model(model, dtype=jnp.dtype(dtype), revision=revision), **options)
 
     def with_options(
-        self, *, overlap: float | None = None, shifts: int | None = None, seed: int | None = None
+        self,
+        *,
+        overlap: float | None = None,
+        shifts: int | None = None,
+        seed: int | None = None,
+        weighting: str | None = None,
+        transition_power: float | None = None,
     ) -> Separator:
         """A Separator sharing this one's model and compiled forward pass, with other scheduling options
         (None keeps the current value). The forward pass's shape does not depend on them, so the variant
         compiles nothing: a server can warm up once and still offer per-request overlap and shifts."""
-        overlap = self.overlap if overlap is None else float(overlap)
-        shifts = self.shifts if shifts is None else int(shifts)
-        if not 0 <= overlap < 1 or shifts < 0:
-            raise ValueError(f"need 0 <= overlap < 1 and shifts >= 0 (got {overlap}, {shifts})")
         variant = copy.copy(self)
-        variant.overlap, variant.shifts = overlap, shifts
-        variant.seed = self.seed if seed is None else int(seed)
-        variant.stride = max(1, int((1 - overlap) * self.segment_samples))
-        variant.weight = chunk_weight(
-            self.segment_samples, self.segment_samples - variant.stride, self.weighting, self.transition_power
+        variant._set_options(
+            self.options.replace(
+                overlap=overlap, shifts=shifts, seed=seed, weighting=weighting, transition_power=transition_power
+            )
         )
         return variant
 
     @property
+    def overlap(self) -> float:
+        return self.options.overlap
+
+    @property
+    def shifts(self) -> int:
+        return self.options.shifts
+
+    @property
+    def seed(self) -> int:
+        return self.options.seed
+
+    @property
+    def batch_size(self) -> int:
+        return self.options.batch_size
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        """The network's compute dtype (the model's)."""
+        return jnp.dtype(self.model.dtype)
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
-        """The one shape the forward pass is compiled for: (batch_size, audio_channels, segment samples)."""
+        """The one shape the forward pass runs at: (batch_size, audio_channels, segment samples)."""
         return (self.batch_size, self.audio_channels, self.segment_samples)
 
     def warmup(self) -> None:
         """Compile (or load from the persistent cache) the forward pass now rather than on the first chunk."""
-        self._forward(self.model.params, jnp.zeros(self.input_shape, jnp.float32)).block_until_ready()
+        self.forward(np.zeros(self.input_shape, np.float32))
 
-    def _forward_numpy(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._forward(self.model.params, jnp.asarray(batch)))
-
-    def _check_channels(self, channels: int, name: str) -> None:
+    def check_channels(self, channels: int, name: str) -> None:
+        """Raise `AudioError` naming `name` unless audio with `channels` channels can be separated."""
         if channels != self.audio_channels and not (channels == 1 and self.audio_channels > 1):
             wanted = "mono or stereo" if self.audio_channels == 2 else f"mono or {self.audio_channels}-channel"
             raise AudioError(f"{name}: {channels} channels is not supported (this model separates {wanted} audio)")
@@ -537,20 +473,24 @@ class Separator:
     def stream(
         self,
         blocks: Callable[[], Iterable[np.ndarray]],
-        frames: int,
         channels: int,
         sample_rate: int,
-        stats: MixStats,
+        *,
+        name: str = "<stream>",
         progress: Progress | None = None,
     ) -> Iterator[np.ndarray]:
-        """Separate a signal given as a re-iterable source of float (channels, n) blocks (`blocks()` starts
-        again from the first sample), `frames` samples at `sample_rate` Hz, with mix statistics `stats` (see
-        `mix_statistics`).
+        """Separate a signal given as a re-iterable source of float (channels, n) blocks at `sample_rate` Hz:
+        `blocks()` starts again from the first sample. It is read twice: once for the mix statistics
+        (`mix_statistics`), once to separate. `name` is the signal's name in error messages.
 
-        Yields float32 (sources, channels, n) blocks at `sample_rate`, totalling `frames` samples. Memory is
-        bounded by the segment and batch size, not by `frames`.
+        Yields float32 (sources, channels, n) blocks at `sample_rate`, as many samples in total as the input.
+        Memory is bounded by the segment and batch size, not by the signal's length.
         """
-        self._check_channels(channels, "<stream>")
+        self.check_channels(channels, name)
+        stats = mix_statistics(blocks(), name)
+        frames = stats.frames
+        if frames == 0:
+            raise AudioError(f"{name}: no audio samples (0 frames)")
         mean, scale = np.float32(stats.mean), np.float32(stats.scale())
         length = resampled_length(frames, sample_rate, self.sample_rate)
 
@@ -559,7 +499,7 @@ class Separator:
         separated = overlap_add_stream(
             _exact_length(at_model_rate, length, (self.audio_channels,)),
             length,
-            self._forward_numpy,
+            self.forward,
             channels=self.audio_channels,
             segment=self.segment_samples,
             stride=self.stride,
@@ -586,7 +526,7 @@ class Separator:
         view = audio[None] if squeeze else audio
         if view.ndim != 2:
             raise AudioError(f"<array>: expected (channels, samples), got shape {audio.shape}")
-        self._check_channels(view.shape[0], "<array>")
+        self.check_channels(view.shape[0], "<array>")
         if view.shape[1] == 0:
             raise AudioError("<array>: no audio samples (0 frames)")
         if sample_rate <= 0:
@@ -597,132 +537,9 @@ class Separator:
             for i in range(0, frames, BLOCK):
                 yield np.array(view[:, i : i + BLOCK], np.float32)
 
-        stats = mix_statistics(blocks())
         out = np.zeros((len(self.sources), view.shape[0], frames), np.float32)
         done = 0
-        for block in self.stream(blocks, frames, view.shape[0], sample_rate, stats, progress):
+        for block in self.stream(blocks, view.shape[0], sample_rate, name="<array>", progress=progress):
             out[..., done : done + block.shape[-1]] = block
             done += block.shape[-1]
         return {name: (out[i, 0] if squeeze else out[i]) for i, name in enumerate(self.sources)}
-
-    def separate_file(
-        self,
-        path: str | os.PathLike,
-        output_dir: str | os.PathLike = "separated",
-        *,
-        filename: str = "{track}/{stem}.{ext}",
-        ext: str = "wav",
-        subtype: str | None = None,
-        two_stems: str | None = None,
-        other_method: str = "add",
-        clip_mode: str = "rescale",
-        progress: Progress | None = None,
-    ) -> dict[str, Path]:
-        """Separate an audio file into stem files, streaming (memory does not grow with the song's length).
-
-        Stems are written to `output_dir / filename.format(track=<input name without extension>,
-        trackext=<its extension>, stem=<stem name>, ext=ext)` at the input's sample rate and channel count.
-        `subtype=None` keeps the input's bit depth where `ext` can hold it (see `audio_io.output_subtype`).
-        `two_stems=STEM` writes STEM and `no_STEM`, the latter the sum of the other sources
-        (`other_method="add"`), the mix minus STEM ("minus"), or nothing ("none").
-        `clip_mode`: "rescale" divides a stem by 1.01 x its peak when that exceeds 1, "clamp" clips to ±0.99,
-        "none" leaves samples alone (integer formats then saturate at full scale).
-
-        Files appear only when complete (atomic rename); on any error none of this call's stems are left.
-        Returns {stem: path}. Raises `AudioError` for unusable input or output.
-        """
-        if clip_mode not in ("rescale", "clamp", "none"):
-            raise ValueError(f"clip_mode must be rescale, clamp or none, not {clip_mode!r}")
-        if other_method not in ("add", "minus", "none"):
-            raise ValueError(f"other_method must be add, minus or none, not {other_method!r}")
-        if two_stems is not None and two_stems not in self.sources:
-            raise ValueError(f"unknown stem {two_stems!r}; this model has {', '.join(self.sources)}")
-        info = inspect_audio(path)
-        self._check_channels(info.channels, str(info.path))
-        stats = mix_statistics(iter_audio_blocks(info, BLOCK), str(info.path))
-        frames = stats.frames  # what decoding yields (an MP3 header's estimate may be slightly off)
-        subtype = output_subtype(ext, info.subtype, subtype)
-        names = self._output_names(two_stems, other_method)
-        track = info.path.name[: -len(info.path.suffix)] if info.path.suffix else info.path.name
-        paths = {
-            name: Path(output_dir)
-            / filename.format(track=track, trackext=info.path.suffix.lstrip("."), stem=name, ext=ext)
-            for name in names
-        }
-        for target in paths.values():
-            check_output_format(target, ext, subtype, info.sample_rate, info.channels)
-
-        # rescale needs each stem's peak before its first sample is written: stems go to float32 temporaries
-        # first, then are converted. Other modes write the final format directly.
-        staged = clip_mode == "rescale"
-        writers: dict[str, AtomicAudioWriter] = {}
-        finals: list[AtomicAudioWriter] = []
-        try:
-            for name, target in paths.items():
-                staging = target.with_name(f".{target.name}.float.wav") if staged else target
-                writers[name] = AtomicAudioWriter(
-                    staging, info.sample_rate, info.channels, "FLOAT" if staged else subtype, "wav" if staged else ext
-                )
-            peaks = dict.fromkeys(paths, 0.0)
-            # "minus" needs the mix beside each output block: a second reader follows the output.
-            mix_reader = _Reader(iter_audio_blocks(info, BLOCK)) if other_method == "minus" and two_stems else None
-            blocks = self.stream(
-                lambda: iter_audio_blocks(info, BLOCK), frames, info.channels, info.sample_rate, stats, progress
-            )
-            for block in blocks:
-                mix = mix_reader.take(block.shape[-1]) if mix_reader is not None else None
-                for name, stem in self._select(block, two_stems, other_method, mix).items():
-                    if staged:
-                        peaks[name] = max(peaks[name], float(np.abs(stem).max(initial=0.0)))
-                    elif clip_mode == "clamp":
-                        stem = np.clip(stem, -0.99, 0.99)
-                    writers[name].write(stem)
-            if not staged:
-                return self._commit_all(list(writers.values()), paths)
-            for name, target in paths.items():
-                staged_info = inspect_audio(writers[name].close_temporary())  # read back, never renamed
-                final = AtomicAudioWriter(target, info.sample_rate, info.channels, subtype, ext)
-                finals.append(final)
-                gain = np.float32(1.0 / max(1.01 * peaks[name], 1.0))
-                for block in iter_audio_blocks(staged_info, BLOCK):
-                    final.write(block * gain)
-            return self._commit_all(finals, paths)
-        except BaseException:
-            for writer in [*writers.values(), *finals]:
-                writer.abort()
-            raise
-        finally:
-            if staged:
-                for writer in writers.values():
-                    writer.abort()
-
-    @staticmethod
-    def _commit_all(writers: list[AtomicAudioWriter], paths: Mapping[str, Path]) -> dict[str, Path]:
-        committed = []
-        try:
-            for writer in writers:
-                committed.append(writer.commit())
-        except AudioError:
-            for done in committed:  # all stems or none
-                done.unlink(missing_ok=True)
-            raise
-        return dict(paths)
-
-    def _output_names(self, two_stems: str | None, other_method: str) -> list[str]:
-        if two_stems is None:
-            return list(self.sources)
-        return [two_stems] + ([f"no_{two_stems}"] if other_method != "none" else [])
-
-    def _select(
-        self, block: np.ndarray, two_stems: str | None, other_method: str, mix: np.ndarray | None
-    ) -> dict[str, np.ndarray]:
-        """{output name: (channels, n)} from a (sources, channels, n) block."""
-        if two_stems is None:
-            return {name: block[i] for i, name in enumerate(self.sources)}
-        index = self.sources.index(two_stems)
-        out = {two_stems: block[index]}
-        if other_method == "add":
-            out[f"no_{two_stems}"] = block.sum(axis=0) - block[index]
-        elif other_method == "minus":
-            out[f"no_{two_stems}"] = mix - block[index]
-        return out

@@ -13,6 +13,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from .errors import ConfigError
+
 
 def hann_window(n: int) -> np.ndarray:
     """`torch.hann_window(n)` (periodic), float32."""
@@ -62,7 +64,7 @@ def istft(z: jnp.ndarray, hop: int, length: int) -> jnp.ndarray:
     frames, bins = z.shape[-2], z.shape[-1]
     nfft = 2 * (bins - 1)
     if nfft % hop:
-        raise ValueError(f"istft: nfft {nfft} must be a multiple of the hop {hop}")
+        raise ConfigError(f"istft: nfft {nfft} must be a multiple of the hop {hop}")
     window = hann_window(nfft)
     chunks = jnp.fft.irfft(z * np.float32(math.sqrt(nfft)), n=nfft, axis=-1).astype(jnp.float32) * window
     chunks = chunks.reshape(*chunks.shape[:-1], nfft // hop, hop)
@@ -75,7 +77,7 @@ def istft(z: jnp.ndarray, hop: int, length: int) -> jnp.ndarray:
     start = nfft // 2
     end = min(start + length, signal.shape[-1])
     if np.any(envelope[start:end] <= 1e-11):
-        raise ValueError("istft: window overlap-add is zero somewhere (torch raises the same)")
+        raise ConfigError("istft: window overlap-add is zero somewhere (torch raises the same)")
     signal = signal[..., start:end] / envelope[start:end]
     if end - start < length:
         signal = jnp.pad(signal, [(0, 0)] * (signal.ndim - 1) + [(0, length - (end - start))])

@@ -15,6 +15,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from .errors import CheckpointError
+
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,
     "DoubleStorage": np.float64,
@@ -80,20 +82,20 @@ def load_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """Load a state dict written by `torch.save(model.state_dict(), path)` as {key: numpy array}."""
     path = Path(path)
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a torch checkpoint in zip format (torch >= 1.6 writes one by default)")
+        raise CheckpointError(f"{path}: not a torch checkpoint in zip format (torch >= 1.6 writes one by default)")
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
         if len(pickles) != 1:
-            raise ValueError(f"{path}: not a torch checkpoint (no single data.pkl inside)")
+            raise CheckpointError(f"{path}: not a torch checkpoint (no single data.pkl inside)")
         prefix = pickles[0][: -len("/data.pkl")]
         byteorder = f"{prefix}/byteorder"
         if byteorder in archive.namelist() and archive.read(byteorder).decode() != "little":
-            raise ValueError(f"{path}: big-endian checkpoints are not supported")
+            raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
         with archive.open(pickles[0]) as handle:
             state = _Unpickler(handle, archive, prefix).load()
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, np.ndarray) for k, v in state.items()
     ):
         found = f" (top-level keys {sorted(map(str, state))[:5]})" if isinstance(state, dict) else ""
-        raise ValueError(f"{path}: the checkpoint is not a state dict of named tensors{found}")
+        raise CheckpointError(f"{path}: the checkpoint is not a state dict of named tensors{found}")
     return dict(state)

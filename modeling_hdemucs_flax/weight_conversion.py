@@ -17,7 +17,26 @@ from typing import Any
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from .layer_plan import ATTN_DECAYS, ATTN_HEADS, DCONV_KERNEL, LSTM_LAYERS, DecoderPlan, EncoderPlan, plan_layers
+from .errors import CheckpointError
+from .layer_plan import (
+    ATTN_DECAYS,
+    ATTN_HEADS,
+    DCONV_KERNEL,
+    LSTM_LAYERS,
+    DecoderPlan,
+    EncoderPlan,
+    flax_name,
+    plan_layers,
+)
+
+# The tensors of one layer and direction of a torch `nn.LSTM` with `hidden` units reading `width` features:
+# torch name, Flax name, layout change, torch shape. Gates i, f, g, o are stacked along the first axis.
+_LSTM_TENSORS = (
+    ("weight_ih", "kernel_ih", "linear", lambda hidden, width: (4 * hidden, width)),
+    ("weight_hh", "kernel_hh", "linear", lambda hidden, width: (4 * hidden, hidden)),
+    ("bias_ih", "bias_ih", "same", lambda hidden, width: (4 * hidden,)),
+    ("bias_hh", "bias_hh", "same", lambda hidden, width: (4 * hidden,)),
+)
 
 
 @dataclass(frozen=True)
@@ -51,14 +70,30 @@ def conversion_table(config: Any) -> list[Entry]:
     def add(torch_key: str, flax_path: tuple[str, ...], shape: tuple[int, ...], kind: str, role: str) -> None:
         entries.append(Entry(torch_key, flax_path, tuple(shape), kind, role))
 
-    def conv(tk: str, fp: tuple[str, ...], cout: int, cin: int, kernel: tuple[int, ...], kind: str = "conv") -> None:
+    def conv(key: str, path: tuple[str, ...], cout: int, cin: int, kernel: tuple[int, ...], kind: str = "conv") -> None:
         shape = (cin, cout, *kernel) if kind == "conv_tr" else (cout, cin, *kernel)
-        add(f"{tk}.weight", (*fp, "kernel"), shape, kind, "weight")
-        add(f"{tk}.bias", (*fp, "bias"), (cout,), "same", "bias")
+        add(f"{key}.weight", (*path, "kernel"), shape, kind, "weight")
+        add(f"{key}.bias", (*path, "bias"), (cout,), "same", "bias")
 
-    def norm(tk: str, fp: tuple[str, ...], channels: int) -> None:
-        add(f"{tk}.weight", (*fp, "scale"), (channels,), "same", "norm")
-        add(f"{tk}.bias", (*fp, "bias"), (channels,), "same", "norm")
+    def norm(key: str, path: tuple[str, ...], channels: int) -> None:
+        add(f"{key}.weight", (*path, "scale"), (channels,), "same", "norm")
+        add(f"{key}.bias", (*path, "bias"), (channels,), "same", "norm")
+
+    def lstm(key: str, path: tuple[str, ...], hidden: int) -> None:
+        """torchaudio `_BLSTM`: a 2-layer bidirectional `nn.LSTM` (gates i, f, g, o stacked) and a `Linear`."""
+        for layer in range(LSTM_LAYERS):
+            width = hidden if layer == 0 else 2 * hidden  # layer 1 reads both directions of layer 0
+            for direction in ("", "_reverse"):
+                for torch_name, flax_leaf, kind, shape in _LSTM_TENSORS:
+                    add(
+                        f"{key}.lstm.{torch_name}_l{layer}{direction}",
+                        (*path, "lstm", f"{flax_leaf}_l{layer}{direction}"),
+                        shape(hidden, width),
+                        kind,
+                        "lstm",
+                    )
+        add(f"{key}.linear.weight", (*path, "linear", "kernel"), (hidden, 2 * hidden), "linear", "weight")
+        add(f"{key}.linear.bias", (*path, "linear", "bias"), (hidden,), "same", "bias")
 
     def kernel(layer: EncoderPlan | DecoderPlan, k: int) -> tuple[int, ...]:
         return (k, 1) if layer.freq else (k,)
@@ -68,78 +103,46 @@ def conversion_table(config: Any) -> list[Entry]:
         return (k, k) if layer.freq else (k,)
 
     for layer in (*plan.freq_encoder, *plan.time_encoder):
-        t, f = layer.path, (layer.path.replace(".", "_"),)
-        conv(f"{t}.conv", (*f, "conv"), layer.chout, layer.chin, kernel(layer, layer.kernel_size))
+        key, path = layer.path, (flax_name(layer.path),)
+        conv(f"{key}.conv", (*path, "conv"), layer.chout, layer.chin, kernel(layer, layer.kernel_size))
         if layer.norm:
-            norm(f"{t}.norm1", (*f, "norm1"), layer.chout)
+            norm(f"{key}.norm1", (*path, "norm1"), layer.chout)
         if layer.empty:
             continue
-        conv(f"{t}.rewrite", (*f, "rewrite"), 2 * layer.chout, layer.chout, square(layer))
+        conv(f"{key}.rewrite", (*path, "rewrite"), 2 * layer.chout, layer.chout, square(layer))
         if layer.norm:
-            norm(f"{t}.norm2", (*f, "norm2"), 2 * layer.chout)
+            norm(f"{key}.norm2", (*path, "norm2"), 2 * layer.chout)
         d = layer.dconv
         for branch in range(d.depth):
             for index, name in enumerate(_dconv_names(d.lstm, d.attn)):
-                tk, fp = f"{t}.dconv.layers.{branch}.{index}", (*f, "dconv", f"layers_{branch}", name)
-                h, c = d.hidden, d.channels
+                sub_key, sub_path = f"{key}.dconv.layers.{branch}.{index}", (*path, "dconv", f"layers_{branch}", name)
+                hidden, channels = d.hidden, d.channels
                 if name == "conv_in":
-                    conv(tk, fp, h, c, (DCONV_KERNEL,))
+                    conv(sub_key, sub_path, hidden, channels, (DCONV_KERNEL,))
                 elif name == "conv_out":
-                    conv(tk, fp, 2 * c, h, (1,))
+                    conv(sub_key, sub_path, 2 * channels, hidden, (1,))
                 elif name == "norm_in":
-                    norm(tk, fp, h)
+                    norm(sub_key, sub_path, hidden)
                 elif name == "norm_out":
-                    norm(tk, fp, 2 * c)
+                    norm(sub_key, sub_path, 2 * channels)
                 elif name == "layer_scale":
-                    add(f"{tk}.scale", (*fp, "scale"), (c,), "same", "scale")
+                    add(f"{sub_key}.scale", (*sub_path, "scale"), (channels,), "same", "scale")
                 elif name == "attn":
                     for proj in ("content", "query", "key", "proj"):
-                        conv(f"{tk}.{proj}", (*fp, proj), h, h, (1,))
-                    conv(f"{tk}.query_decay", (*fp, "query_decay"), ATTN_HEADS * ATTN_DECAYS, h, (1,))
+                        conv(f"{sub_key}.{proj}", (*sub_path, proj), hidden, hidden, (1,))
+                    conv(f"{sub_key}.query_decay", (*sub_path, "query_decay"), ATTN_HEADS * ATTN_DECAYS, hidden, (1,))
                 elif name == "lstm":
-                    for lyr in range(LSTM_LAYERS):
-                        width = h if lyr == 0 else 2 * h
-                        for sfx in ("", "_reverse"):
-                            add(
-                                f"{tk}.lstm.weight_ih_l{lyr}{sfx}",
-                                (*fp, "lstm", f"kernel_ih_l{lyr}{sfx}"),
-                                (4 * h, width),
-                                "linear",
-                                "lstm",
-                            )
-                            add(
-                                f"{tk}.lstm.weight_hh_l{lyr}{sfx}",
-                                (*fp, "lstm", f"kernel_hh_l{lyr}{sfx}"),
-                                (4 * h, h),
-                                "linear",
-                                "lstm",
-                            )
-                            add(
-                                f"{tk}.lstm.bias_ih_l{lyr}{sfx}",
-                                (*fp, "lstm", f"bias_ih_l{lyr}{sfx}"),
-                                (4 * h,),
-                                "same",
-                                "lstm",
-                            )
-                            add(
-                                f"{tk}.lstm.bias_hh_l{lyr}{sfx}",
-                                (*fp, "lstm", f"bias_hh_l{lyr}{sfx}"),
-                                (4 * h,),
-                                "same",
-                                "lstm",
-                            )
-                    add(f"{tk}.linear.weight", (*fp, "linear", "kernel"), (h, 2 * h), "linear", "weight")
-                    add(f"{tk}.linear.bias", (*fp, "linear", "bias"), (h,), "same", "bias")
+                    lstm(sub_key, sub_path, hidden)
 
     for layer in (*plan.freq_decoder, *plan.time_decoder):
-        t, f = layer.path, (layer.path.replace(".", "_"),)
+        key, path = layer.path, (flax_name(layer.path),)
         if not layer.empty:
-            conv(f"{t}.rewrite", (*f, "rewrite"), 2 * layer.chin, layer.chin, square(layer))
+            conv(f"{key}.rewrite", (*path, "rewrite"), 2 * layer.chin, layer.chin, square(layer))
             if layer.norm:
-                norm(f"{t}.norm1", (*f, "norm1"), 2 * layer.chin)
-        conv(f"{t}.conv_tr", (*f, "conv_tr"), layer.chout, layer.chin, kernel(layer, layer.kernel_size), "conv_tr")
+                norm(f"{key}.norm1", (*path, "norm1"), 2 * layer.chin)
+        conv(f"{key}.conv_tr", (*path, "conv_tr"), layer.chout, layer.chin, kernel(layer, layer.kernel_size), "conv_tr")
         if layer.norm:
-            norm(f"{t}.norm2", (*f, "norm2"), layer.chout)
+            norm(f"{key}.norm2", (*path, "norm2"), layer.chout)
 
     if plan.freq_emb is not None:
         add(
@@ -192,7 +195,7 @@ def _numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _mismatch_error(what: str, missing: list[str], unexpected: list[str], wrong: list[str]) -> ValueError:
+def _mismatch_error(what: str, missing: list[str], unexpected: list[str], wrong: list[str]) -> CheckpointError:
     def listed(items: list[str], limit: int = 8) -> str:
         more = f" and {len(items) - limit} more" if len(items) > limit else ""
         return f"{items[:limit]}{more}"
@@ -204,13 +207,13 @@ def _mismatch_error(what: str, missing: list[str], unexpected: list[str], wrong:
         parts.append(f"unexpected keys {listed(unexpected)}")
     if wrong:
         parts.append(f"wrong shapes {listed(wrong)}")
-    return ValueError(f"{what} does not match the HDemucs config: " + "; ".join(parts))
+    return CheckpointError(f"{what} does not match the HDemucs config: " + "; ".join(parts))
 
 
 def convert_torchaudio_state_dict(state_dict: Mapping[str, Any], config: Any) -> dict:
     """torchaudio `HDemucs.state_dict()` (tensors or arrays) -> nested Flax params dict of float32 numpy.
 
-    Raises ValueError naming every missing key, unexpected key and wrongly shaped tensor.
+    Raises `CheckpointError` naming every missing key, unexpected key and wrongly shaped tensor.
     """
     table = conversion_table(config)
     expected = {e.torch_key: e for e in table}
@@ -226,7 +229,7 @@ def convert_torchaudio_state_dict(state_dict: Mapping[str, Any], config: Any) ->
         raise _mismatch_error("torchaudio state dict", missing, unexpected, wrong)
     bad_dtype = sorted(k for k, a in arrays.items() if not np.issubdtype(a.dtype, np.floating))
     if bad_dtype:
-        raise ValueError(f"torchaudio state dict: non-float tensors {bad_dtype}")
+        raise CheckpointError(f"torchaudio state dict: non-float tensors {bad_dtype}")
     flat = {e.flax_path: _to_flax(arrays[e.torch_key].astype(np.float32), e.kind) for e in table}
     return unflatten_dict(flat)
 

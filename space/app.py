@@ -24,6 +24,10 @@ import os
 # Before gradio is imported: with analytics on, gradio looks up remote hosts at import and launch.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from modeling_hdemucs_flax import hide_torch_from_transformers  # noqa: E402 (the package face is light)
+
+hide_torch_from_transformers()  # before transformers is imported: a Space process runs nothing else
+
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -36,8 +40,7 @@ from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from modeling_hdemucs_flax.audio_io import AudioError, inspect_audio  # noqa: E402
-from modeling_hdemucs_flax.separation import Separator  # noqa: E402
+from modeling_hdemucs_flax import AudioError, Separator, inspect_audio, separate_file  # noqa: E402
 
 logger = logging.getLogger("hdemucs_space")
 
@@ -182,7 +185,8 @@ class StemSeparator:
                 raise AudioError(f"{path}: unknown output format {ext!r}")
             started = time.monotonic()
             folder = self._request_dir()
-            stems = self._variant(overlap, shifts).separate_file(
+            stems = separate_file(
+                self._variant(overlap, shifts),
                 path,
                 folder,
                 filename="{track}_{stem}.{ext}",
@@ -344,7 +348,11 @@ def build_demo(
 
 
 def load_separator(env=os.environ) -> Separator:
-    """The Separator for `HDEMUCS_MODEL` (None: the default model), compiled and ready."""
+    """The Separator for `HDEMUCS_MODEL` (None: the default model), compiled and ready. The compiled program
+    is kept in the persistent compilation cache, so a restarted Space loads it instead of compiling again."""
+    from modeling_hdemucs_flax import configure_compilation_cache
+
+    configure_compilation_cache()
     segment = env.get("HDEMUCS_SPACE_SEGMENT")
     separator = Separator.from_pretrained(env.get("HDEMUCS_MODEL") or None, segment=float(segment) if segment else None)
     separator.warmup()
@@ -355,7 +363,7 @@ def main() -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     limits = Limits.from_env()
-    from modeling_hdemucs_flax.pretrained import ModelLoadError
+    from modeling_hdemucs_flax import ModelLoadError
 
     started = time.monotonic()
     try:

@@ -1,7 +1,8 @@
 """Run real Hub/download flows in fresh Python processes.
 
 `HF_ENDPOINT`, `HF_HOME` and `HF_HUB_OFFLINE` are read when huggingface_hub/transformers are imported, so each
-flow runs in a new interpreter with its environment set up front (never by mocking huggingface_hub).
+flow runs in a new interpreter with its environment set up front (never by mocking huggingface_hub). The
+flows themselves are scripts in `tests/scripts/`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from modeling_hdemucs_flax.downloads import TorchaudioBundle
 from .reference import music_like, tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
 
 # Variables of the outer environment that would make a flow talk to the real Hub or reuse real caches.
 _SCRUBBED = (
@@ -79,17 +80,17 @@ def flow_env(base: Path, **overrides: str | None) -> dict[str, str]:
     return env
 
 
-def run_python(code: str, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `code` in a fresh interpreter (cwd: the repo root) and return the finished process."""
+def run_script(name: str, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `tests/scripts/<name>.py` with `args` in a fresh interpreter (cwd: the repo root)."""
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
+        [sys.executable, str(SCRIPTS / f"{name}.py"), *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
-    print(f"--- stdout ---\n{result.stdout}\n--- stderr (tail) ---\n{result.stderr[-3000:]}")
+    print(f"--- {name} stdout ---\n{result.stdout}\n--- {name} stderr (tail) ---\n{result.stderr[-3000:]}")
     return result
 
 

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import torch
 
-FORWARD_NAME = "jit(hdemucs_separate_batch)"  # the Separator's jitted forward pass, as JAX names it in events
+FORWARD_NAME = "jit(hdemucs_forward)"  # FlaxHDemucs's jitted forward pass, as JAX names it in events
 
 
 class AffineStandIn:
@@ -41,16 +41,17 @@ def nonzero_signal(channels: int, length: int, seed: int) -> np.ndarray:
 
 
 class CompileCounter:
-    """Counts executables JAX produces for the Separator's forward pass (fresh compiles and persistent-cache
-    loads alike: both go through `/jax/core/compile/backend_compile_duration`), plus persistent-cache hits."""
+    """While active (a `with` block), counts executables JAX produces for the function `fun_name` (None: any
+    function) — fresh compiles and persistent-cache loads alike, both reported as
+    `/jax/core/compile/backend_compile_duration` — plus persistent-cache hits."""
 
-    def __init__(self, fun_name: str = FORWARD_NAME):
+    def __init__(self, fun_name: str | None = FORWARD_NAME):
         self.fun_name = fun_name
         self.compiles = 0
         self.cache_hits = 0
 
     def _duration(self, event: str, duration: float, **kwargs) -> None:
-        if event == "/jax/core/compile/backend_compile_duration" and kwargs.get("fun_name") == self.fun_name:
+        if event == "/jax/core/compile/backend_compile_duration" and self.fun_name in (None, kwargs.get("fun_name")):
             self.compiles += 1
 
     def _event(self, event: str, **kwargs) -> None:

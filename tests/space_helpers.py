@@ -1,8 +1,8 @@
 """Running the Space (space/app.py) for tests: as a real server in a subprocess, or imported in-process.
 
-`SpaceServer` starts `space/app.py` as `__main__` (the way the Space starts it) on a free 127.0.0.1 port, with
-an audit hook that logs every DNS look-up or connection to a host other than the loopback one: the app must
-make none (offline-safe). The log is kept for the test to read.
+`SpaceServer` starts `space/app.py` as `__main__` (the way the Space starts it) on a free 127.0.0.1 port, through
+`scripts/space_boot.py`, whose audit hook logs every DNS look-up or connection to a host other than the
+loopback one: the app must make none (offline-safe). The log is kept for the test to read.
 """
 
 from __future__ import annotations
@@ -16,32 +16,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-
-from .reference import music_like
+from .flows import SCRIPTS
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "space" / "app.py"
 OUTSIDE = "OUTSIDE-NETWORK"
-
-# Runs app.py as __main__ after installing the audit hook; argv[1] is app.py's path.
-_BOOT = """
-import runpy, sys
-LOCAL = {"127.0.0.1", "::1", "localhost", "0.0.0.0", "::", None}
-def hook(event, args):
-    if event == "socket.getaddrinfo":
-        host = args[0].decode() if isinstance(args[0], bytes) else args[0]
-        if host not in LOCAL:
-            print(f"OUTSIDE-NETWORK lookup {host}", file=sys.stderr, flush=True)
-    elif event == "socket.connect" and isinstance(args[1], tuple) and args[1][0] not in LOCAL:
-        print(f"OUTSIDE-NETWORK connect {args[1]}", file=sys.stderr, flush=True)
-sys.addaudithook(hook)
-app = sys.argv[1]
-sys.argv = [app]
-sys.path.insert(0, app.rsplit("/", 1)[0])
-runpy.run_path(app, run_name="__main__")
-"""
 
 
 def free_port() -> int:
@@ -57,21 +36,6 @@ def load_app_module():
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
-
-
-def write_song(path: Path, seconds: float, rate: int, channels: int, **kwargs) -> Path:
-    frames = int(seconds * rate)
-    audio = 0.5 * music_like(frames, channels, seed=rate + channels, sample_rate=rate)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, audio.T, rate, **kwargs)
-    return path
-
-
-def write_corrupt(path: Path) -> Path:
-    """A file named .wav whose RIFF header is followed by garbage."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"RIFF\x24\x00\x00\x00WAVE" + np.random.default_rng(0).bytes(4000))
-    return path
 
 
 class SpaceServer:
@@ -99,7 +63,7 @@ class SpaceServer:
         (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
         self._log_handle = open(self.log, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, str(APP)],
+            [sys.executable, str(SCRIPTS / "space_boot.py"), str(APP)],
             cwd=self.workdir,
             env=self.env,
             stdout=self._log_handle,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import soundfile as sf
 
+from modeling_hdemucs_flax import OptionError
 from modeling_hdemucs_flax.audio_io import (
     AtomicAudioWriter,
     AudioError,
@@ -16,6 +16,7 @@ from modeling_hdemucs_flax.audio_io import (
     write_audio,
 )
 
+from .audio_files import bad_files, tones
 from .reference import error_report
 
 # (file name, subtype written, relative error of a round trip in dB: lossless formats are bounded by their
@@ -29,11 +30,6 @@ FORMATS = [
     ("vorbis.ogg", "VORBIS", -10),
     ("layer3.mp3", "MPEG_LAYER_III", -10),
 ]
-
-
-def tones(channels: int, frames: int, rate: int) -> np.ndarray:
-    t = np.arange(frames) / rate
-    return np.stack([0.4 * np.sin(2 * np.pi * (440 + 110 * c) * t) for c in range(channels)]).astype(np.float32)
 
 
 @pytest.mark.parametrize("name,subtype,max_db", FORMATS)
@@ -60,32 +56,6 @@ def test_blocks_cover_the_file_in_order(tmp_path):
     blocks = list(iter_audio_blocks(info, blocksize=3000))
     assert [b.shape for b in blocks] == [(2, 3000)] * 3 + [(2, 1000)]
     np.testing.assert_array_equal(np.concatenate(blocks, axis=1), audio)
-
-
-def bad_files(folder):
-    """{file: expected message fragment} for every kind of unusable input file."""
-    folder.mkdir(exist_ok=True)
-    good = tones(2, 4000, 44100)
-    (folder / "empty.wav").write_bytes(b"")
-    (folder / "text.wav").write_text("this is not audio\n" * 20)
-    sf.write(folder / "zero.wav", np.zeros((0, 2)), 44100)
-    for name, kwargs in [("trunc.wav", {"subtype": "PCM_16"}), ("trunc.flac", {}), ("trunc.mp3", {"format": "MP3"})]:
-        sf.write(folder / name, good.T, 44100, **kwargs)
-        data = (folder / name).read_bytes()
-        (folder / name).write_bytes(data[: len(data) // 2])
-    nan = good.copy()
-    nan[1, 1234] = np.nan
-    sf.write(folder / "nan.wav", nan.T, 44100, subtype="FLOAT")
-    return {
-        "empty.wav": "empty file (0 bytes)",
-        "text.wav": "not a readable audio file",
-        "zero.wav": "no audio samples (0 frames)",
-        "trunc.wav": "truncated file (header declares",
-        "trunc.flac": "truncated or corrupt",
-        "trunc.mp3": "truncated file (header promises",
-        "nan.wav": "contains NaN or infinite samples",
-        "missing.wav": "no such file",
-    }
 
 
 def test_bad_files_raise_one_line_errors(tmp_path, capfd):
@@ -140,5 +110,5 @@ def test_output_subtype_keeps_bit_depth(ext, given, requested, want):
 
 
 def test_output_subtype_rejects_impossible_requests():
-    with pytest.raises(ValueError, match="flac files cannot hold FLOAT"):
+    with pytest.raises(OptionError, match=r"subtype='FLOAT': flac files cannot hold it"):
         output_subtype("flac", "PCM_16", "FLOAT")

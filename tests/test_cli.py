@@ -1,8 +1,10 @@
-"""`hdemucs-flax separate` end to end with the tiny checkpoint made by the conversion code (acceptance item
-3), and the persistent compilation cache across processes (item 4).
+"""`hdemucs-flax separate` end to end with the tiny checkpoint made by the conversion code: every input format,
+rate and channel count, every output option, one-line errors that leave no partial files, a light start-up
+(`--help` loads none of the heavy libraries), and a second process loading the compiled network from the
+persistent cache instead of compiling it.
 
-`main(argv)` runs in-process (the compiled forward pass comes from the session's persistent cache); one
-test runs `python -m modeling_hdemucs_flax` twice in subprocesses.
+`main(argv)` runs in-process (the compiled forward pass comes from the session's persistent cache); the
+start-up and cache tests run the command in subprocesses.
 """
 
 from __future__ import annotations
@@ -16,17 +18,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from modeling_hdemucs_flax import Separator
+from modeling_hdemucs_flax import Separator, separate_file
 from modeling_hdemucs_flax.cli import build_parser, main
 
-from .reference import music_like
+from .audio_files import bad_files, write_song
+from .conftest import SEGMENT_SECONDS, SOURCES
+from .flows import REPO_ROOT, run_script
 from .separation_helpers import AffineStandIn
-from .test_audio_io import bad_files
-
-SR = 44100
-SEGMENT = str(8192 / SR)  # seconds: the segment the separation tests compile too (shared persistent cache)
-SOURCES = ["drums", "bass", "other", "vocals"]
-ROOT = Path(__file__).resolve().parents[1]
 
 # input file kind -> (soundfile keyword arguments, extension, subtype a default (WAV) stem gets)
 INPUT_KINDS = {
@@ -39,11 +37,6 @@ INPUT_KINDS = {
 }
 
 
-@pytest.fixture(scope="module")
-def jax_cache(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "jax-compilation-cache"
-
-
 def cli(checkpoint, jax_cache, *args) -> list[str]:
     return [
         "separate",
@@ -51,17 +44,10 @@ def cli(checkpoint, jax_cache, *args) -> list[str]:
         "--model",
         str(checkpoint),
         "--segment",
-        SEGMENT,
+        str(SEGMENT_SECONDS),
         "--compilation-cache",
         str(jax_cache),
     ]
-
-
-def make_song(path: Path, rate: int, channels: int, seconds: float = 0.25, **kwargs) -> Path:
-    audio = 0.5 * music_like(int(seconds * rate), channels, seed=rate + channels, sample_rate=rate)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, audio.T, rate, **kwargs)
-    return path
 
 
 def files_under(folder: Path) -> list[str]:
@@ -73,8 +59,8 @@ def test_every_input_format_rate_and_channel_count(tiny_checkpoint_dir, jax_cach
     for kind, (kwargs, ext, _) in INPUT_KINDS.items():
         for rate in (22050, 44100, 48000):
             for channels in (1, 2):
-                songs[f"{kind}_{rate}_{channels}"] = make_song(
-                    tmp_path / "in" / f"{kind}_{rate}_{channels}.{ext}", rate, channels, **kwargs
+                songs[f"{kind}_{rate}_{channels}"] = write_song(
+                    tmp_path / "in" / f"{kind}_{rate}_{channels}.{ext}", 0.25, rate, channels, **kwargs
                 )
     status = main(cli(tiny_checkpoint_dir, jax_cache, tmp_path / "in", "-o", tmp_path / "out"))
     captured = capsys.readouterr()
@@ -107,8 +93,8 @@ def test_every_input_format_rate_and_channel_count(tiny_checkpoint_dir, jax_cach
     ],
 )
 def test_output_formats(tiny_checkpoint_dir, jax_cache, tmp_path, capsys, flags, ext, subtype):
-    stereo = make_song(tmp_path / "stereo.wav", 48000, 2, subtype="PCM_24")
-    mono = make_song(tmp_path / "mono.flac", 22050, 1)
+    stereo = write_song(tmp_path / "stereo.wav", 0.25, 48000, 2, subtype="PCM_24")
+    mono = write_song(tmp_path / "mono.flac", 0.25, 22050, 1)
     assert main(cli(tiny_checkpoint_dir, jax_cache, stereo, mono, "-o", tmp_path / "out", *flags)) == 0
     assert capsys.readouterr().err == ""
     for song in (stereo, mono):
@@ -120,7 +106,7 @@ def test_output_formats(tiny_checkpoint_dir, jax_cache, tmp_path, capsys, flags,
 
 
 def test_two_stems_and_filename_template(tiny_checkpoint_dir, jax_cache, tmp_path, capsys):
-    song = make_song(tmp_path / "my song.wav", 44100, 2, subtype="PCM_16")
+    song = write_song(tmp_path / "my song.wav", 0.25, 44100, 2, subtype="PCM_16")
     args = [song, "-o", tmp_path / "out", "--two-stems", "vocals", "--filename", "{track}.{trackext}-{stem}.{ext}"]
     assert main(cli(tiny_checkpoint_dir, jax_cache, *args, "--other-method", "minus")) == 0
     assert files_under(tmp_path / "out") == ["my song.wav-no_vocals.wav", "my song.wav-vocals.wav"]
@@ -138,7 +124,7 @@ def test_bad_inputs_are_reported_and_the_rest_separated(tiny_checkpoint_dir, jax
     expected["six.wav"] = "6 channels is not supported"
     (tmp_path / "no_audio").mkdir()
     (tmp_path / "no_audio" / "notes.txt").write_text("no audio here")
-    good = make_song(tmp_path / "good.wav", 44100, 2, subtype="PCM_16")
+    good = write_song(tmp_path / "good.wav", 0.25, 44100, 2, subtype="PCM_16")
     inputs = [folder / name for name in expected] + [tmp_path / "no_audio", good]
     status = main(cli(tiny_checkpoint_dir, jax_cache, *inputs, "-o", tmp_path / "out"))
     err = capsys.readouterr().err
@@ -152,7 +138,7 @@ def test_bad_inputs_are_reported_and_the_rest_separated(tiny_checkpoint_dir, jax
 
 
 def test_unwritable_output_folder(tiny_checkpoint_dir, jax_cache, tmp_path, capsys):
-    song = make_song(tmp_path / "song.wav", 44100, 2, subtype="PCM_16")
+    song = write_song(tmp_path / "song.wav", 0.25, 44100, 2, subtype="PCM_16")
     (tmp_path / "occupied").write_text("a file where the output folder should be")
     assert main(cli(tiny_checkpoint_dir, jax_cache, song, "-o", tmp_path / "occupied")) == 1
     err = capsys.readouterr().err
@@ -161,25 +147,57 @@ def test_unwritable_output_folder(tiny_checkpoint_dir, jax_cache, tmp_path, caps
 
 
 def test_unknown_model_and_usage_errors(tmp_path, capsys):
-    song = make_song(tmp_path / "song.wav", 44100, 2, subtype="PCM_16")
+    song = write_song(tmp_path / "song.wav", 0.25, 44100, 2, subtype="PCM_16")
     (tmp_path / "empty_model").mkdir()
     assert main(["separate", str(song), "--model", str(tmp_path / "empty_model"), "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "empty_model: not a model folder (no config.json)" in err
     assert not (tmp_path / "out").exists()
-    for bad in (["--flac", "--float32"], ["--overlap", "1.0"], ["--filename", "{album}/{stem}.{ext}"]):
+    usage_errors = {
+        ("--flac", "--float32"): "--float32: flac files cannot hold it (possible: PCM_16, PCM_24)",
+        ("--overlap", "1.0"): "--overlap 1.0: must be in [0, 1)",
+        ("--shifts", "-1"): "--shifts -1: must be an integer >= 0",
+        ("--filename", "{album}/{stem}.{ext}"): "--filename '{album}/{stem}.{ext}': unknown variable",
+    }
+    for bad, message in usage_errors.items():
         with pytest.raises(SystemExit) as exit_info:
             main(["separate", str(song), *bad])
         assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"hdemucs-flax separate: error: {message}" in err, err  # the option, its value and the rule
+        assert err.startswith("usage: hdemucs-flax separate")  # the subcommand's usage, not the top level's
     assert main([]) == 2
     assert "separate" in build_parser().format_help()
 
 
-def test_failure_midway_leaves_no_stem_files(tiny_pair, jax_cache, tmp_path):
+def test_help_and_usage_errors_import_no_heavy_library(tmp_path):
+    """`--help` and usage errors are answered by the light package face: torch (installed here), transformers
+    and JAX stay unimported, so the answer comes in a fraction of a second instead of seconds."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for args in ([], ["--help"], ["separate", "--help"], ["separate", "song.wav", "--overlap", "1.5"]):
+        result = run_script("cli_modules", env, *args)
+        assert result.returncode == 0, result.stderr[-2000:]
+        for name in ("torch", "transformers", "jax", "flax"):
+            assert f"loaded {name}: False" in result.stdout, (args, name)
+        assert f"exit status: {0 if '--help' in args else 2}" in result.stdout
+
+
+def test_a_separation_never_imports_torch(tiny_checkpoint_dir, jax_cache, tmp_path):
+    """The command's process loads transformers and JAX, but not torch, although torch is installed beside them
+    (transformers would import it on its own)."""
+    song = write_song(tmp_path / "song.wav", 0.25, 44100, 2, subtype="PCM_16")
+    env = {k: v for k, v in os.environ.items() if k != "USE_TORCH"} | {"PYTHONPATH": str(REPO_ROOT)}
+    result = run_script("cli_modules", env, *cli(tiny_checkpoint_dir, jax_cache, song, "-o", tmp_path / "out", "-q"))
+    assert result.returncode == 0 and "exit status: 0" in result.stdout, result.stderr[-3000:]
+    assert "loaded torch: False" in result.stdout
+    assert "loaded transformers: True" in result.stdout and "loaded jax: True" in result.stdout
+    assert len(files_under(tmp_path / "out")) == 4
+
+
+def test_failure_midway_leaves_no_stem_files(tiny_pair, tmp_path):
     """An error after some stems' samples were written (here: the forward pass failing on its third call)
     leaves no file at all, neither final nor temporary."""
     _, _, model = tiny_pair
-    separator = Separator(model, segment=float(SEGMENT), compilation_cache=jax_cache)
     calls = []
 
     def failing(batch):
@@ -188,23 +206,23 @@ def test_failure_midway_leaves_no_stem_files(tiny_pair, jax_cache, tmp_path):
             raise RuntimeError("device lost")
         return AffineStandIn([1, 1, 1, 1], [0, 0, 0, 0], batch.shape, poison=False)(batch)
 
-    separator._forward_numpy = failing
-    song = make_song(tmp_path / "song.wav", 44100, 2, seconds=1.0, subtype="PCM_16")
+    separator = Separator(model, segment=SEGMENT_SECONDS, forward=failing)
+    song = write_song(tmp_path / "song.wav", 1.0, 44100, 2, subtype="PCM_16")
     for mode in ("none", "rescale"):
         calls.clear()
         with pytest.raises(RuntimeError, match="device lost"):
-            separator.separate_file(song, tmp_path / "out", clip_mode=mode)
+            separate_file(separator, song, tmp_path / "out", clip_mode=mode)
         assert files_under(tmp_path) == ["song.wav"]
 
 
 def test_second_process_reuses_the_persistent_cache(tiny_checkpoint_dir, tmp_path):
     """Two runs of `python -m modeling_hdemucs_flax` with the cache folder given by the environment
     variable: the first compiles the forward pass and stores it, the second loads it."""
-    song = make_song(tmp_path / "song.wav", 44100, 2, subtype="PCM_16")
+    song = write_song(tmp_path / "song.wav", 0.25, 44100, 2, subtype="PCM_16")
     cache = tmp_path / "cache"
     env = dict(
         os.environ,
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=str(REPO_ROOT),
         HDEMUCS_FLAX_COMPILATION_CACHE=str(cache),
         JAX_LOG_COMPILES="1",
         JAX_EXPLAIN_CACHE_MISSES="1",
@@ -230,12 +248,12 @@ def test_second_process_reuses_the_persistent_cache(tiny_checkpoint_dir, tmp_pat
         assert runs[-1].returncode == 0, runs[-1].stderr[-3000:]
         assert len(files_under(tmp_path / out)) == 4
         if out == "first":
-            entries = sorted(p.name for p in cache.iterdir() if p.name.startswith("jit_hdemucs_separate_batch-"))
+            entries = sorted(p.name for p in cache.iterdir() if p.name.startswith("jit_hdemucs_forward-"))
     first, second = (run.stderr for run in runs)
-    name = "'jit_hdemucs_separate_batch'"
+    name = "'jit_hdemucs_forward'"
     assert f"PERSISTENT COMPILATION CACHE MISS for {name}" in first
     assert f"Persistent compilation cache hit for {name}" not in first
     assert f"Persistent compilation cache hit for {name}" in second
     assert f"PERSISTENT COMPILATION CACHE MISS for {name}" not in second
     assert len(entries) == 1
-    assert sorted(p.name for p in cache.iterdir() if p.name.startswith("jit_hdemucs_separate_batch-")) == entries
+    assert sorted(p.name for p in cache.iterdir() if p.name.startswith("jit_hdemucs_forward-")) == entries

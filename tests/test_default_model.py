@@ -12,83 +12,15 @@ import hashlib
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from modeling_hdemucs_flax.pretrained import DEFAULT_MODEL
 
-from .flows import error_lines, flow_env, probe, run_python, tiny_bundle
+from .flows import error_lines, flow_env, probe, run_script, tiny_bundle
 from .hub_server import FileServer, HubServer
 from .reference import error_report
 
 GATE_DB = -80.0  # same bound as the converter's float32 gate (measured: about -130 dB on this model)
-
-ONLINE = """
-import json, os, sys
-import numpy as np
-from modeling_hdemucs_flax.downloads import TorchaudioBundle
-from modeling_hdemucs_flax.pretrained import ModelLoadError, load_default_model
-
-spec, probe_path, out, *caches = sys.argv[1:]
-bundles = {name: TorchaudioBundle(**{**b, "sources": tuple(b["sources"])}) for name, b in json.loads(spec).items()}
-probe = np.load(probe_path)
-
-def separate(model):
-    return np.asarray(model(probe[None]).sources)[0]
-
-# 1. nothing cached, the Hub has the converted copy
-os.environ["HDEMUCS_FLAX_CACHE"] = caches[0]
-np.save(f"{out}/hub.npy", separate(load_default_model(bundle=bundles["good"], progress=False)))
-
-# 2. not on the Hub; torchaudio's server hands out a tampered file
-os.environ["HDEMUCS_FLAX_CACHE"] = caches[1]
-try:
-    load_default_model(bundle=bundles["tampered"], repo_id="acme/not-on-the-hub", progress=False)
-except ModelLoadError as error:
-    print(f"ModelLoadError: {error}", file=sys.stderr)
-
-# 3. not on the Hub; torchaudio's file is intact: verified, converted without torch, cached
-os.environ["HDEMUCS_FLAX_CACHE"] = caches[2]
-model = load_default_model(bundle=bundles["good"], repo_id="acme/not-on-the-hub", progress=False)
-np.save(f"{out}/converted.npy", separate(model))
-print("torch imported:", "torch" in sys.modules)
-"""
-
-OFFLINE = """
-import json, os, sys
-import numpy as np
-from modeling_hdemucs_flax.downloads import TorchaudioBundle
-from modeling_hdemucs_flax.pretrained import ModelLoadError, load_default_model, load_model
-
-spec, probe_path, out, *caches = sys.argv[1:]
-good = TorchaudioBundle(**{**json.loads(spec)["good"], "sources": ("drums", "bass", "other", "vocals")})
-probe = np.load(probe_path)
-
-def separate(model):
-    return np.asarray(model(probe[None]).sources)[0]
-
-# 4. the real default (`load_model(None)`): the Hub copy from step 1 is in the Hugging Face cache
-os.environ["HDEMUCS_FLAX_CACHE"] = caches[3]
-np.save(f"{out}/offline_hub.npy", separate(load_model(None)))
-
-# 5. the converted copy from step 3
-os.environ["HDEMUCS_FLAX_CACHE"] = caches[2]
-np.save(f"{out}/offline_converted.npy", separate(load_default_model(bundle=good, repo_id="acme/not-on-the-hub")))
-
-# 6. nothing cached
-os.environ["HDEMUCS_FLAX_CACHE"] = caches[3]
-try:
-    load_default_model(bundle=good, repo_id="acme/not-on-the-hub")
-except ModelLoadError as error:
-    print(f"ModelLoadError: {error}", file=sys.stderr)
-"""
-
-
-@pytest.fixture(scope="module")
-def reference_sources(tiny_pair):
-    _, reference, _ = tiny_pair
-    with torch.no_grad():
-        return reference(torch.from_numpy(probe())[None]).numpy()[0]
 
 
 def test_default_model_chain(tmp_path, tiny_pair, tiny_checkpoint_dir, reference_sources):
@@ -113,7 +45,7 @@ def test_default_model_chain(tmp_path, tiny_pair, tiny_checkpoint_dir, reference
 
         # transformers 4.57 imports torch whenever it is installed (as here) unless USE_TORCH=0; with that set,
         # nothing but the conversion itself could import it, and "torch imported: False" proves it does not.
-        result = run_python(ONLINE, {**env, "USE_TORCH": "0"}, *args)
+        result = run_script("default_model_online", {**env, "USE_TORCH": "0"}, *args)
         assert result.returncode == 0
         # 1. from the Hub: torchaudio's server was not asked (its two requests are steps 2 and 3)
         assert files.requests == [("GET", tampered.key), ("GET", good.key)]
@@ -134,7 +66,7 @@ def test_default_model_chain(tmp_path, tiny_pair, tiny_checkpoint_dir, reference
 
         hub.requests.clear()
         files.requests.clear()
-        result = run_python(OFFLINE, {**env, "HF_HUB_OFFLINE": "1"}, *args)
+        result = run_script("default_model_offline", {**env, "HF_HUB_OFFLINE": "1"}, *args)
         assert result.returncode == 0
         assert hub.requests == [] and files.requests == []
     np.testing.assert_array_equal(np.load(tmp_path / "offline_hub.npy"), np.load(tmp_path / "hub.npy"))

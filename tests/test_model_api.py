@@ -5,8 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +16,8 @@ from flax.traverse_util import flatten_dict
 from transformers import AutoConfig, FlaxAutoModel
 
 from modeling_hdemucs_flax import (
+    CheckpointError,
+    ConfigError,
     FlaxHDemucs,
     HDemucsConfig,
     convert_torchaudio_state_dict,
@@ -27,10 +27,10 @@ from modeling_hdemucs_flax.layer_plan import plan_layers
 from modeling_hdemucs_flax.torch_checkpoint import load_torch_state_dict
 from modeling_hdemucs_flax.weight_conversion import param_shapes
 
+from .conftest import SOURCES
+from .flows import run_script
 from .reference import error_report, music_like, tiny_config, torch_model
-
-SOURCES = ["drums", "bass", "other", "vocals"]
-
+from .separation_helpers import CompileCounter
 
 # --- config -------------------------------------------------------------------------------------------
 
@@ -81,7 +81,7 @@ def test_high_preset_size_matches_notes():
     ],
 )
 def test_invalid_config_names_field_and_rule(field, value, words):
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(ConfigError) as error:
         if field == "preset":
             HDemucsConfig.from_preset(value)
         else:
@@ -139,16 +139,16 @@ def test_conversion_errors_name_the_key(tiny_pair):
     missing = dict(state)
     del missing["freq_encoder.3.dconv.layers.0.3.lstm.weight_hh_l1_reverse"]
     with pytest.raises(
-        ValueError, match=r"missing keys \['freq_encoder\.3\.dconv\.layers\.0\.3\.lstm\.weight_hh_l1_reverse'\]"
+        CheckpointError, match=r"missing keys \['freq_encoder\.3\.dconv\.layers\.0\.3\.lstm\.weight_hh_l1_reverse'\]"
     ):
         convert_torchaudio_state_dict(missing, config)
-    with pytest.raises(ValueError, match=r"unexpected keys \['extra\.weight'\]"):
+    with pytest.raises(CheckpointError, match=r"unexpected keys \['extra\.weight'\]"):
         convert_torchaudio_state_dict({**state, "extra.weight": torch.zeros(3)}, config)
     wrong = {**state, "time_decoder.1.conv_tr.weight": torch.zeros(3, 4, 5)}
-    with pytest.raises(ValueError, match=r"wrong shapes \['time_decoder\.1\.conv_tr\.weight: \(3, 4, 5\)"):
+    with pytest.raises(CheckpointError, match=r"wrong shapes \['time_decoder\.1\.conv_tr\.weight: \(3, 4, 5\)"):
         convert_torchaudio_state_dict(wrong, config)
-    with pytest.raises(ValueError, match=r"unexpected keys \[.*\] and \d+ more; wrong shapes"):  # another architecture
-        convert_torchaudio_state_dict(state, tiny_config(depth=4))
+    with pytest.raises(CheckpointError, match=r"unexpected keys \[.*\] and \d+ more; wrong shapes"):
+        convert_torchaudio_state_dict(state, tiny_config(depth=4))  # another architecture
 
 
 def test_from_pretrained_rejects_incomplete_checkpoint(tiny_pair, tmp_path):
@@ -160,12 +160,12 @@ def test_from_pretrained_rejects_incomplete_checkpoint(tiny_pair, tmp_path):
     tensors = load_file(tmp_path / "model.safetensors")
     embedding = tensors.pop("freq_emb")
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "flax"})
-    with pytest.raises(ValueError, match=r"missing \['freq_emb'\]"):
+    with pytest.raises(CheckpointError, match=r"missing \['freq_emb'\]"):
         FlaxHDemucs.from_pretrained(tmp_path)
     tensors["freq_emb"] = embedding
     tensors["bogus.kernel"] = np.zeros(2, np.float32)
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "flax"})
-    with pytest.raises(ValueError, match=r"unexpected \['bogus/kernel'\]"):
+    with pytest.raises(CheckpointError, match=r"unexpected \['bogus/kernel'\]"):
         FlaxHDemucs.from_pretrained(tmp_path)
 
 
@@ -180,52 +180,32 @@ def test_torch_checkpoint_reader_without_torch(tiny_pair, tmp_path):
     for key, value in reference.state_dict().items():
         np.testing.assert_array_equal(loaded[key], value.numpy())
     config.save_pretrained(tmp_path)
-    script = (
-        "import sys; from modeling_hdemucs_flax import FlaxHDemucs, HDemucsConfig;"
-        f"m = FlaxHDemucs.from_torchaudio({str(path)!r}, HDemucsConfig.from_pretrained({str(tmp_path)!r}));"
-        "import numpy as np; m(np.zeros((1, 2, 3000), np.float32));"
-        "assert 'torch' not in sys.modules, 'torch was imported'; print('ok')"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], env={**os.environ, "USE_TORCH": "0"}, capture_output=True, text=True
-    )
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    result = run_script("torch_free_load", {**os.environ, "USE_TORCH": "0"}, str(path), str(tmp_path))
+    assert result.returncode == 0 and result.stdout.strip() == "torch imported: False", result.stderr[-2000:]
     torch.save({"model": reference.state_dict()}, path)
-    with pytest.raises(ValueError, match="not a state dict of named tensors|unsupported"):
+    with pytest.raises(CheckpointError, match="not a state dict of named tensors|unsupported"):
         load_torch_state_dict(path)
 
 
 # --- jit and dtype ----------------------------------------------------------------------------------------
 
 
-class CompileCounter:
-    """Counts XLA backend compilations (jax.monitoring events) while active."""
-
-    def __init__(self):
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event: str, duration: float, **kwargs) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            self.count += 1
-
-
 def test_jit_matches_eager_and_does_not_recompile(tiny_pair):
     config, _, model = tiny_pair
     x = music_like(30001, seed=9)[None]
-    counter = CompileCounter()
-    first = np.asarray(model(x).sources)
-    compiles_after_first = counter.count
-    assert compiles_after_first >= 1
-    second = np.asarray(model(music_like(30001, seed=10)[None]).sources)
-    assert counter.count == compiles_after_first, "a call with a seen shape recompiled"
-    assert second.shape == first.shape
+    with CompileCounter(fun_name=None) as counter:
+        first = np.asarray(model(x).sources)
+        compiles_after_first = counter.compiles
+        assert compiles_after_first >= 1
+        second = np.asarray(model(music_like(30001, seed=10)[None]).sources)
+        assert counter.compiles == compiles_after_first, "a call with a seen shape recompiled"
+        assert second.shape == first.shape
 
-    wrapped = jax.jit(lambda p, w: model(w, params=p).sources)  # the transformers-style wrapping
-    np.testing.assert_array_equal(np.asarray(wrapped(model.params, x)), first)
-    before = counter.count
-    wrapped(model.params, x)
-    assert counter.count == before
+        wrapped = jax.jit(lambda p, w: model(w, params=p).sources)  # the transformers-style wrapping
+        np.testing.assert_array_equal(np.asarray(wrapped(model.params, x)), first)
+        before = counter.compiles
+        wrapped(model.params, x)
+        assert counter.compiles == before
 
     with jax.disable_jit():
         eager = np.asarray(model.module.apply({"params": model.params}, jnp.asarray(x)))

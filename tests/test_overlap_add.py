@@ -1,4 +1,4 @@
-"""Invariants of the chunk plan, the weights, the statistics and the streamed overlap-add (acceptance item 1).
+"""Invariants of the chunk plan, the weights, the statistics and the streamed overlap-add.
 
 The model is replaced by `AffineStandIn` (source i = g_i x + b_i, NaN where its input is padding), so the
 separation schedule alone is tested: exact reconstruction, exact output length, no leakage from padding.

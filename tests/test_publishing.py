@@ -19,7 +19,7 @@ from conversion import convert_torchaudio_hdemucs as convert
 from modeling_hdemucs_flax import FlaxHDemucs
 from modeling_hdemucs_flax.downloads import fetch_torchaudio_checkpoint
 
-from .flows import error_lines, flow_env, probe, run_converter, run_python, tiny_bundle
+from .flows import error_lines, flow_env, probe, run_converter, run_script, tiny_bundle
 from .hub_server import FileServer, HubServer
 from .reference import error_report, tiny_config
 
@@ -36,14 +36,6 @@ def checkpoint(tmp_path_factory, tiny_pair):
     torch.save(reference.state_dict(), path)
     config.to_json_file(folder / "config.json")
     return path, folder / "config.json", hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def reference_sources(tiny_pair):
-    """torchaudio's output for the probe the flows separate: (sources, channels, samples)."""
-    _, reference, _ = tiny_pair
-    with torch.no_grad():
-        return reference(torch.from_numpy(probe())[None]).numpy()[0]
 
 
 def card_of(folder: Path) -> ModelCard:
@@ -222,43 +214,6 @@ def test_parity_gate_refuses_to_write_or_push_a_broken_conversion(tmp_path, monk
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-# A fresh process after the push: download and separate, an unknown repo, then the same conversion and push
-# again (must change nothing) and a push to a new branch.
-ONLINE_AFTER_PUSH = """
-import sys
-from pathlib import Path
-import numpy as np
-from conversion import convert_torchaudio_hdemucs as convert
-from modeling_hdemucs_flax import FlaxHDemucs
-from modeling_hdemucs_flax.pretrained import ModelLoadError, load_model
-
-repo_id, probe_path, out_path, *convert_argv = sys.argv[1:]
-model = FlaxHDemucs.from_pretrained(repo_id)
-np.save(out_path, np.asarray(model(np.load(probe_path)[None]).sources)[0])
-try:
-    load_model("acme/no-such-model")
-except ModelLoadError as error:
-    print(f"ModelLoadError: {error}", file=sys.stderr)
-print("rerun exit code", convert.main(convert_argv))
-folder = convert_argv[convert_argv.index("--output-dir") + 1]
-print(convert.push_folder(Path(folder), repo_id, private=False, revision="v1", commit_message=None))
-"""
-
-OFFLINE_RELOAD = """
-import sys
-import numpy as np
-from modeling_hdemucs_flax.pretrained import ModelLoadError, load_model
-
-repo_id, probe_path, out_path = sys.argv[1:]
-model = load_model(repo_id)
-np.save(out_path, np.asarray(model(np.load(probe_path)[None]).sources)[0])
-try:
-    load_model("acme/never-downloaded")
-except ModelLoadError as error:
-    print(f"ModelLoadError: {error}", file=sys.stderr)
-"""
-
-
 def test_push_load_repush_and_offline_reload(tmp_path, checkpoint, reference_sources):
     path, config_json, _ = checkpoint
     repo_id = "acme/tiny-hdemucs"
@@ -282,7 +237,7 @@ def test_push_load_repush_and_offline_reload(tmp_path, checkpoint, reference_sou
         # 2. a fresh process downloads it and separates; an unknown repo is one clear line; re-running the
         #    conversion and push changes nothing; --revision pushes to a new branch
         commits = len(hub.repos[repo_id].branches["main"])
-        result = run_python(ONLINE_AFTER_PUSH, env, repo_id, probe_path, str(tmp_path / "online.npy"), *convert_argv)
+        result = run_script("hub_after_push", env, repo_id, probe_path, str(tmp_path / "online.npy"), *convert_argv)
         assert result.returncode == 0
         online = np.load(tmp_path / "online.npy")
         _, db = error_report("Hub download vs torchaudio", online, reference_sources, GATE_DB)
@@ -296,8 +251,8 @@ def test_push_load_repush_and_offline_reload(tmp_path, checkpoint, reference_sou
 
         # 3. offline: the cached copy loads with no request at all; an uncached repo is one clear line
         hub.requests.clear()
-        result = run_python(
-            OFFLINE_RELOAD, {**env, "HF_HUB_OFFLINE": "1"}, repo_id, probe_path, str(tmp_path / "offline.npy")
+        result = run_script(
+            "hub_offline_reload", {**env, "HF_HUB_OFFLINE": "1"}, repo_id, probe_path, str(tmp_path / "offline.npy")
         )
         assert result.returncode == 0
         assert hub.requests == []

@@ -1,8 +1,8 @@
-"""The Separator against torchaudio's model (acceptance item 2), its one compiled shape (item 4), and its
-handling of channels, rates, edge-case audio and files.
+"""The Separator equals demucs's schedule on torchaudio's model, compiles one forward shape for any song length,
+and handles channels, rates, edge-case audio and files (through `file_output.separate_file`).
 
-Compiled shapes are few and shared through one persistent compilation cache folder per test session, since
-each compile of even the tiny model takes seconds on CPU.
+Compiled shapes are few and shared through the session's persistent compilation cache (conftest), since each
+compile of even the tiny model takes seconds on CPU.
 """
 
 from __future__ import annotations
@@ -13,25 +13,23 @@ import pytest
 import soundfile as sf
 import torch
 
-from modeling_hdemucs_flax import AudioError, FlaxHDemucs, Separator, read_audio, write_audio
-from modeling_hdemucs_flax.separation import draw_shift_delays
+from modeling_hdemucs_flax import AudioError, FlaxHDemucs, Separator, read_audio, separate_file, write_audio
+from modeling_hdemucs_flax.separation import draw_shift_delays, network_forward
 
+from .conftest import SEGMENT, SEGMENT_SECONDS, SR
 from .reference import error_report, music_like, tiny_config
 from .separation_helpers import AffineStandIn, CompileCounter, demucs_reference
 
-SR = 44100  # the tiny config's rate
-SEGMENT = 8192  # samples: the segment every test here compiles (shared with the CLI tests)
+
+def make(model, **options) -> Separator:
+    options.setdefault("segment", SEGMENT_SECONDS)
+    return Separator(model, **options)
 
 
-@pytest.fixture(scope="session")
-def jax_cache(tmp_path_factory):
-    """One persistent compilation cache for the session's Separators (a path, so other modules can share it)."""
-    return tmp_path_factory.getbasetemp() / "jax-compilation-cache"
-
-
-def make(model, jax_cache, **options) -> Separator:
-    options.setdefault("segment", SEGMENT / SR)
-    return Separator(model, compilation_cache=jax_cache, **options)
+def with_stand_in(model, gains, **options) -> Separator:
+    """A Separator whose network is an `AffineStandIn` (source i = gains[i] * x), padding not poisoned."""
+    shape = make(model, **options).input_shape
+    return make(model, forward=AffineStandIn(gains, [0] * len(gains), shape, poison=False), **options)
 
 
 def normalised(mix: np.ndarray):
@@ -49,12 +47,12 @@ def stack(stems: dict, sources) -> np.ndarray:
     return np.stack([stems[name] for name in sources])
 
 
-def test_song_of_one_segment_equals_normalised_forward_pass(tiny_pair, jax_cache):
+def test_song_of_one_segment_equals_normalised_forward_pass(tiny_pair):
     config, reference, model = tiny_pair
     mix = music_like(SEGMENT, 2, seed=1)
     mix_before = mix.copy()
     mix.setflags(write=False)  # the Separator must never write to the caller's array
-    stems = make(model, jax_cache).separate(mix, SR)
+    stems = make(model).separate(mix, SR)
     x, mean, scale = normalised(mix)
     want = torch_forward(reference, x) * scale + mean
     max_abs, db = error_report("separator, segment = song length", stack(stems, config.sources), want, -100)
@@ -62,10 +60,10 @@ def test_song_of_one_segment_equals_normalised_forward_pass(tiny_pair, jax_cache
     np.testing.assert_array_equal(mix, mix_before)
 
 
-def test_song_shorter_than_segment_is_zero_padded_to_it(tiny_pair, jax_cache):
+def test_song_shorter_than_segment_is_zero_padded_to_it(tiny_pair):
     config, reference, model = tiny_pair
     mix = music_like(5000, 2, seed=2)
-    stems = make(model, jax_cache).separate(mix, SR)
+    stems = make(model).separate(mix, SR)
     x, mean, scale = normalised(mix)
     padded = np.concatenate([x, np.zeros((2, SEGMENT - 5000))], axis=1)
     want = torch_forward(reference, padded)[..., :5000] * scale + mean
@@ -74,10 +72,10 @@ def test_song_shorter_than_segment_is_zero_padded_to_it(tiny_pair, jax_cache):
 
 
 @pytest.mark.parametrize("shifts,power", [(0, 1.0), (2, 2.0)])
-def test_chunked_separation_matches_demucs_reference(tiny_pair, jax_cache, shifts, power):
+def test_chunked_separation_matches_demucs_reference(tiny_pair, shifts, power):
     config, reference, model = tiny_pair
     mix = music_like(30000, 2, seed=3)
-    separator = make(model, jax_cache, overlap=0.25, batch_size=2, shifts=shifts, seed=7, transition_power=power)
+    separator = make(model, overlap=0.25, batch_size=2, shifts=shifts, seed=7, transition_power=power)
     stems = separator.separate(mix, SR)
     delays = draw_shift_delays(shifts, SR // 2, 7)
     want = demucs_reference(reference, mix, segment=SEGMENT, overlap=0.25, delays=delays, transition_power=power)
@@ -85,13 +83,19 @@ def test_chunked_separation_matches_demucs_reference(tiny_pair, jax_cache, shift
     assert db < -100
 
 
-def test_five_minute_song_compiles_once(tiny_pair, jax_cache):
-    """One executable for a 5-minute song, none more for a 30-second one. The tiny model's weights under a
-    4 kHz config keep 5 minutes cheap (1.2 M samples); the chunk count (195) is that of any 5-minute song
-    with this segment in seconds."""
+def test_five_minute_song_compiles_once(tiny_pair):
+    """One executable for a 5-minute song, none more for a 30-second one, and every batch the network sees has
+    the same shape. The tiny model's weights under a 4 kHz config keep 5 minutes cheap (1.2 M samples); the
+    chunk count (195) is that of any 5-minute song with this segment in seconds."""
     _, _, model = tiny_pair
     slow_rate = FlaxHDemucs(tiny_config(sampling_rate=4000), params=model.params)
-    separator = Separator(slow_rate, segment=SEGMENT / 4000, batch_size=2, compilation_cache=jax_cache)
+    network, shapes = network_forward(slow_rate), set()
+
+    def recording(batch):
+        shapes.add(batch.shape)
+        return network(batch)
+
+    separator = Separator(slow_rate, segment=SEGMENT / 4000, batch_size=2, forward=recording)
     chunks = []
     with CompileCounter() as counter:
         long = separator.separate(
@@ -103,18 +107,17 @@ def test_five_minute_song_compiles_once(tiny_pair, jax_cache):
         short = separator.separate(music_like(30 * 4000, 2, seed=5, sample_rate=4000), 4000)
     print(f"[compile] executables for the 5-minute song: {after_long}; after the 30-second song: {counter.compiles}")
     assert after_long == 1 and counter.compiles == 1
-    assert separator._forward._cache_size() == 1  # one input shape ever reached the jitted function
+    assert shapes == {(2, 2, SEGMENT)}  # one input shape ever reached the network
     assert chunks[0] == (0, 195) and chunks[-1] == (195, 195)  # 1 + ceil((1.2M - 8192) / 6144)
     assert long["vocals"].shape == (2, 1_200_000) and short["vocals"].shape == (2, 120_000)
 
 
-def test_mono_and_other_rates_through_stand_in(tiny_pair, jax_cache):
+def test_mono_and_other_rates_through_stand_in(tiny_pair):
     """With the network replaced by an elementwise stand-in, the pipeline's channel handling, resampling
     (soxr to 44.1 kHz and back) and normalisation are visible: stem i must be g_i (x - mean) + mean."""
     _, _, model = tiny_pair
-    separator = make(model, jax_cache, batch_size=2)
     gains = [0.5, -1.0, 2.0, 0.25]
-    separator._forward_numpy = lambda batch: AffineStandIn(gains, [0, 0, 0, 0], batch.shape, poison=False)(batch)
+    separator = with_stand_in(model, gains, batch_size=2)
     for rate in (22050, 44100, 48000):
         t = np.arange(int(0.7 * rate)) / rate
         tones = np.stack([0.3 * np.sin(2 * np.pi * 220 * t) + 0.1, 0.2 * np.sin(2 * np.pi * 330 * t + 1) + 0.1])
@@ -133,9 +136,9 @@ def test_mono_and_other_rates_through_stand_in(tiny_pair, jax_cache):
                 assert db < (-110 if rate != SR else -130)  # measured -129 dB through soxr and back, -144 without
 
 
-def test_edge_case_audio_is_separated(tiny_pair, jax_cache):
+def test_edge_case_audio_is_separated(tiny_pair):
     _, _, model = tiny_pair
-    separator = make(model, jax_cache)
+    separator = make(model)
     rng = np.random.default_rng(0)
     cases = {
         "silence": np.zeros((2, 3000), np.float32),
@@ -164,62 +167,60 @@ def test_edge_case_audio_is_separated(tiny_pair, jax_cache):
         (np.zeros((1, 2, 3), np.float32), "<array>: expected \\(channels, samples\\)"),
     ],
 )
-def test_bad_arrays_raise_one_line_audio_errors(tiny_pair, jax_cache, mix, message):
+def test_bad_arrays_raise_one_line_audio_errors(tiny_pair, mix, message):
     _, _, model = tiny_pair
     with pytest.raises(AudioError, match=message) as info:
-        make(model, jax_cache).separate(mix, SR)
+        make(model).separate(mix, SR)
     assert "\n" not in str(info.value)
 
 
-def test_bfloat16_stays_close_to_float32(tiny_pair, jax_cache):
+def test_bfloat16_stays_close_to_float32(tiny_pair):
     config, _, model = tiny_pair
     mix = music_like(SEGMENT, 2, seed=8)
-    full = make(model, jax_cache).separate(mix, SR)
-    half = make(model, jax_cache, dtype=jnp.bfloat16)
-    assert half.dtype == jnp.bfloat16
+    full = make(model).separate(mix, SR)
+    half = make(FlaxHDemucs(config, dtype=jnp.bfloat16, params=model.params))
+    assert half.dtype == jnp.bfloat16  # the compute dtype is the model's
     _, db = error_report(
         "bfloat16 vs float32 separator", stack(half.separate(mix, SR), config.sources), stack(full, config.sources), -40
     )
     assert db < -40  # measured -51 dB: bfloat16 keeps 8 bits of mantissa
 
 
-def test_separate_file_streams_the_same_result(tiny_pair, jax_cache, tmp_path):
+def test_separate_file_streams_the_same_result(tiny_pair, tmp_path):
     """separate_file (streamed from and to disk, float32 stems, no clipping) equals separate() on the array,
     and --two-stems' add / minus complements are what they say."""
     config, _, model = tiny_pair
-    separator = make(model, jax_cache, batch_size=2)
+    separator = make(model, batch_size=2)
     mix = music_like(70000, 2, seed=9, sample_rate=48000)
     song = write_audio(tmp_path / "song.wav", mix, 48000, subtype="FLOAT")
     in_memory = separator.separate(read_audio(song)[0], 48000)
-    paths = separator.separate_file(song, tmp_path / "out", subtype="FLOAT", clip_mode="none")
+    paths = separate_file(separator, song, tmp_path / "out", subtype="FLOAT", clip_mode="none")
     assert sorted(paths) == sorted(config.sources)
     for name, path in paths.items():
         assert path == tmp_path / "out" / "song" / f"{name}.wav"
         stem, rate = read_audio(path)
         assert rate == 48000
         np.testing.assert_array_equal(stem, in_memory[name])
-    add = separator.separate_file(song, tmp_path / "add", two_stems="vocals", subtype="FLOAT", clip_mode="none")
+    add = separate_file(separator, song, tmp_path / "add", two_stems="vocals", subtype="FLOAT", clip_mode="none")
     no_vocals = read_audio(add["no_vocals"])[0]
     others = sum(in_memory[n] for n in config.sources if n != "vocals")
     error_report("no_vocals (add)", no_vocals, others, -120)
     np.testing.assert_allclose(no_vocals, others, atol=1e-6)
-    minus = separator.separate_file(
-        song, tmp_path / "minus", two_stems="vocals", other_method="minus", subtype="FLOAT", clip_mode="none"
+    minus = separate_file(
+        separator, song, tmp_path / "minus", two_stems="vocals", other_method="minus", subtype="FLOAT", clip_mode="none"
     )
     np.testing.assert_allclose(read_audio(minus["no_vocals"])[0], mix - in_memory["vocals"], atol=1e-6)
-    none = separator.separate_file(song, tmp_path / "none", two_stems="vocals", other_method="none")
+    none = separate_file(separator, song, tmp_path / "none", two_stems="vocals", other_method="none")
     assert list(none) == ["vocals"]
 
 
 @pytest.mark.parametrize("mode", ["rescale", "clamp", "none"])
-def test_clip_modes(tiny_pair, jax_cache, tmp_path, mode):
+def test_clip_modes(tiny_pair, tmp_path, mode):
     _, _, model = tiny_pair
-    separator = make(model, jax_cache)
-    separator._forward_numpy = lambda batch: AffineStandIn(
-        [3.0, 1.0, 0.1, 0.0], [0, 0, 0, 0], batch.shape, poison=False
-    )(batch)
-    song = write_audio(tmp_path / "loud.wav", 0.6 * music_like(20000, 2, seed=10), SR, subtype="PCM_16")
-    paths = separator.separate_file(song, tmp_path, filename="{stem}.{ext}", clip_mode=mode)
+    separator = with_stand_in(model, [3.0, 1.0, 0.1, 0.0])
+    # music_like peaks near 0.5: the input near 0.6, the stand-in's "drums" (3 x) near 1.8, beyond full scale
+    song = write_audio(tmp_path / "loud.wav", 1.2 * music_like(20000, 2, seed=10), SR, subtype="PCM_16")
+    paths = separate_file(separator, song, tmp_path, filename="{stem}.{ext}", clip_mode=mode)
     loud, quiet = read_audio(paths["drums"])[0], read_audio(paths["other"])[0]
     peak = np.abs(loud).max()
     if mode == "rescale":  # demucs: divide by max(1.01 * peak, 1)

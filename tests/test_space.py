@@ -1,6 +1,7 @@
-"""The Gradio Space (space/app.py), issue 5: the page in a real headless Chromium (acceptance 1), the same
-endpoint through `gradio_client` (2), the Space's requirements resolved in a fresh virtualenv (3); plus the
-request logic in-process (progress per chunk, limits, errors) and the publish staging.
+"""The Gradio Space (space/app.py): the page works in a real headless Chromium, the same endpoint through
+`gradio_client`, the Space's requirements resolve in a fresh virtualenv as the Space builder installs them,
+the request logic in-process (progress per chunk, limits, errors that hide server paths) and the publish
+staging.
 
 The browser and client tests share one server: `python space/app.py` on 127.0.0.1 with the tiny random-weight
 checkpoint made by the conversion code, as the Space starts it (model loaded and warmed up before serving).
@@ -21,25 +22,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from modeling_hdemucs_flax import Separator
-from modeling_hdemucs_flax.audio_io import AudioError
+from modeling_hdemucs_flax import AudioError, OptionError, Separator
 
+from .audio_files import write_corrupt, write_song
+from .conftest import SEGMENT_SECONDS, SOURCES, SR
+from .flows import SCRIPTS
 from .reference import music_like
 from .separation_helpers import CompileCounter
-from .space_helpers import OUTSIDE, ROOT, SpaceServer, load_app_module, write_corrupt, write_song
+from .space_helpers import OUTSIDE, ROOT, SpaceServer, load_app_module
 
-SR = 44100
-SEGMENT = 8192 / SR  # the segment the separation and CLI tests compile too (shared persistent cache)
-SOURCES = ["drums", "bass", "other", "vocals"]
 MAX_DURATION = 10.0  # seconds, for the test server: the 8-second examples fit, a 12-second file does not
 MAX_FILE_SIZE = 2_000_000  # bytes, for the test server
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts"
-
-
-@pytest.fixture(scope="module")
-def jax_cache(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "jax-compilation-cache"
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +46,7 @@ def app():
 def server(tmp_path_factory, tiny_checkpoint_dir, jax_cache):
     env = {
         "HDEMUCS_MODEL": str(tiny_checkpoint_dir),
-        "HDEMUCS_SPACE_SEGMENT": repr(SEGMENT),
+        "HDEMUCS_SPACE_SEGMENT": repr(SEGMENT_SECONDS),
         "HDEMUCS_SPACE_MAX_DURATION": str(MAX_DURATION),
         "HDEMUCS_SPACE_MAX_FILE_SIZE": str(MAX_FILE_SIZE),
         "HDEMUCS_SPACE_QUEUE_SIZE": "4",
@@ -75,8 +70,8 @@ def check_stem(path: Path, frames: int, rate: int, channels: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_separator(tiny_checkpoint_dir, jax_cache):
-    separator = Separator.from_pretrained(tiny_checkpoint_dir, segment=SEGMENT, compilation_cache=jax_cache)
+def tiny_separator(tiny_checkpoint_dir):
+    separator = Separator.from_pretrained(tiny_checkpoint_dir, segment=SEGMENT_SECONDS)
     separator.warmup()
     return separator
 
@@ -89,11 +84,11 @@ def test_with_options_shares_the_compiled_forward_and_matches_a_fresh_separator(
         got = variant.separate(song, rate)
     assert counter.compiles == 0, "with_options compiled the forward pass again"
     assert (tiny_separator.overlap, tiny_separator.shifts) == (0.25, 0), "the original separator was changed"
-    fresh = Separator(tiny_pair[2], segment=SEGMENT, overlap=0.5, shifts=2, seed=7, compilation_cache=False)
+    fresh = Separator(tiny_pair[2], segment=SEGMENT_SECONDS, overlap=0.5, shifts=2, seed=7)
     want = fresh.separate(song, rate)
     for name in SOURCES:
         np.testing.assert_array_equal(got[name], want[name])
-    with pytest.raises(ValueError):
+    with pytest.raises(OptionError, match=r"overlap=1.0: must be in \[0, 1\)"):
         tiny_separator.with_options(overlap=1.0)
 
 
@@ -154,7 +149,7 @@ def test_format_seconds(app):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Acceptance 1: the page in a real browser
+# The page in a real browser
 
 
 def launch_chromium(playwright):
@@ -273,7 +268,7 @@ def test_browser_upload_separate_download_error_and_recovery(server, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Acceptance 2: the same endpoint through gradio_client
+# The same endpoint through gradio_client
 
 
 def test_gradio_client_separates_and_reports_errors(server, tmp_path):
@@ -333,7 +328,7 @@ def test_server_started_warm_and_made_no_outside_connections(server):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Acceptance 3: the Space's environment resolves; the publish staging
+# The Space's environment resolves; the publish staging
 
 
 def pinned_requirements() -> dict[str, str]:
@@ -397,9 +392,9 @@ def test_publish_stages_an_uploadable_space_with_the_package_vendored(tmp_path):
         ["README.md", "app.py", "requirements.txt", "examples/slow_ballad.ogg", "examples/synth_pop.ogg", *package]
     )
     # the staged folder runs on its own: app.py finds the vendored package beside it, not this checkout
-    probe = "import app, modeling_hdemucs_flax as m; print(m.__file__); print(app.build_demo.__name__)"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False"}
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=staged, env=env)
+    script = SCRIPTS / "staged_space_imports.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=staged, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == [str(staged / "modeling_hdemucs_flax" / "__init__.py"), "build_demo"]
     front = (staged / "README.md").read_text().split("---")[1]

@@ -1,0 +1,54 @@
+"""The package's exceptions and its one rule for error messages: one line, saying what is wrong and what to do.
+
+Every error hdemucs-flax raises for a user's input, option, file, model or download is an `HDemucsFlaxError`,
+so an application can catch them all in one place. Each subclass also derives from the built-in exception a
+caller would expect (`ValueError` for bad values, `RuntimeError` for failed operations), so existing
+`except ValueError` code keeps working. This module imports nothing heavy: the command line and the package
+face use it before JAX or transformers are loaded.
+"""
+
+from __future__ import annotations
+
+
+class HDemucsFlaxError(Exception):
+    """Base class of every error the package raises for a user; the message is one line."""
+
+
+class ConfigError(HDemucsFlaxError, ValueError):
+    """An `HDemucsConfig` that describes no runnable HDemucs; the message names the field and the rule."""
+
+
+class OptionError(HDemucsFlaxError, ValueError):
+    """A separation or output option with an unusable value. `option` and `value` name it; the message is
+    `option=value: rule`, and `rule` alone is kept so the command line can name its own flag instead."""
+
+    def __init__(self, option: str, value: object, rule: str):
+        self.option, self.value, self.rule = option, value, rule
+        super().__init__(f"{option}={value!r}: {rule}")
+
+
+class AudioError(HDemucsFlaxError, ValueError):
+    """An audio file or array that cannot be used; the message is one line: `name: problem`."""
+
+
+class CheckpointError(HDemucsFlaxError, ValueError):
+    """Weights that cannot be read or do not match the architecture; the message names the keys or the file."""
+
+
+class ModelLoadError(HDemucsFlaxError, RuntimeError):
+    """The requested model could not be found or loaded; the message says what is missing and how to provide it."""
+
+
+class DownloadError(HDemucsFlaxError, RuntimeError):
+    """A download failed or its content did not match the expected sha256."""
+
+
+def one_line(error: BaseException | str) -> str:
+    """`error`'s message as one line for a user: its first non-empty line with runs of whitespace collapsed
+    (transformers and huggingface_hub append help paragraphs after the line that matters), or the exception's
+    type name when it has no message."""
+    text = str(error)
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__ if isinstance(error, BaseException) else ""
+    return " ".join(lines[0].split())

@@ -1,0 +1,84 @@
+"""The separation schedule's options and their one validation.
+
+`SeparationOptions` is checked once, when it is built: the `Separator`, `Separator.with_options`, the command
+line and every other front end construct one, so a rule and its wording live here only. A bad value raises
+`OptionError`, whose message names the option and the value (`overlap=1.0: must be in [0, 1)`); the command
+line re-words the same rule with its flag (`--overlap 1.0: must be in [0, 1)`). Standard library only, so a
+usage error is reported before JAX is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+from .errors import OptionError
+
+DEFAULT_SEGMENT = 7.8  # seconds: demucs's segment for Hybrid Demucs at 44.1 kHz
+WEIGHTINGS = ("triangle", "linear")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+@dataclass(frozen=True)
+class SeparationOptions:
+    """How a song is cut, batched and blended (see `separation` for the schedule).
+
+    segment: chunk length in seconds (None: 7.8 s, demucs's choice for Hybrid Demucs).
+    overlap: fraction of a chunk shared with the next one, in [0, 1).
+    shifts: demucs's random-shift averaging: this many passes, each on the song delayed by a random 0..0.5 s,
+        averaged (0: one pass, no delay). Deterministic given `seed`.
+    seed: seed of the shift delays.
+    batch_size: chunks per forward pass.
+    weighting: "triangle" (demucs) or "linear" (torchaudio tutorial's linear fade).
+    transition_power: exponent applied to the weight; larger values give sharper transitions.
+    """
+
+    segment: float | None = None
+    overlap: float = 0.25
+    shifts: int = 0
+    seed: int = 0
+    batch_size: int = 1
+    weighting: str = "triangle"
+    transition_power: float = 1.0
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, option: str, rule: str) -> None:
+            if not ok:
+                raise OptionError(option, getattr(self, option), rule)
+
+        need(self.segment is None or (_is_number(self.segment) and self.segment > 0), "segment", "must be > 0 seconds")
+        need(_is_number(self.overlap) and 0 <= self.overlap < 1, "overlap", "must be in [0, 1)")
+        need(_is_int(self.shifts) and self.shifts >= 0, "shifts", "must be an integer >= 0")
+        need(_is_int(self.seed), "seed", "must be an integer")
+        need(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "must be an integer >= 1")
+        need(self.weighting in WEIGHTINGS, "weighting", f"must be one of {', '.join(WEIGHTINGS)}")
+        need(_is_number(self.transition_power) and self.transition_power > 0, "transition_power", "must be > 0")
+
+    @property
+    def segment_seconds(self) -> float:
+        """The chunk length in seconds, the default filled in."""
+        return DEFAULT_SEGMENT if self.segment is None else float(self.segment)
+
+    def segment_samples(self, sample_rate: int) -> int:
+        """The chunk length in samples at `sample_rate` Hz; at least one sample."""
+        samples = int(round(self.segment_seconds * sample_rate))
+        if samples < 1:
+            raise OptionError("segment", self.segment, f"is shorter than one sample at {sample_rate} Hz")
+        return samples
+
+    def stride(self, sample_rate: int) -> int:
+        """Samples between the starts of consecutive chunks: (1 - overlap) * segment, at least 1."""
+        return max(1, int((1 - self.overlap) * self.segment_samples(sample_rate)))
+
+    def replace(self, **changes: object) -> SeparationOptions:
+        """A copy with `changes` applied (and validated); None values keep the current setting."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

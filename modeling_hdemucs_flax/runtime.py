@@ -1,0 +1,83 @@
+"""Where the package keeps its files, and the process-wide JAX setup an application opts into.
+
+Nothing here runs on import. Building a model or a `Separator` configures nothing global; applications (the
+command line, the Space, a server, a dataset worker) call `configure_compilation_cache()` once at start-up.
+
+One cache root, `cache_dir()`: `$HDEMUCS_FLAX_CACHE`, else `$XDG_CACHE_HOME/hdemucs-flax`, else
+`~/.cache/hdemucs-flax`. It holds converted models (`converted/`), torchaudio downloads (`torchaudio/`) and,
+unless `$HDEMUCS_FLAX_COMPILATION_CACHE` says otherwise, JAX's persistent compilation cache
+(`jax-compilation-cache/`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_CACHE = "HDEMUCS_FLAX_CACHE"
+ENV_COMPILATION_CACHE = "HDEMUCS_FLAX_COMPILATION_CACHE"  # a folder, or "0"/"off"/"false"/"no" to disable
+_DISABLED = ("", "0", "off", "false", "no")
+
+
+def cache_dir() -> Path:
+    """The package's cache folder (read from the environment at each call)."""
+    explicit = os.environ.get(ENV_CACHE)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "hdemucs-flax"
+
+
+def compilation_cache_dir() -> Path | None:
+    """The default folder of the persistent compilation cache, or None when the environment disables it:
+    `$HDEMUCS_FLAX_COMPILATION_CACHE`, else a folder the user already gave JAX (`jax_compilation_cache_dir`,
+    e.g. through `JAX_COMPILATION_CACHE_DIR`), else `cache_dir() / "jax-compilation-cache"`."""
+    env = os.environ.get(ENV_COMPILATION_CACHE)
+    if env is not None:
+        return None if env.strip().lower() in _DISABLED else Path(env).expanduser()
+    import jax
+
+    return Path(jax.config.jax_compilation_cache_dir or cache_dir() / "jax-compilation-cache").expanduser()
+
+
+def hide_torch_from_transformers() -> None:
+    """Keep transformers from importing torch in this process (`USE_TORCH=0`, unless the user set it).
+
+    transformers 4.57 imports torch whenever it is installed (as it is beside the `convert`/`test` extras),
+    although FlaxHDemucs never uses it: seconds of start-up and hundreds of MB. Only a process that runs
+    hdemucs-flax alone may call this (the command line, the Space), before transformers is first imported;
+    a library must not, since the user's own torch models would then be hidden from transformers.
+    """
+    os.environ.setdefault("USE_TORCH", "0")
+
+
+def configure_compilation_cache(folder: str | os.PathLike | bool | None = True) -> Path | None:
+    """Point JAX's persistent compilation cache at a folder, so a later process loads the compiled forward
+    pass instead of compiling it again (tens of seconds for the full model on CPU).
+
+    `True`: `compilation_cache_dir()`. A path: that folder. `False`/`None`: leave JAX's configuration alone.
+    Returns the folder in use, or None. An unusable folder is not an error (separation then compiles in
+    every process); the return value says so.
+
+    This is process-wide JAX configuration. Compiles of any duration are persisted
+    (`jax_persistent_cache_min_compile_time_secs = 0`): JAX's default of 1 s would skip small models.
+    """
+    if folder is None or folder is False:
+        return None
+    path = compilation_cache_dir() if folder is True else Path(folder).expanduser()
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    if jax.config.jax_compilation_cache_dir != str(path):
+        compilation_cache.set_cache_dir(str(path))
+        # JAX decides once per process whether the cache is in use (at its first compile); start over so the
+        # folder applies even if something was compiled before this call.
+        compilation_cache.reset_cache()
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return path
