@@ -19,17 +19,97 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from . import OptionError
+    from . import OptionError, OutputOptions, SeparationOptions, Separator
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `hdemucs-flax` (subcommand `separate`)."""
-    parser = argparse.ArgumentParser(
-        prog="hdemucs-flax", description="Hybrid Demucs music source separation in JAX/Flax."
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and how it runs: --model, --revision, --dtype, --compilation-cache, --no-compilation-cache."""
+    parser.add_argument(
+        "-n",
+        "--model",
+        default=None,
+        metavar="ID_OR_DIR",
+        help="a local model folder or Hugging Face Hub repo id (default: HDEMUCS_HIGH_MUSDB_PLUS)",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="network compute precision (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--compilation-cache",
+        default=None,
+        metavar="DIR",
+        help="folder of JAX's persistent compilation cache (default: $HDEMUCS_FLAX_COMPILATION_CACHE or "
+        "~/.cache/hdemucs-flax/jax-compilation-cache)",
+    )
+    parser.add_argument("--no-compilation-cache", action="store_true", help="compile in every run")
+
+
+def add_separation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The schedule (`SeparationOptions`): --segment, --overlap, --shifts, --seed, --batch-size."""
+    parser.add_argument(
+        "--segment", type=float, default=None, metavar="SECONDS", help="chunk length in seconds (default: 7.8)"
+    )
+    parser.add_argument(
+        "--overlap", type=float, default=0.25, help="overlap between chunks, in [0, 1) (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--shifts",
+        type=int,
+        default=0,
+        help="random-shift passes averaged (better, N times slower; default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=1, help="chunks per forward pass (default: %(default)s)")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, default_ext: str = "wav") -> None:
+    """The stem files (`OutputOptions`): --filename, --two-stems, --other-method, the format and sample-format
+    flags, --clip-mode."""
+    parser.add_argument(
+        "--filename",
+        default="{track}/{stem}.{ext}",
+        help="output path inside --out; variables {track}, {trackext}, {stem}, {ext} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--two-stems",
+        default=None,
+        metavar="STEM",
+        help="write only STEM and no_STEM (e.g. vocals and the accompaniment)",
+    )
+    parser.add_argument(
+        "--other-method",
+        choices=("add", "minus", "none"),
+        default="add",
+        help="no_STEM is the sum of the other stems (add), the mix minus STEM (minus), or not written "
+        "(none) (default: %(default)s)",
+    )
+    fmt = parser.add_mutually_exclusive_group()
+    for ext, name in (("wav", "WAV"), ("flac", "FLAC"), ("mp3", "MP3"), ("ogg", "Ogg Vorbis")):
+        default = " (the default)" if ext == default_ext else ""
+        fmt.add_argument(f"--{ext}", dest="ext", action="store_const", const=ext, help=f"write {name}{default}")
+    depth = parser.add_mutually_exclusive_group()
+    depth.add_argument("--int16", dest="subtype", action="store_const", const="PCM_16", help="16-bit integer samples")
+    depth.add_argument("--int24", dest="subtype", action="store_const", const="PCM_24", help="24-bit integer samples")
+    depth.add_argument(
+        "--float32", dest="subtype", action="store_const", const="FLOAT", help="32-bit float samples (WAV only)"
+    )
+    parser.add_argument(
+        "--clip-mode",
+        choices=("rescale", "clamp", "none"),
+        default="rescale",
+        help="avoid clipping by scaling a stem down when it peaks above 1 (rescale), clipping to ±0.99 "
+        "(clamp) or not at all (none) (default: %(default)s)",
+    )
+    parser.set_defaults(ext=default_ext, subtype=None)
+
+
+def _add_separate_command(commands: argparse._SubParsersAction) -> None:
     sep = commands.add_parser(
         "separate",
         help="separate audio files into stems (drums, bass, other, vocals)",
@@ -43,79 +123,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="audio files (WAV, FLAC, OGG, MP3, AIFF) or folders searched recursively for them",
     )
     sep.add_argument("-o", "--out", default="separated", type=Path, help="output folder (default: %(default)s)")
-    sep.add_argument(
-        "-n",
-        "--model",
-        default=None,
-        metavar="ID_OR_DIR",
-        help="a local model folder or Hugging Face Hub repo id (default: HDEMUCS_HIGH_MUSDB_PLUS)",
-    )
-    sep.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
-    sep.add_argument(
-        "--filename",
-        default="{track}/{stem}.{ext}",
-        help="output path inside --out; variables {track}, {trackext}, {stem}, {ext} (default: %(default)s)",
-    )
-    sep.add_argument(
-        "--two-stems",
-        default=None,
-        metavar="STEM",
-        help="write only STEM and no_STEM (e.g. vocals and the accompaniment)",
-    )
-    sep.add_argument(
-        "--other-method",
-        choices=("add", "minus", "none"),
-        default="add",
-        help="no_STEM is the sum of the other stems (add), the mix minus STEM (minus), or not written "
-        "(none) (default: %(default)s)",
-    )
-    sep.add_argument(
-        "--segment", type=float, default=None, metavar="SECONDS", help="chunk length in seconds (default: 7.8)"
-    )
-    sep.add_argument(
-        "--overlap", type=float, default=0.25, help="overlap between chunks, in [0, 1) (default: %(default)s)"
-    )
-    sep.add_argument(
-        "--shifts",
-        type=int,
-        default=0,
-        help="random-shift passes averaged (better, N times slower; default: %(default)s)",
-    )
-    sep.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: %(default)s)")
-    sep.add_argument("--batch-size", type=int, default=1, help="chunks per forward pass (default: %(default)s)")
-    fmt = sep.add_mutually_exclusive_group()
-    fmt.add_argument("--flac", dest="ext", action="store_const", const="flac", help="write FLAC")
-    fmt.add_argument("--mp3", dest="ext", action="store_const", const="mp3", help="write MP3")
-    fmt.add_argument("--ogg", dest="ext", action="store_const", const="ogg", help="write Ogg Vorbis")
-    depth = sep.add_mutually_exclusive_group()
-    depth.add_argument("--int16", dest="subtype", action="store_const", const="PCM_16", help="16-bit integer samples")
-    depth.add_argument("--int24", dest="subtype", action="store_const", const="PCM_24", help="24-bit integer samples")
-    depth.add_argument(
-        "--float32", dest="subtype", action="store_const", const="FLOAT", help="32-bit float samples (WAV only)"
-    )
-    sep.add_argument(
-        "--clip-mode",
-        choices=("rescale", "clamp", "none"),
-        default="rescale",
-        help="avoid clipping by scaling a stem down when it peaks above 1 (rescale), clipping to ±0.99 "
-        "(clamp) or not at all (none) (default: %(default)s)",
-    )
-    sep.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16"),
-        default="float32",
-        help="network compute precision (default: %(default)s)",
-    )
-    sep.add_argument(
-        "--compilation-cache",
-        default=None,
-        metavar="DIR",
-        help="folder of JAX's persistent compilation cache (default: $HDEMUCS_FLAX_COMPILATION_CACHE or "
-        "~/.cache/hdemucs-flax/jax-compilation-cache)",
-    )
-    sep.add_argument("--no-compilation-cache", action="store_true", help="compile in every run")
+    add_model_arguments(sep)
+    add_output_arguments(sep)
+    add_separation_arguments(sep)
     sep.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
-    sep.set_defaults(ext="wav", subtype=None, command_parser=sep)
+    sep.set_defaults(handler=separate_command, command_parser=sep)
+
+
+# Each subcommand registers its parser with `handler` (args -> exit status) and `command_parser` (for usage
+# errors) as defaults. Subcommands with their own module import it inside their handler, keeping --help light.
+COMMANDS = (_add_separate_command,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `hdemucs-flax` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="hdemucs-flax", description="Hybrid Demucs music source separation in JAX/Flax."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add_command in COMMANDS:
+        add_command(commands)
     return parser
 
 
@@ -174,9 +201,10 @@ def _as_usage(error: OptionError) -> str:
     return f"{flag}: {error.rule}"
 
 
-def separate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    # Light imports only (no JAX, no transformers) until the options are known to be valid.
-    from . import OptionError, OutputOptions, SeparationOptions
+def options_from(args: argparse.Namespace) -> tuple[SeparationOptions, OutputOptions]:
+    """The options of `add_separation_arguments` and `add_output_arguments`, validated; a bad value is a usage
+    error (exit 2) worded with its flag."""
+    from . import OptionError, OutputOptions, SeparationOptions  # light: no JAX, no transformers
 
     try:
         schedule = SeparationOptions(
@@ -195,18 +223,14 @@ def separate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             clip_mode=args.clip_mode,
         )
     except OptionError as error:
-        parser.error(_as_usage(error))
+        args.command_parser.error(_as_usage(error))
+    return schedule, output
 
-    files, problems = find_audio(args.inputs)
-    for problem in problems:
-        _error(problem)
-    if not files:
-        return EXIT_FAILED
 
-    # Heavy imports only once there is work: `--help` and usage errors stay fast.
-    from tqdm import tqdm
-
-    from . import HDemucsFlaxError, ModelLoadError, Separator, configure_compilation_cache, separate_file
+def load_separator(args: argparse.Namespace, schedule: SeparationOptions, output: OutputOptions) -> Separator | int:
+    """The Separator of `add_model_arguments`' options with `schedule`, compiled and ready; or the exit status
+    after a one-line error (the model cannot be loaded: 1; an option this model cannot honour: 2)."""
+    from . import ModelLoadError, OptionError, Separator, configure_compilation_cache
 
     configure_compilation_cache(False if args.no_compilation_cache else (args.compilation_cache or True))
     _status(args.quiet, f"loading model {args.model or '(default)'} ...")
@@ -223,6 +247,25 @@ def separate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         return EXIT_USAGE
     _status(args.quiet, "compiling the model (cached for later runs) ...")
     separator.warmup()
+    return separator
+
+
+def separate_command(args: argparse.Namespace) -> int:
+    schedule, output = options_from(args)
+    files, problems = find_audio(args.inputs)
+    for problem in problems:
+        _error(problem)
+    if not files:
+        return EXIT_FAILED
+
+    # Heavy imports only once there is work: `--help` and usage errors stay fast.
+    from tqdm import tqdm
+
+    from . import HDemucsFlaxError, separate_file
+
+    separator = load_separator(args, schedule, output)
+    if isinstance(separator, int):
+        return separator
 
     failed = len(problems)
     disable = True if args.quiet else None  # tqdm: None = bars only on a terminal
@@ -256,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # error says what failed, so the CLI keeps only errors from that logger.
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
-        return separate_command(args, args.command_parser)
+        return args.handler(args)
     except KeyboardInterrupt:
         _error("interrupted (no partial stem files were kept)")
         return EXIT_INTERRUPTED
