@@ -27,9 +27,13 @@ _EXPORTS = {
     "DownloadError": "errors",
     "HDemucsFlaxError": "errors",
     "ModelLoadError": "errors",
+    "ModelOutputError": "errors",
     "OptionError": "errors",
     "one_line": "errors",
     "OutputOptions": "file_output",
+    "Track": "file_output",
+    "find_tracks": "file_output",
+    "plan_outputs": "file_output",
     "separate_file": "file_output",
     "plan_layers": "layer_plan",
     "relative_error_db": "metrics",
@@ -73,10 +77,11 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names lo
         DownloadError,
         HDemucsFlaxError,
         ModelLoadError,
+        ModelOutputError,
         OptionError,
         one_line,
     )
-    from .file_output import OutputOptions, separate_file
+    from .file_output import OutputOptions, Track, find_tracks, plan_outputs, separate_file
     from .layer_plan import plan_layers
     from .metrics import relative_error_db
     from .modeling_flax_hdemucs import FlaxHDemucs, FlaxHDemucsOutput, HDemucsModule

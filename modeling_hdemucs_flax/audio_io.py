@@ -5,6 +5,11 @@ blocks so a song is never held whole unless asked for (`read_audio`). Writing is
 temporary name in the destination folder and is renamed over the final name only when complete, so a
 failure never leaves a partial file under the final name.
 
+Decoders: libsndfile (soundfile) for what it reads (WAV, FLAC, Ogg Vorbis/Opus, MP3, AIFF, ...), and FFmpeg's
+libraries through PyAV for everything else (m4a/AAC, WMA, WebM, video containers' audio), block by block like
+the rest. MP3 is written through PyAV's LAME encoder (bitrate and LAME preset); WAV, FLAC and Ogg through
+libsndfile.
+
 Every problem with a file is an `AudioError` whose message is one line: the file, a colon, the problem.
 Stems are written by `StemWriter`, which also applies a clip mode (demucs's `prevent_clip`) on the way.
 """
@@ -15,7 +20,7 @@ import contextlib
 import os
 import re
 import sys
-import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +28,17 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from . import tempfiles
 from .errors import AudioError, OptionError, one_line
 
-# Extensions taken from a folder given on the command line (lower case, with the dot).
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
+# Extensions taken from a folder given on the command line (lower case, with the dot): what libsndfile reads,
+# then what FFmpeg (PyAV) reads when libsndfile cannot: AAC/ALAC in MP4, WMA, WebM/Matroska, video containers.
+SNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64")
+PYAV_EXTENSIONS = (".m4a", ".m4b", ".mp4", ".aac", ".alac", ".wma", ".asf", ".webm", ".weba", ".mka", ".mkv", ".mov")
+PYAV_EXTENSIONS += (".avi", ".ac3", ".eac3", ".dts", ".wv", ".ape", ".amr", ".3gp", ".mp2", ".mpc", ".tta", ".ra")
+AUDIO_EXTENSIONS = SNDFILE_EXTENSIONS + PYAV_EXTENSIONS
+
+PARTIAL_SUFFIX = ".partial"  # the suffix of the writers' temporary files (see `sweep_partial_files`)
 
 # Output formats: extension -> (libsndfile format, subtypes it can hold, subtype used for compressed input).
 OUTPUT_FORMATS: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -49,7 +61,9 @@ _SHORT_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", 
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """What a file's header says. `frames` is samples per channel; `subtype` is libsndfile's (e.g. PCM_16)."""
+    """What a file's header says. `frames` is samples per channel; `subtype` is libsndfile's (e.g. PCM_16) or,
+    for files FFmpeg decodes, the codec's name (e.g. AAC). `decoder` is "libsndfile" or "pyav"; for "pyav"
+    `frames` is the container's estimate (decoders may drop or add a few priming samples)."""
 
     path: Path
     frames: int
@@ -57,6 +71,7 @@ class AudioInfo:
     channels: int
     format: str
     subtype: str
+    decoder: str = "libsndfile"
 
     @property
     def duration(self) -> float:
@@ -69,34 +84,65 @@ def _libsndfile_problem(error: BaseException) -> str:
     return re.sub(r"^Error opening '.*?':\s*", "", one_line(error)) or type(error).__name__
 
 
+def _ffmpeg_problem(error: BaseException) -> str:
+    # PyAV appends ": '<path>'" to FFmpeg's message, and an errno in brackets before it.
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", one_line(error))
+    return re.sub(r":\s*'[^']*'$", "", text) or type(error).__name__
+
+
 def _looks_like_mp3(path: Path) -> bool:
     with open(path, "rb") as handle:
         head = handle.read(3)
     return head == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
 
 
+# fd 2 is process-wide: concurrent MP3 reads share one redirection (the first in saves and redirects, the last
+# out restores), all under this lock, so no reader can ever save /dev/null as "the real stderr".
+_QUIET_LOCK = threading.Lock()
+_quiet_users = 0
+_saved_stderr: int | None = None
+
+
 @contextlib.contextmanager
 def _quiet_c_stderr(enabled: bool):
     """Silence the C-level stderr for the duration (libmpg123 prints warnings about damaged MP3 files there,
     e.g. "Xing stream size off by more than 1%", on top of the error libsndfile returns). Only wraps single
-    open/read calls, so Python's own output is never hidden."""
+    open/read calls, so Python's own output is hardly ever hidden; safe from any number of threads."""
+    global _quiet_users, _saved_stderr
     if not enabled:
         yield
         return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    with _QUIET_LOCK:
+        if _quiet_users == 0:
+            sys.stderr.flush()
+            saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+            _saved_stderr = saved
+        _quiet_users += 1
     try:
-        os.dup2(devnull, 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        with _QUIET_LOCK:
+            _quiet_users -= 1
+            if _quiet_users == 0 and _saved_stderr is not None:
+                os.dup2(_saved_stderr, 2)
+                os.close(_saved_stderr)
+                _saved_stderr = None
+
+
+# A streamed WAV (`ffmpeg ... -f wav pipe:`) cannot seek back to fill in its sizes and leaves 0xFFFFFFFF:
+# "unknown, read to the end". libsndfile does exactly that; it is not a truncated file.
+_UNKNOWN_SIZE = 0xFFFFFFFF
+
+# A stream decoded by FFmpeg may end a little before the container's duration estimate (encoder padding, the
+# last frame of WMA/AAC): this much shortfall is not called truncation.
+_PYAV_SLACK_FRAMES, _PYAV_SLACK_FRACTION = 8192, 0.02
 
 
 def inspect_audio(path: str | os.PathLike) -> AudioInfo:
     """Open `path`'s header and check it describes usable audio (exists, a file, not empty, a format
-    libsndfile reads, at least one frame, no data chunk promising more bytes than the file holds)."""
+    libsndfile or FFmpeg reads, at least one frame, no data chunk promising more bytes than the file holds)."""
     path = Path(path)
     if not path.exists():
         raise AudioError(f"{path}: no such file")
@@ -109,16 +155,51 @@ def inspect_audio(path: str | os.PathLike) -> AudioInfo:
             info = AudioInfo(path, handle.frames, handle.samplerate, handle.channels, handle.format, handle.subtype)
             log = handle.extra_info
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioError(f"{path}: not a readable audio file ({_libsndfile_problem(error)})") from None
+        info = _inspect_with_pyav(path)
+        if info is None:
+            raise AudioError(f"{path}: not a readable audio file ({_libsndfile_problem(error)})") from None
+        log = ""
+    if info.subtype == "OPUS":
+        # libsndfile 1.2.2 decodes Ogg Opus wrongly: samples depend on the read size (errors of 0.7 after the
+        # first block of a 5,000-frame read) and the encoder's pre-skip is not removed. FFmpeg's is right.
+        info = _inspect_with_pyav(path) or info
     for match in _SHORT_CHUNK.finditer(log):
         declared, present = int(match.group(2)), int(match.group(3))
-        if present < declared:
+        if present < declared and declared != _UNKNOWN_SIZE:
             raise AudioError(f"{path}: truncated file (header declares {declared} data bytes, file holds {present})")
     if info.frames <= 0:
         raise AudioError(f"{path}: no audio samples (0 frames)")
     if info.channels <= 0:
         raise AudioError(f"{path}: no audio channels")
+    if info.sample_rate <= 0:
+        raise AudioError(f"{path}: invalid sample rate {info.sample_rate} Hz")
     return info
+
+
+def _inspect_with_pyav(path: Path) -> AudioInfo | None:
+    """The first audio stream of a file FFmpeg can open, or None when it cannot (the caller then reports
+    libsndfile's reason). A stream without a duration estimate is counted by decoding it once."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{path}: no audio stream in this {container.format.name} file")
+            stream = container.streams.audio[0]
+            context = stream.codec_context
+            rate, channels = int(context.sample_rate or 0), int(context.layout.nb_channels if context.layout else 0)
+            if stream.duration is not None and stream.time_base is not None:
+                frames = int(round(float(stream.duration * stream.time_base) * rate))
+            elif container.duration is not None:
+                frames = int(round(container.duration / av.time_base * rate))
+            else:
+                frames = sum(frame.samples for frame in container.decode(stream))
+            name = container.format.name.split(",")[0].upper()
+            return AudioInfo(path, frames, rate, channels, name, context.name.upper(), decoder="pyav")
+    except AudioError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
+        return None
 
 
 def iter_audio_blocks(info: AudioInfo, blocksize: int = 65536) -> Iterator[np.ndarray]:
@@ -127,6 +208,9 @@ def iter_audio_blocks(info: AudioInfo, blocksize: int = 65536) -> Iterator[np.nd
     Raises `AudioError` when decoding fails or the file ends before the frame count in its header
     (a truncated file). A fresh call starts again from the first sample.
     """
+    if info.decoder == "pyav":
+        yield from _iter_pyav_blocks(info, blocksize)
+        return
     read = 0
     quiet = info.format == "MP3"
     try:
@@ -148,6 +232,43 @@ def iter_audio_blocks(info: AudioInfo, blocksize: int = 65536) -> Iterator[np.nd
     slack = _MP3_FRAME_SLACK if info.format == "MP3" else 0
     if read < info.frames - slack:
         raise AudioError(f"{info.path}: truncated file (header promises {info.frames} frames, file holds {read})")
+
+
+def _iter_pyav_blocks(info: AudioInfo, blocksize: int) -> Iterator[np.ndarray]:
+    """`iter_audio_blocks` through FFmpeg: decoded frames converted to float32 planar, regrouped in blocks."""
+    import av
+
+    read, pending, have = 0, [], 0
+    try:
+        with av.open(str(info.path)) as container:
+            stream = container.streams.audio[0]
+            convert = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=info.sample_rate)
+            for frame in container.decode(stream):
+                for converted in convert.resample(frame):
+                    samples = converted.to_ndarray().astype(np.float32, copy=False)  # (channels, n)
+                    pending.append(samples)
+                    have += samples.shape[1]
+                    while have >= blocksize:
+                        joined = np.concatenate(pending, axis=1)
+                        pending, have = [joined[:, blocksize:]], have - blocksize
+                        read += blocksize
+                        yield np.ascontiguousarray(joined[:, :blocksize])
+            for converted in convert.resample(None):
+                pending.append(converted.to_ndarray().astype(np.float32, copy=False))
+    except av.FFmpegError as error:
+        raise AudioError(
+            f"{info.path}: cannot decode audio after {read} of about {info.frames} frames "
+            f"(truncated or corrupt: {_ffmpeg_problem(error)})"
+        ) from None
+    if pending:
+        rest = np.concatenate(pending, axis=1)
+        if rest.shape[1]:
+            read += rest.shape[1]
+            yield np.ascontiguousarray(rest)
+    if read < info.frames - max(_PYAV_SLACK_FRAMES, _PYAV_SLACK_FRACTION * info.frames):
+        raise AudioError(
+            f"{info.path}: truncated file (its container promises about {info.frames} frames, it holds {read})"
+        )
 
 
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
@@ -183,44 +304,136 @@ def output_subtype(ext: str, input_subtype: str | None = None, requested: str | 
 def check_output_format(path: str | os.PathLike, ext: str, subtype: str, sample_rate: int, channels: int) -> None:
     """Raise `AudioError` (naming `path`) if a file of this format cannot be written."""
     fmt = OUTPUT_FORMATS[ext][0]
-    if fmt == "MP3" and sample_rate not in MP3_SAMPLE_RATES:
-        raise AudioError(
-            f"{path}: MP3 cannot store {sample_rate} Hz audio (possible rates: "
-            f"{', '.join(map(str, MP3_SAMPLE_RATES))}); choose another output format"
-        )
+    if fmt == "MP3":
+        if sample_rate not in MP3_SAMPLE_RATES:
+            raise AudioError(
+                f"{path}: MP3 cannot store {sample_rate} Hz audio (possible rates: "
+                f"{', '.join(map(str, MP3_SAMPLE_RATES))}); choose another output format"
+            )
+        if channels not in (1, 2):
+            raise AudioError(f"{path}: MP3 holds 1 or 2 channels, not {channels}")
+        return  # written by LAME through PyAV, not libsndfile
     if not sf.check_format(fmt, subtype):
         raise AudioError(f"{path}: this libsndfile cannot write {fmt} {subtype}")
-    if channels not in (1, 2) and fmt in ("MP3",):
-        raise AudioError(f"{path}: MP3 holds 1 or 2 channels, not {channels}")
+
+
+# MP3 encoding (LAME, through PyAV). demucs's defaults: 320 kbps, LAME preset 2 (its best quality).
+MP3_BITRATES = (8, 320)  # kbps, the range LAME takes; it rounds to the nearest bitrate the sample rate allows
+MP3_PRESETS = (2, 7)  # LAME's algorithm quality (-q): 2 is best, 7 fastest (demucs's --mp3-preset range)
+DEFAULT_MP3_BITRATE, DEFAULT_MP3_PRESET = 320, 2
+
+
+class _Mp3File:
+    """The part of `soundfile.SoundFile`'s writing interface `AtomicAudioWriter` uses, encoding MP3 with LAME
+    (FFmpeg's libmp3lame in PyAV's wheel) at a constant bitrate with a LAME preset."""
+
+    def __init__(self, path: Path, sample_rate: int, channels: int, bitrate: int, preset: int):
+        import av
+
+        self._av = av
+        self.closed = False
+        self._layout = "mono" if channels == 1 else "stereo"
+        self._rate = sample_rate
+        self._container = av.open(str(path), "w", format="mp3")
+        try:
+            self._stream = self._container.add_stream(
+                "libmp3lame", rate=sample_rate, layout=self._layout, options={"compression_level": str(preset)}
+            )
+            self._stream.bit_rate = bitrate * 1000
+        except BaseException:
+            self._container.close()
+            raise
+
+    def write(self, samples: np.ndarray) -> None:
+        """Append float32 (samples, channels), soundfile's layout."""
+        frame = self._av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.T), format="fltp", layout=self._layout)
+        frame.sample_rate = self._rate
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+
+
+def sweep_partial_files(folder: str | os.PathLike, older_than: float) -> list[Path]:
+    """Remove the temporary files an earlier, killed run of a writer left in `folder`: only names this module's
+    writers make (`.<name>.<pid>-<random>.partial`), last modified before `older_than` (`time.time()`), of
+    processes no longer running. Returns the removed paths (see `tempfiles.sweep_stale`)."""
+    return tempfiles.sweep_stale(folder, PARTIAL_SUFFIX, older_than)
+
+
+def make_folders(folder: str | os.PathLike) -> list[Path]:
+    """`mkdir -p folder`; returns the folders it created, outermost first (for `remove_empty_folders`).
+    Raises `AudioError` naming the folder when it cannot be created."""
+    folder = Path(folder)
+    missing = []
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            break
+        missing.append(parent)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AudioError(f"{folder}: cannot write to output folder ({error.strerror or error})") from None
+    return missing[::-1]
+
+
+def remove_empty_folders(created: list[Path]) -> None:
+    """Remove the folders `make_folders` created, innermost first, as far as they are empty."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 class AtomicAudioWriter:
     """Stream blocks into `path` through a temporary file in the same folder; `commit()` renames it into
-    place, `abort()` (or leaving a `with` block by an exception) deletes it.
+    place (with the mode the umask allows), `abort()` (or leaving a `with` block by an exception) deletes it.
 
     Parent folders are created. Blocks are float (channels, samples); integer subtypes clip at ±1 (libsndfile).
+    MP3 is encoded at `mp3_bitrate` kbps with LAME preset `mp3_preset`.
     """
 
-    def __init__(self, path: str | os.PathLike, sample_rate: int, channels: int, subtype: str, ext: str | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sample_rate: int,
+        channels: int,
+        subtype: str,
+        ext: str | None = None,
+        *,
+        mp3_bitrate: int = DEFAULT_MP3_BITRATE,
+        mp3_preset: int = DEFAULT_MP3_PRESET,
+    ):
         self.path = Path(path)
         ext = ext or self.path.suffix.lstrip(".").lower()
         if ext not in OUTPUT_FORMATS:
             raise AudioError(f"{self.path}: unknown output format {ext!r}")
         fmt = OUTPUT_FORMATS[ext][0]
         check_output_format(self.path, ext, subtype, sample_rate, channels)
+        make_folders(self.path.parent)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent)
+            handle, self.temp_path = tempfiles.create(self.path, PARTIAL_SUFFIX)
             os.close(handle)
         except OSError as error:
             raise AudioError(f"{self.path.parent}: cannot write to output folder ({error.strerror or error})") from None
-        self.temp_path = Path(temp)
         self.frames = 0
         try:
-            self._file = sf.SoundFile(
-                self.temp_path, "w", samplerate=sample_rate, channels=channels, format=fmt, subtype=subtype
-            )
-        except (sf.LibsndfileError, RuntimeError) as error:
+            if fmt == "MP3":
+                self._file = _Mp3File(self.temp_path, sample_rate, channels, mp3_bitrate, mp3_preset)
+            else:
+                self._file = sf.SoundFile(
+                    self.temp_path, "w", samplerate=sample_rate, channels=channels, format=fmt, subtype=subtype
+                )
+        except Exception as error:  # libsndfile's or FFmpeg's refusal
             self.temp_path.unlink(missing_ok=True)
             raise AudioError(
                 f"{self.path}: cannot write {fmt} {subtype} at {sample_rate} Hz ({_libsndfile_problem(error)})"
@@ -230,7 +443,7 @@ class AtomicAudioWriter:
         """Append float (channels, samples)."""
         try:
             self._file.write(np.ascontiguousarray(np.asarray(block, np.float32).T))
-        except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        except Exception as error:  # libsndfile, FFmpeg or the file system (a full disk)
             raise AudioError(f"{self.path}: write failed ({_libsndfile_problem(error)})") from None
         self.frames += block.shape[-1]
 
@@ -240,7 +453,7 @@ class AtomicAudioWriter:
         if not self._file.closed:
             try:
                 self._file.close()
-            except (sf.LibsndfileError, RuntimeError, OSError) as error:
+            except Exception as error:
                 raise AudioError(f"{self.path}: cannot finish writing ({_libsndfile_problem(error)})") from None
         return self.temp_path
 
@@ -248,7 +461,7 @@ class AtomicAudioWriter:
         """Close the temporary file and rename it to `path`. Returns `path`."""
         try:
             self.close()
-            os.replace(self.temp_path, self.path)
+            tempfiles.finish(self.temp_path, self.path)
         except (AudioError, OSError) as error:
             self.abort()
             if isinstance(error, AudioError):
@@ -261,7 +474,7 @@ class AtomicAudioWriter:
         if not self._file.closed:
             try:
                 self._file.close()
-            except (sf.LibsndfileError, RuntimeError, OSError):
+            except Exception:
                 pass
         self.temp_path.unlink(missing_ok=True)
 
@@ -287,6 +500,7 @@ class StemWriter:
 
     `close()` finishes the final file under a temporary name (where a failure can still be undone), `commit()`
     renames it into place, `abort()` removes every temporary. `peak` is the largest |sample| written so far.
+    `mp3_bitrate` and `mp3_preset` apply to MP3 stems (see `AtomicAudioWriter`).
     """
 
     def __init__(
@@ -297,12 +511,16 @@ class StemWriter:
         subtype: str,
         ext: str | None = None,
         clip_mode: str = "rescale",
+        *,
+        mp3_bitrate: int = DEFAULT_MP3_BITRATE,
+        mp3_preset: int = DEFAULT_MP3_PRESET,
     ):
         if clip_mode not in CLIP_MODES:
             raise OptionError("clip_mode", clip_mode, f"must be one of {', '.join(CLIP_MODES)}")
         self.path, self.clip_mode, self.peak = Path(path), clip_mode, 0.0
         ext = ext or self.path.suffix.lstrip(".").lower()
         self._final_format = (sample_rate, channels, subtype, ext)
+        self._mp3 = {"mp3_bitrate": mp3_bitrate, "mp3_preset": mp3_preset}
         self._staging: AtomicAudioWriter | None = None
         self._final: AtomicAudioWriter | None = None
         if clip_mode == "rescale":
@@ -310,7 +528,7 @@ class StemWriter:
             staging = self.path.with_name(f".{self.path.name}.float.wav")
             self._staging = AtomicAudioWriter(staging, sample_rate, channels, "FLOAT", "wav")
         else:
-            self._final = AtomicAudioWriter(self.path, *self._final_format)
+            self._final = AtomicAudioWriter(self.path, *self._final_format, **self._mp3)
 
     def write(self, block: np.ndarray) -> None:
         """Append float (channels, samples)."""
@@ -326,7 +544,7 @@ class StemWriter:
         """Finish the stem under its temporary name (for "rescale": scale the staged samples into it)."""
         if self._staging is not None and self._final is None:
             staged = inspect_audio(self._staging.close())
-            self._final = AtomicAudioWriter(self.path, *self._final_format)
+            self._final = AtomicAudioWriter(self.path, *self._final_format, **self._mp3)
             gain = np.float32(1.0 / max(1.01 * self.peak, 1.0))
             for block in iter_audio_blocks(staged):
                 self._final.write(block * gain)

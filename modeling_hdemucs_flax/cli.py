@@ -14,12 +14,14 @@ import logging
 import os
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from . import OptionError, OutputOptions, SeparationOptions, Separator
+    from .file_output import Track
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -34,6 +36,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="a local model folder or Hugging Face Hub repo id (default: HDEMUCS_HIGH_MUSDB_PLUS)",
     )
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
+    parser.add_argument(
+        "-d",
+        "--device",
+        choices=("cpu", "gpu", "tpu"),
+        default=None,
+        help="where the network runs (JAX platform; default: JAX's choice, a GPU or TPU when one is usable)",
+    )
     parser.add_argument(
         "--dtype",
         choices=("float32", "bfloat16"),
@@ -70,11 +79,14 @@ def add_separation_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_output_arguments(parser: argparse.ArgumentParser, default_ext: str = "wav") -> None:
     """The stem files (`OutputOptions`): --filename, --two-stems, --other-method, the format and sample-format
-    flags, --clip-mode."""
+    flags, --mp3-bitrate, --mp3-preset, --clip-mode."""
+    from .file_output import DEFAULT_FILENAME  # light: numpy and soundfile only
+
     parser.add_argument(
         "--filename",
-        default="{track}/{stem}.{ext}",
-        help="output path inside --out; variables {track}, {trackext}, {stem}, {ext} (default: %(default)s)",
+        default=DEFAULT_FILENAME,
+        help="output path inside --out; variables {track}, {trackext}, {folder} (the file's folder below a "
+        "folder given as input), {stem}, {ext} (default: %(default)s)",
     )
     parser.add_argument(
         "--two-stems",
@@ -100,6 +112,16 @@ def add_output_arguments(parser: argparse.ArgumentParser, default_ext: str = "wa
         "--float32", dest="subtype", action="store_const", const="FLOAT", help="32-bit float samples (WAV only)"
     )
     parser.add_argument(
+        "--mp3-bitrate", type=int, default=320, metavar="KBPS", help="MP3 bitrate in kbps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--mp3-preset",
+        type=int,
+        default=2,
+        metavar="2-7",
+        help="LAME encoder preset for MP3: 2 is the best quality, 7 the fastest (default: %(default)s)",
+    )
+    parser.add_argument(
         "--clip-mode",
         choices=("rescale", "clamp", "none"),
         default="rescale",
@@ -120,9 +142,11 @@ def _add_separate_command(commands: argparse._SubParsersAction) -> None:
         "inputs",
         nargs="+",
         metavar="FILES_OR_DIRS",
-        help="audio files (WAV, FLAC, OGG, MP3, AIFF) or folders searched recursively for them",
+        help="audio files (WAV, FLAC, Ogg, Opus, MP3, AIFF, M4A/AAC, WMA, WebM, video files, ...) or folders "
+        "searched recursively for them",
     )
     sep.add_argument("-o", "--out", default="separated", type=Path, help="output folder (default: %(default)s)")
+    sep.add_argument("--skip-existing", action="store_true", help="leave a file whose stems all exist already alone")
     add_model_arguments(sep)
     add_output_arguments(sep)
     add_separation_arguments(sep)
@@ -130,39 +154,35 @@ def _add_separate_command(commands: argparse._SubParsersAction) -> None:
     sep.set_defaults(handler=separate_command, command_parser=sep)
 
 
+def _add_convert_command(commands: argparse._SubParsersAction) -> None:
+    from . import convert_command  # light: its heavy imports are inside its handler
+
+    convert_command.register(commands)
+
+
+def _add_models_command(commands: argparse._SubParsersAction) -> None:
+    from . import models_command
+
+    models_command.register(commands)
+
+
 # Each subcommand registers its parser with `handler` (args -> exit status) and `command_parser` (for usage
 # errors) as defaults. Subcommands with their own module import it inside their handler, keeping --help light.
-COMMANDS = (_add_separate_command,)
+COMMANDS = (_add_separate_command, _add_convert_command, _add_models_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `hdemucs-flax` and its subcommands."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="hdemucs-flax", description="Hybrid Demucs music source separation in JAX/Flax."
     )
+    parser.add_argument("--version", action="version", version=f"hdemucs-flax {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add_command in COMMANDS:
         add_command(commands)
     return parser
-
-
-def find_audio(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """(files to separate, one-line problems). Folders contribute their audio files, recursively, sorted."""
-    from . import AUDIO_EXTENSIONS
-
-    files, problems = [], []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-            if not found:
-                problems.append(f"{path}: no audio files in this folder ({', '.join(AUDIO_EXTENSIONS)})")
-            files.extend(found)
-        elif path.exists():
-            files.append(path)
-        else:
-            problems.append(f"{path}: no such file or directory")
-    return files, problems
 
 
 def _status(quiet: bool, message: str) -> None:
@@ -221,20 +241,36 @@ def options_from(args: argparse.Namespace) -> tuple[SeparationOptions, OutputOpt
             two_stems=args.two_stems,
             other_method=args.other_method,
             clip_mode=args.clip_mode,
+            mp3_bitrate=args.mp3_bitrate,
+            mp3_preset=args.mp3_preset,
         )
     except OptionError as error:
         args.command_parser.error(_as_usage(error))
     return schedule, output
 
 
+def quiet_hub_logging() -> None:
+    """Keep only errors from huggingface_hub's logger: it warns once per retry of an unreachable Hub, and the
+    model loader's own one-line error says what failed. Called after huggingface_hub is imported, since its
+    first import resets the level of its logger."""
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+
 def load_separator(args: argparse.Namespace, schedule: SeparationOptions, output: OutputOptions) -> Separator | int:
     """The Separator of `add_model_arguments`' options with `schedule`, compiled and ready; or the exit status
-    after a one-line error (the model cannot be loaded: 1; an option this model cannot honour: 2)."""
-    from . import ModelLoadError, OptionError, Separator, configure_compilation_cache
+    after a one-line error (the model cannot be loaded: 1; an option this model or machine cannot honour: 2)."""
+    from . import ModelLoadError, OptionError, configure_compilation_cache
 
-    configure_compilation_cache(False if args.no_compilation_cache else (args.compilation_cache or True))
-    _status(args.quiet, f"loading model {args.model or '(default)'} ...")
     try:
+        if args.device is not None:
+            from .runtime import select_platform
+
+            select_platform(args.device)  # before anything starts JAX's backends
+        configure_compilation_cache(False if args.no_compilation_cache else (args.compilation_cache or True))
+        from . import Separator
+
+        quiet_hub_logging()
+        _status(args.quiet, f"loading model {args.model or '(default)'} ...")
         separator = Separator.from_pretrained(
             args.model, revision=args.revision, dtype=args.dtype, **dataclasses.asdict(schedule)
         )
@@ -245,73 +281,122 @@ def load_separator(args: argparse.Namespace, schedule: SeparationOptions, output
     except OptionError as error:
         _error(_as_usage(error))
         return EXIT_USAGE
+    _status(args.quiet, f"device: {separator.device}")
     _status(args.quiet, "compiling the model (cached for later runs) ...")
     separator.warmup()
     return separator
 
 
+def _plan(args: argparse.Namespace, tracks: list[Track], output: OutputOptions, sources: list[str]):
+    """Every stem path of every track, or a usage error naming the inputs that would lose data."""
+    from . import OptionError
+    from .file_output import plan_outputs
+
+    try:
+        return plan_outputs(tracks, args.out, output, sources)
+    except OptionError as error:
+        args.command_parser.error(_as_usage(error))
+
+
+def _summary(done: int, skipped: int, failed: int, audio_seconds: float, wall_seconds: float) -> str:
+    """ "3 files separated (1 skipped, 1 failed): 182.4 s of audio in 45.2 s, 4.0x real time"."""
+    extra = ", ".join(f"{n} {what}" for n, what in ((skipped, "skipped"), (failed, "failed")) if n)
+    speed = f", {audio_seconds / wall_seconds:.1f}x real time" if done and wall_seconds > 0 else ""
+    return (
+        f"{done} file{'s' if done != 1 else ''} separated{f' ({extra})' if extra else ''}: "
+        f"{audio_seconds:.1f} s of audio in {wall_seconds:.1f} s{speed}"
+    )
+
+
 def separate_command(args: argparse.Namespace) -> int:
+    started = time.time()
     schedule, output = options_from(args)
-    files, problems = find_audio(args.inputs)
+    from .file_output import find_tracks
+
+    tracks, problems = find_tracks(args.inputs, exclude=args.out)
     for problem in problems:
         _error(problem)
-    if not files:
+    if not tracks:
         return EXIT_FAILED
 
     # Heavy imports only once there is work: `--help` and usage errors stay fast.
     from tqdm import tqdm
 
-    from . import HDemucsFlaxError, separate_file
+    from . import HDemucsFlaxError, ModelOutputError, inspect_audio, separate_file
+    from .audio_io import sweep_partial_files
 
     separator = load_separator(args, schedule, output)
     if isinstance(separator, int):
         return separator
+    plan = _plan(args, tracks, output, separator.sources)
+    for folder in {path.parent for paths in plan.values() for path in paths.values()}:
+        sweep_partial_files(folder, started)  # what a killed earlier run left (only its own temporaries)
 
-    failed = len(problems)
+    failed, done, skipped, audio_seconds = len(problems), 0, 0, 0.0
     disable = True if args.quiet else None  # tqdm: None = bars only on a terminal
-    with tqdm(total=len(files), desc="files", unit="file", position=0, disable=disable) as overall:
-        for path in files:
+    with tqdm(total=len(tracks), desc="files", unit="file", position=0, disable=disable) as overall:
+        for track in tracks:
+            path = track.path
+            if args.skip_existing and all(p.is_file() for p in plan[track].values()):
+                skipped += 1
+                tqdm.write(f"{path}: skipped (its {len(plan[track])} stems exist)", file=sys.stdout)
+                overall.update(1)
+                continue
             with tqdm(desc=path.name, unit="chunk", position=1, leave=False, disable=disable) as bar:
                 try:
-                    written = separate_file(separator, path, args.out, output, progress=_follow(bar))
+                    seconds = inspect_audio(path).duration
+                    written = separate_file(separator, track, args.out, output, progress=_follow(bar))
+                except ModelOutputError as error:  # the model is broken: every other file would fail too
+                    _error(error)
+                    return EXIT_FAILED
                 except HDemucsFlaxError as error:
                     failed += 1
                     message = str(error)
                     _error(message if message.startswith(str(path)) else f"{path}: {message}")
-                except (OSError, ValueError, RuntimeError) as error:  # anything unforeseen: still one line
+                except (OSError, ValueError, RuntimeError, MemoryError) as error:  # unforeseen: still one line
                     failed += 1
                     _error(f"{path}: {type(error).__name__}: {error}")
                 else:
+                    done += 1
+                    audio_seconds += seconds
                     folder = os.path.commonpath([str(p.parent) for p in written.values()])
                     tqdm.write(f"{path}: {len(written)} stems in {folder}", file=sys.stdout)
             overall.update(1)
+    print(_summary(done, skipped, failed, audio_seconds, time.time() - started), flush=True)
     return EXIT_OK if failed == 0 else EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line `argv` (default: `sys.argv[1:]`); returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     if args.command is None:
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    # huggingface_hub logs a warning per retry of an unreachable Hub; the model loader's own one-line
-    # error says what failed, so the CLI keeps only errors from that logger.
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    if unknown:  # the subcommand's usage, not the top level's
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.handler(args)
-    except KeyboardInterrupt:
-        _error("interrupted (no partial stem files were kept)")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as interrupt:
+        from .runtime import Terminated
+
+        what = f"terminated ({interrupt})" if isinstance(interrupt, Terminated) else "interrupted"
+        _error(f"{what}; no partial stem files were kept")
+        return 128 + interrupt.signum if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
 
 
 def entry_point(argv: Sequence[str] | None = None) -> int:
     """The `hdemucs-flax` program (console script and `python -m modeling_hdemucs_flax`): `main` in a process
     that runs nothing else, so it may also keep transformers from importing torch (see
-    `hide_torch_from_transformers`). Library callers use `main`, which changes no process-wide setting."""
-    from . import hide_torch_from_transformers
+    `hide_torch_from_transformers`) and turn SIGTERM/SIGHUP into the interrupt Ctrl-C is (so `timeout`,
+    `docker stop` and systemd leave no temporary files). Library callers use `main`, which changes no
+    process-wide setting of its own."""
+    from .runtime import hide_torch_from_transformers, interrupt_on_termination
 
     hide_torch_from_transformers()
+    interrupt_on_termination()
     return main(argv)
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
+from .downloads import DEFAULT_SOURCES
 from .errors import ConfigError
 
-DEFAULT_SOURCES = ("drums", "bass", "other", "vocals")
+MAX_SOURCES = 64
+MAX_WIDTH = 16_384  # channels of the deepest layer (high: 48 * 2**5 = 1536)
+SAMPLING_RATES = (1_000, 768_000)  # Hz
 
 # torchaudio.models.hdemucs_low / hdemucs_medium / hdemucs_high differ only in these two fields.
 PRESETS: dict[str, dict[str, int]] = {
@@ -54,7 +58,7 @@ class HDemucsConfig(PretrainedConfig):
         sampling_rate: int = 44100,
         **kwargs: Any,
     ):
-        self.sources = list(sources)
+        self.sources = list(sources) if isinstance(sources, (list, tuple)) else sources  # else: refused below
         self.audio_channels = audio_channels
         self.channels = channels
         self.growth = growth
@@ -101,47 +105,72 @@ class HDemucsConfig(PretrainedConfig):
         return {name: getattr(self, name) for name in names}
 
     def _validate(self) -> None:
+        """Every field's type and a sane range: a config.json from anywhere (a download, a user's edit) either
+        describes a model this machine can build or fails here, in one line naming the field, never later as
+        an OverflowError or a multi-terabyte allocation. The bounds are generous: several times the largest
+        torchaudio preset (high: 48 channels, growth 2, depth 6, nfft 4096, 44.1 kHz)."""
+
         def need(ok: bool, field: str, rule: str) -> None:
             if not ok:
                 raise ConfigError(f"HDemucsConfig.{field}={getattr(self, field)!r}: {rule}")
 
-        def is_int(value: Any) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
+        def is_int(value: Any, low: int, high: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
+        def is_number(value: Any, low: float, high: float) -> bool:
+            return (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and low <= value <= high
+            )
+
+        sources = self.sources
         need(
-            len(self.sources) > 0 and all(isinstance(s, str) and s for s in self.sources),
+            isinstance(sources, list)
+            and 0 < len(sources) <= MAX_SOURCES
+            and all(isinstance(s, str) and 0 < len(s) <= 64 for s in sources),
             "sources",
-            "must be a non-empty list of non-empty source names",
+            f"must be a list of 1 to {MAX_SOURCES} source names (non-empty strings of at most 64 characters)",
         )
-        need(len(set(self.sources)) == len(self.sources), "sources", "source names must be unique")
-        need(is_int(self.audio_channels) and self.audio_channels >= 1, "audio_channels", "must be an int >= 1")
-        need(is_int(self.channels) and self.channels >= 1, "channels", "must be an int >= 1")
-        need(isinstance(self.growth, (int, float)) and self.growth > 0, "growth", "must be a number > 0")
+        need(len(set(sources)) == len(sources), "sources", "source names must be unique")
+        need(is_int(self.audio_channels, 1, 8), "audio_channels", "must be an int in [1, 8]")
+        need(is_int(self.channels, 1, 1024), "channels", "must be an int in [1, 1024]")
+        need(is_number(self.growth, 1e-3, 16), "growth", "must be a number in (0, 16]")
+        need(is_int(self.depth, 1, 16), "depth", "must be an int in [1, 16]")
         need(
-            is_int(self.nfft) and self.nfft >= 16 and self.nfft & (self.nfft - 1) == 0,
+            is_int(self.nfft, 16, 1 << 16) and self.nfft & (self.nfft - 1) == 0,
             "nfft",
-            "must be a power of two >= 16",
+            "must be a power of two in [16, 65536]",
         )
-        need(is_int(self.depth) and self.depth >= 1, "depth", "must be an int >= 1")
-        need(isinstance(self.freq_emb, (int, float)) and self.freq_emb >= 0, "freq_emb", "must be a number >= 0")
-        need(isinstance(self.emb_scale, (int, float)) and self.emb_scale > 0, "emb_scale", "must be a number > 0")
-        need(is_int(self.stride) and self.stride >= 1, "stride", "must be an int >= 1")
+        widest = self.channels * self.growth ** (self.depth - 1)  # bounded by the checks above: no overflow
         need(
-            is_int(self.kernel_size) and self.kernel_size >= self.stride and (self.kernel_size - self.stride) % 2 == 0,
-            "kernel_size",
-            "must be an int >= stride with (kernel_size - stride) even (torchaudio's decoder padding rule)",
+            widest <= MAX_WIDTH, "channels", f"with growth**(depth - 1) gives {widest:g} channels (at most {MAX_WIDTH})"
         )
-        need(is_int(self.time_stride) and self.time_stride >= 1, "time_stride", "must be an int >= 1")
-        need(is_int(self.context) and self.context >= 0, "context", "must be an int >= 0")
-        need(is_int(self.context_enc) and self.context_enc >= 0, "context_enc", "must be an int >= 0")
-        need(is_int(self.norm_starts) and self.norm_starts >= 0, "norm_starts", "must be an int >= 0")
-        need(is_int(self.norm_groups) and self.norm_groups >= 1, "norm_groups", "must be an int >= 1")
-        need(is_int(self.dconv_depth), "dconv_depth", "must be an int (negative disables dilation)")
-        need(isinstance(self.dconv_comp, (int, float)) and self.dconv_comp > 0, "dconv_comp", "must be a number > 0")
-        need(is_int(self.dconv_attn), "dconv_attn", "must be an int (first layer index with attention)")
-        need(is_int(self.dconv_lstm), "dconv_lstm", "must be an int (first layer index with a BLSTM)")
-        need(isinstance(self.dconv_init, (int, float)), "dconv_init", "must be a number")
-        need(is_int(self.sampling_rate) and self.sampling_rate > 0, "sampling_rate", "must be an int > 0 (Hz)")
+        need(is_number(self.freq_emb, 0, 1e3), "freq_emb", "must be a finite number in [0, 1000]")
+        need(is_number(self.emb_scale, 1e-6, 1e6) and self.emb_scale > 0, "emb_scale", "must be a finite number > 0")
+        need(isinstance(self.emb_smooth, bool), "emb_smooth", "must be true or false")
+        need(is_int(self.stride, 1, 64), "stride", "must be an int in [1, 64]")
+        need(
+            is_int(self.kernel_size, self.stride, 256) and (self.kernel_size - self.stride) % 2 == 0,
+            "kernel_size",
+            "must be an int in [stride, 256] with (kernel_size - stride) even (torchaudio's decoder padding rule)",
+        )
+        need(is_int(self.time_stride, 1, 64), "time_stride", "must be an int in [1, 64]")
+        need(is_int(self.context, 0, 64), "context", "must be an int in [0, 64]")
+        need(is_int(self.context_enc, 0, 64), "context_enc", "must be an int in [0, 64]")
+        need(is_int(self.norm_starts, 0, 64), "norm_starts", "must be an int in [0, 64]")
+        need(is_int(self.norm_groups, 1, 1024), "norm_groups", "must be an int in [1, 1024]")
+        need(is_int(self.dconv_depth, -16, 16), "dconv_depth", "must be an int in [-16, 16] (negative: no dilation)")
+        need(is_number(self.dconv_comp, 1e-3, 1024) and self.dconv_comp > 0, "dconv_comp", "must be a number > 0")
+        need(is_int(self.dconv_attn, -64, 64), "dconv_attn", "must be an int (first layer index with attention)")
+        need(is_int(self.dconv_lstm, -64, 64), "dconv_lstm", "must be an int (first layer index with a BLSTM)")
+        need(is_number(self.dconv_init, -1e3, 1e3), "dconv_init", "must be a finite number")
+        need(
+            is_int(self.sampling_rate, *SAMPLING_RATES),
+            "sampling_rate",
+            f"must be an int in [{SAMPLING_RATES[0]}, {SAMPLING_RATES[1]}] (Hz)",
+        )
         # The layer plan checks what depends on several fields at once (channel divisibility, frequency
         # bins reaching exactly one, ...), so an impossible architecture fails here and not mid-forward.
         from .layer_plan import plan_layers

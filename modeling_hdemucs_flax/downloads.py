@@ -8,23 +8,37 @@ Environment variables (read at call time):
   https://download.pytorch.org/torchaudio/, the base torchaudio's own `_download_asset` uses).
 - `HDEMUCS_FLAX_CACHE`: this package's cache folder (see `runtime.cache_dir`); downloads go to its
   `torchaudio/` folder.
+
+Downloads are capped at the file's known size, have an overall deadline besides the per-read timeout, and
+every failure (HTTP errors, cut connections, lying `Content-Length`s) is one `DownloadError` line. Imports
+nothing heavy (the bundle's config is built on demand), so `hdemucs-flax models` answers fast.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .configuration_hdemucs import DEFAULT_SOURCES, HDemucsConfig
+from . import tempfiles
 from .errors import DownloadError
 from .runtime import cache_dir
+
+if TYPE_CHECKING:
+    from .configuration_hdemucs import HDemucsConfig
+
+DEFAULT_SOURCES = ("drums", "bass", "other", "vocals")  # torchaudio's bundles' sources, HDemucsConfig's default
+DOWNLOAD_DEADLINE = 3600.0  # seconds for a whole download (335 MB at 100 kB/s); each read also times out
+READ_TIMEOUT = 60.0
+PART_SUFFIX = ".part"
 
 TORCHAUDIO_BASE_URL = "https://download.pytorch.org/torchaudio/"
 ENV_TORCHAUDIO_URL = "HDEMUCS_FLAX_TORCHAUDIO_URL"
@@ -36,7 +50,9 @@ class TorchaudioBundle:
 
     `key` is the file's path under torchaudio's asset server; `sha256` is the published digest of that
     file, or None when no digest is published (the file can then only be checked against a digest the user
-    supplies). The architecture is `HDemucsConfig.from_preset(preset, sources=sources, **overrides)`.
+    supplies); `size` its length in bytes when known (downloads are capped at it). The architecture is
+    `HDemucsConfig.from_preset(preset, sources=sources, **overrides)`. `hub_repo` is the Hub repo of its
+    converted copy; `licence` the weights' licence.
     """
 
     name: str
@@ -47,8 +63,13 @@ class TorchaudioBundle:
     sources: tuple[str, ...] = DEFAULT_SOURCES
     overrides: dict[str, Any] = field(default_factory=dict)
     sample_rate: int = 44100
+    size: int | None = None
+    hub_repo: str | None = None
+    licence: str = "CC BY-NC-SA 4.0"
 
     def config(self) -> HDemucsConfig:
+        from .configuration_hdemucs import HDemucsConfig
+
         return HDemucsConfig.from_preset(
             self.preset, sources=list(self.sources), sampling_rate=self.sample_rate, **self.overrides
         )
@@ -66,6 +87,8 @@ BUNDLES: dict[str, TorchaudioBundle] = {
         name="HDEMUCS_HIGH_MUSDB_PLUS",
         key="models/hdemucs_high_trained.pt",
         sha256="a004b2790d73ffeaa535db458a1a79b539dfdbafbccc31f275d07e632ebd7816",
+        size=334_697_255,
+        hub_repo="hdemucs-flax/hdemucs-high-musdb-plus",
         training_data=(
             "MUSDB-HQ train and test sets plus 150 extra songs from an internal database produced for Meta. "
             "The model has seen MUSDB18's test set, so MUSDB18 test scores are not a fair measure of it."
@@ -75,6 +98,7 @@ BUNDLES: dict[str, TorchaudioBundle] = {
         name="HDEMUCS_HIGH_MUSDB",
         key="models/hdemucs_high_musdbhq_only.pt",
         sha256=None,
+        hub_repo="hdemucs-flax/hdemucs-high-musdb",
         training_data="MUSDB-HQ training set only (MUSDB18 test scores are a fair measure of it).",
     ),
 }
@@ -100,32 +124,61 @@ def _check_digest(name: str, got: str, want: str | None) -> None:
         raise DownloadError(f"{name}: sha256 mismatch (got {got}, expected {want.lower()}); the file was rejected")
 
 
-def download_file(url: str, destination: str | os.PathLike, *, sha256: str | None = None, progress: bool = True) -> str:
+def _expected_length(header: str | None, url: str, size: int | None) -> int | None:
+    """The response's Content-Length as an int (None when absent); a malformed or oversized one is refused."""
+    if header is None:
+        return None
+    try:
+        length = int(header)
+    except ValueError:
+        raise DownloadError(f"cannot download {url}: the server sent a malformed Content-Length {header!r}") from None
+    if length < 0:
+        raise DownloadError(f"cannot download {url}: the server sent a negative Content-Length {length}")
+    if size is not None and length != size:
+        raise DownloadError(f"cannot download {url}: the server offers {length} bytes, the file has {size}")
+    return length
+
+
+def download_file(
+    url: str,
+    destination: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    progress: bool = True,
+    deadline: float = DOWNLOAD_DEADLINE,
+    read_timeout: float = READ_TIMEOUT,
+) -> str:
     """Download `url` to `destination` and return the file's sha256.
 
     The file is written under a temporary name beside `destination` and renamed only once complete and (when
-    `sha256` is given) verified, so an interrupted or rejected download leaves nothing behind.
-    Raises `DownloadError` (one line) on network errors and digest mismatches.
+    `sha256` is given) verified, so an interrupted or rejected download leaves nothing behind; temporaries a
+    killed earlier process left there are swept first. `size` (bytes, when known) caps what is accepted;
+    `deadline` bounds the whole transfer in seconds, `read_timeout` each read. Raises `DownloadError` (one
+    line) on network errors, cut or oversized transfers, timeouts and digest mismatches.
     """
     from tqdm.auto import tqdm  # imported here: only a download needs it
 
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    tempfiles.sweep_stale(destination.parent, PART_SUFFIX, time.time())
+    handle, partial = tempfiles.create(destination, PART_SUFFIX)
     digest = hashlib.sha256()
+    ends = time.monotonic() + deadline
     try:
         with os.fdopen(handle, "wb") as out:
             try:
-                response = urllib.request.urlopen(url, timeout=60)
+                response = urllib.request.urlopen(url, timeout=min(read_timeout, deadline))
             except urllib.error.HTTPError as error:
                 raise DownloadError(f"cannot download {url}: HTTP {error.code} {error.reason}") from None
-            except (urllib.error.URLError, OSError) as error:
+            except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as error:
                 reason = getattr(error, "reason", error)
                 raise DownloadError(f"cannot download {url}: {reason}") from None
             with response:
-                total = response.headers.get("Content-Length")
+                total = _expected_length(response.headers.get("Content-Length"), url, size)
+                limit = size if size is not None else total
                 bar = tqdm(
-                    total=int(total) if total else None,
+                    total=limit,
                     unit="B",
                     unit_scale=True,
                     unit_divisor=1024,
@@ -135,19 +188,28 @@ def download_file(url: str, destination: str | os.PathLike, *, sha256: str | Non
                 received = 0
                 with bar:
                     try:
-                        while chunk := response.read(1 << 20):
+                        # read1: whatever has arrived (at most one socket read), so the deadline is checked
+                        # even when a server trickles a byte at a time.
+                        while chunk := response.read1(1 << 20):
+                            received += len(chunk)
+                            if limit is not None and received > limit:
+                                raise DownloadError(f"cannot download {url}: the server sent more than {limit} bytes")
                             out.write(chunk)
                             digest.update(chunk)
-                            received += len(chunk)
                             bar.update(len(chunk))
-                    except OSError as error:
-                        raise DownloadError(f"cannot download {url}: connection lost ({error})") from None
-                if total and received != int(total):
-                    raise DownloadError(f"cannot download {url}: got {received} of {total} bytes")
+                            if time.monotonic() > ends:
+                                raise DownloadError(
+                                    f"cannot download {url}: not finished after {deadline:g} s "
+                                    f"({received} bytes received); check the network"
+                                )
+                    except (OSError, http.client.HTTPException) as error:
+                        reason = type(error).__name__ if isinstance(error, http.client.IncompleteRead) else error
+                        raise DownloadError(f"cannot download {url}: connection lost ({reason})") from None
+                if limit is not None and received != limit:
+                    raise DownloadError(f"cannot download {url}: got {received} of {limit} bytes")
         got = digest.hexdigest()
         _check_digest(url, got, sha256)
-        os.chmod(partial, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the user's usual mode
-        os.replace(partial, destination)
+        tempfiles.finish(partial, destination)  # mkstemp creates 0600; the file gets the user's usual mode
         return got
     finally:
         if os.path.exists(partial):
@@ -168,21 +230,22 @@ def fetch_torchaudio_checkpoint(
     a cached file that fails the check is discarded and downloaded again. Raises `DownloadError`.
     """
     want = sha256 or bundle.sha256
-    root = Path(directory) if directory is not None else cache_dir() / "torchaudio"
-    path = root / bundle.key
+    path = torchaudio_checkpoint_path(bundle, directory)
     if path.is_file():
         got = sha256_file(path)
         if want is None or got == want.lower():
             return path, got
         path.unlink()  # stale or corrupt: fetch it again
-    got = download_file(torchaudio_url(bundle.key), path, sha256=want, progress=progress)
+    got = download_file(torchaudio_url(bundle.key), path, sha256=want, size=bundle.size, progress=progress)
     return path, got
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def torchaudio_checkpoint_path(bundle: TorchaudioBundle, directory: str | os.PathLike | None = None) -> Path:
+    """Where `fetch_torchaudio_checkpoint` keeps (and looks for) `bundle`'s file: `directory` (default
+    `cache_dir()/torchaudio`) / the key. A copy placed there by hand is used, offline too, once its sha256
+    matches."""
+    root = Path(directory) if directory is not None else cache_dir() / "torchaudio"
+    return root / bundle.key
 
 
 def replace_directory(source: str | os.PathLike, destination: str | os.PathLike) -> None:
@@ -191,11 +254,10 @@ def replace_directory(source: str | os.PathLike, destination: str | os.PathLike)
     source, destination = Path(source), Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     # mkdtemp/mkstemp create 0700/0600 entries; the finished folder gets the user's usual modes.
-    mask = _umask()
-    os.chmod(source, 0o777 & ~mask)
+    os.chmod(source, tempfiles.folder_mode())
     for entry in source.iterdir():
         if entry.is_file():
-            os.chmod(entry, 0o666 & ~mask)
+            os.chmod(entry, tempfiles.file_mode())
     if destination.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old.", dir=destination.parent))
         os.replace(destination, old / "previous")

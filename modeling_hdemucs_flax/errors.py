@@ -39,6 +39,11 @@ class ModelLoadError(HDemucsFlaxError, RuntimeError):
     """The requested model could not be found or loaded; the message says what is missing and how to provide it."""
 
 
+class ModelOutputError(HDemucsFlaxError, RuntimeError):
+    """The network produced NaN or infinite samples: its weights or config are broken, so every input would fail
+    the same way. The message names the model."""
+
+
 class DownloadError(HDemucsFlaxError, RuntimeError):
     """A download failed or its content did not match the expected sha256."""
 

@@ -1,17 +1,22 @@
-"""Separating a file into stem files: which stems, what they are called, how they are kept within full scale,
-and that a song's stems appear all together or not at all.
+"""Separating files into stem files: which inputs, which stems, what they are called (planned for every input
+before anything is written), how they are kept within full scale, and that a song's stems appear all together
+or not at all.
 
-    read (audio_io) -> schedule (Separator.stream) -> select stems -> StemWriter per stem -> commit all
+    find_tracks -> plan_outputs (every path, checked) -> per track: read (audio_io) -> Separator.stream
+      -> select stems -> StemWriter per stem -> commit all
 
-`OutputOptions` is the file-output policy and its one validation; `separate_file` runs it. The schedule
-itself (normalisation, chunking, overlap-add) is the `Separator`'s; every file is opened by `audio_io`.
-Imports only numpy and `audio_io`, so the command line can check these options before JAX is loaded.
+`Track` is one input file and where it was found; `OutputOptions` is the file-output policy and its one
+validation; `plan_outputs` maps tracks to stem paths and refuses plans that would lose data; `separate_file`
+runs one track. The schedule itself (normalisation, chunking, overlap-add) is the `Separator`'s; every file
+is opened by `audio_io`. Imports only numpy and `audio_io`, so the command line can check these options and
+plans before JAX is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +25,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .audio_io import (
+    AUDIO_EXTENSIONS,
     CLIP_MODES,
+    DEFAULT_MP3_BITRATE,
+    DEFAULT_MP3_PRESET,
+    MP3_BITRATES,
+    MP3_PRESETS,
     StemWriter,
     check_output_format,
     inspect_audio,
     iter_audio_blocks,
+    make_folders,
     output_subtype,
+    remove_empty_folders,
 )
 from .errors import OptionError
 
@@ -33,8 +45,83 @@ if TYPE_CHECKING:
     from .separation import Progress, Separator
 
 OTHER_METHODS = ("add", "minus", "none")
-DEFAULT_FILENAME = "{track}/{stem}.{ext}"
-TEMPLATE_VARIABLES = ("track", "trackext", "stem", "ext")
+# demucs-next style: a folder given as input keeps its structure under the output folder ({folder} is empty
+# for files given directly, and empty path segments are dropped, so those land in OUT/track/stem.ext).
+DEFAULT_FILENAME = "{folder}/{track}/{stem}.{ext}"
+TEMPLATE_VARIABLES = ("track", "trackext", "stem", "ext", "folder")
+
+
+@dataclass(frozen=True)
+class Track:
+    """One input file. `root` is the folder given by the user that it was found in (None for a file given
+    directly); `relative` is its path below `root` (its name when given directly)."""
+
+    path: Path
+    root: Path | None = None
+
+    @property
+    def relative(self) -> Path:
+        return self.path.relative_to(self.root) if self.root is not None else Path(self.path.name)
+
+    @property
+    def folder(self) -> str:
+        """The template's {folder}: the folder of the input below `root`, with "/" separators ("" if none)."""
+        parent = self.relative.parent
+        return "" if parent == Path(".") else parent.as_posix()
+
+    @property
+    def name(self) -> str:
+        """The template's {track}: the file name without its extension."""
+        suffix = self.path.suffix
+        return self.path.name[: -len(suffix)] if suffix else self.path.name
+
+    def variables(self) -> dict[str, str]:
+        return {"track": self.name, "trackext": self.path.suffix.lstrip("."), "folder": self.folder}
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def find_tracks(
+    inputs: Iterable[str | os.PathLike], *, exclude: str | os.PathLike | None = None
+) -> tuple[list[Track], list[str]]:
+    """The tracks named by `inputs` (files, or folders searched recursively for files with an extension in
+    `audio_io.AUDIO_EXTENSIONS`, sorted), and one-line problems (missing paths, folders without audio).
+
+    Hidden files and folders (names starting with ".", such as a writer's temporaries or macOS's `._song.m4a`)
+    are skipped in folders, as is the folder `exclude` (the output folder, so stems are never taken as
+    input). A file reached twice is kept once, as first found."""
+    tracks: list[Track] = []
+    problems: list[str] = []
+    seen: set[Path] = set()
+    skip = Path(exclude).resolve() if exclude is not None else None
+
+    def add(track: Track) -> None:
+        key = track.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            tracks.append(track)
+
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = []
+            for folder, subfolders, files in os.walk(path):
+                here = Path(folder)
+                subfolders[:] = sorted(
+                    d for d in subfolders if not _is_hidden(d) and (skip is None or (here / d).resolve() != skip)
+                )
+                found += [here / f for f in files if not _is_hidden(f) and Path(f).suffix.lower() in AUDIO_EXTENSIONS]
+            if not found:
+                problems.append(f"{path}: no audio files in this folder ({', '.join(AUDIO_EXTENSIONS)})")
+            for file in sorted(found):
+                add(Track(file, path))
+        elif path.exists():
+            add(Track(path))
+        else:
+            problems.append(f"{path}: no such file or directory")
+    return tracks, problems
 
 
 @dataclass(frozen=True)
@@ -42,7 +129,9 @@ class OutputOptions:
     """How stems are written.
 
     filename: each stem's path inside the output folder, a `str.format` template over {track} (the input's name
-        without extension), {trackext} (its extension), {stem} and {ext}.
+        without extension), {trackext} (its extension), {folder} (the input's folder below the folder given as
+        input; empty for files given directly), {stem} and {ext}. Empty path segments are dropped; every path
+        must stay inside the output folder (see `plan_outputs`).
     ext: output format, one of `audio_io.OUTPUT_FORMATS` (wav, flac, mp3, ogg).
     subtype: libsndfile sample format (PCM_16, PCM_24, FLOAT, ...); None keeps the input's bit depth where
         `ext` can hold it (see `audio_io.output_subtype`).
@@ -50,6 +139,8 @@ class OutputOptions:
     other_method: `no_<source>` is the sum of the other sources ("add"), the mix minus the source ("minus"),
         or not written ("none").
     clip_mode: "rescale", "clamp" or "none" (see `audio_io.StemWriter`).
+    mp3_bitrate: MP3 stems' constant bitrate in kbps (demucs's default, 320).
+    mp3_preset: LAME's quality preset for MP3 stems, 2 (best, demucs's default) to 7 (fastest).
     """
 
     filename: str = DEFAULT_FILENAME
@@ -58,6 +149,8 @@ class OutputOptions:
     two_stems: str | None = None
     other_method: str = "add"
     clip_mode: str = "rescale"
+    mp3_bitrate: int = DEFAULT_MP3_BITRATE
+    mp3_preset: int = DEFAULT_MP3_PRESET
 
     def __post_init__(self) -> None:
         output_subtype(self.ext, requested=self.subtype)  # the format exists and can hold the subtype
@@ -65,13 +158,19 @@ class OutputOptions:
             raise OptionError("other_method", self.other_method, f"must be one of {', '.join(OTHER_METHODS)}")
         if self.clip_mode not in CLIP_MODES:
             raise OptionError("clip_mode", self.clip_mode, f"must be one of {', '.join(CLIP_MODES)}")
+        for option, (low, high) in (("mp3_bitrate", MP3_BITRATES), ("mp3_preset", MP3_PRESETS)):
+            value = getattr(self, option)
+            if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+                raise OptionError(option, value, f"must be an integer in [{low}, {high}]")
         try:
             self.filename.format(**dict.fromkeys(TEMPLATE_VARIABLES, "x"))
-        except (KeyError, IndexError, ValueError) as error:
+        except (KeyError, IndexError, ValueError, AttributeError) as error:
             variables = ", ".join(f"{{{name}}}" for name in TEMPLATE_VARIABLES)
             raise OptionError(
                 "filename", self.filename, f"unknown variable or bad format ({error}); the variables are {variables}"
             ) from None
+        if os.path.isabs(self.filename):
+            raise OptionError("filename", self.filename, "must be a path inside the output folder, not an absolute one")
 
     def replace(self, **changes: object) -> OutputOptions:
         """A copy with `changes` applied (and validated)."""
@@ -103,12 +202,71 @@ class OutputOptions:
     def needs_mix(self) -> bool:
         return self.two_stems is not None and self.other_method == "minus"
 
-    def paths(self, track: str | os.PathLike, output_dir: str | os.PathLike, names: Iterable[str]) -> dict[str, Path]:
-        """{stem: output path} for the input file `track`."""
-        track = Path(track)
-        name = track.name[: -len(track.suffix)] if track.suffix else track.name
-        variables = {"track": name, "trackext": track.suffix.lstrip("."), "ext": self.ext}
-        return {stem: Path(output_dir) / self.filename.format(**variables, stem=stem) for stem in names}
+    def paths(
+        self, track: Track | str | os.PathLike, output_dir: str | os.PathLike, names: Iterable[str]
+    ) -> dict[str, Path]:
+        """{stem: output path} for `track` (a `Track`, or a file given directly). Raises `OptionError` when a
+        path would not lie inside `output_dir` (a file named `...wav` has the track name "..")."""
+        track = track if isinstance(track, Track) else Track(Path(track))
+        variables = {**track.variables(), "ext": self.ext}
+        root = Path(output_dir)
+        inside = root.resolve()
+        out = {}
+        for stem in names:
+            parts = [p for p in re.split(r"[/\\]", self.filename.format(**variables, stem=stem)) if p not in ("", ".")]
+            path = root.joinpath(*parts)
+            resolved = path.resolve()
+            if not parts or resolved == inside or not resolved.is_relative_to(inside):
+                raise OptionError(
+                    "filename",
+                    self.filename,
+                    f"{track.path} would be written to {path}, outside the output folder {root}; "
+                    "rename the file or choose another template",
+                )
+            out[stem] = path
+        return out
+
+
+def plan_outputs(
+    tracks: Sequence[Track], output_dir: str | os.PathLike, options: OutputOptions, sources: Sequence[str]
+) -> dict[Track, dict[str, Path]]:
+    """Every stem path of every track, planned before anything is written: {track: {stem: path}}.
+
+    Raises `OptionError` (option "filename") naming both parties when the plan would lose data: two tracks
+    (or two stems of one track) mapped to one file, a path outside `output_dir`, or a stem path that is one of
+    the input files. `sources` are the model's source names (see `OutputOptions.stem_names`)."""
+    names = options.stem_names(sources)
+    inputs = {track.path.resolve(): track for track in tracks}
+    taken: dict[Path, tuple[Track, str]] = {}
+    plan: dict[Track, dict[str, Path]] = {}
+    for track in tracks:
+        plan[track] = options.paths(track, output_dir, names)
+        for stem, path in plan[track].items():
+            key = path.resolve()
+            source = inputs.get(key)
+            if source is None and path.exists():  # another name for an input (a hard link)
+                source = next((t for k, t in inputs.items() if os.path.samefile(k, key)), None)
+            if source is not None:
+                raise OptionError(
+                    "filename",
+                    options.filename,
+                    f"the {stem} stem of {track.path} would replace the input file {source.path}; "
+                    "choose another output folder or template",
+                )
+            if key in taken:
+                other, other_stem = taken[key]
+                if other is track:
+                    rule = (
+                        f"stems {other_stem} and {stem} of {track.path} would both be written to {path}; add {{stem}}"
+                    )
+                else:
+                    rule = (
+                        f"{other.path} and {track.path} would both be written to {path}; "
+                        "add {trackext} or {folder} to the template"
+                    )
+                raise OptionError("filename", options.filename, rule)
+            taken[key] = (track, stem)
+    return plan
 
 
 class _Reader:
@@ -152,7 +310,7 @@ def commit_all(writers: Mapping[str, StemWriter]) -> dict[str, Path]:
 
 def separate_file(
     separator: Separator,
-    path: str | os.PathLike,
+    path: Track | str | os.PathLike,
     output_dir: str | os.PathLike = "separated",
     options: OutputOptions | None = None,
     *,
@@ -161,26 +319,40 @@ def separate_file(
 ) -> dict[str, Path]:
     """Separate an audio file into stem files with `separator`, streaming (memory does not grow with the song).
 
-    Stems are written to `output_dir / options.filename` at the input's sample rate and channel count (see
+    `path` is a file, or a `Track` (whose `root` gives the template's {folder}). Stems are written to the paths
+    `plan_outputs` gives (`output_dir / options.filename`) at the input's sample rate and channel count (see
     `OutputOptions`; keyword `changes` override single fields, e.g. `two_stems="vocals"`). Files appear only
-    when complete (atomic rename); on any error none of this call's stems are left. Returns {stem: path}.
-    Raises `AudioError` for unusable input or output, `OptionError` for options this model cannot honour.
+    when complete (atomic rename); on any error none of this call's stems, temporaries or new folders are
+    left. Returns {stem: path}. Raises `AudioError` for unusable input or output, `OptionError` for options
+    this model cannot honour or paths that would lose data.
     """
     options = options or OutputOptions()
     if changes:
         options = options.replace(**changes)
-    info = inspect_audio(path)
+    track = path if isinstance(path, Track) else Track(Path(path))
+    info = inspect_audio(track.path)
     separator.check_channels(info.channels, str(info.path))
-    names = options.stem_names(separator.sources)
     subtype = output_subtype(options.ext, info.subtype, options.subtype)
-    paths = options.paths(info.path, output_dir, names)
+    paths = plan_outputs([track], output_dir, options, separator.sources)[track]
     for target in paths.values():
         check_output_format(target, options.ext, subtype, info.sample_rate, info.channels)
 
     writers: dict[str, StemWriter] = {}
+    created: list[Path] = []
     try:
+        for folder in dict.fromkeys(target.parent for target in paths.values()):
+            created += make_folders(folder)
         for name, target in paths.items():
-            writers[name] = StemWriter(target, info.sample_rate, info.channels, subtype, options.ext, options.clip_mode)
+            writers[name] = StemWriter(
+                target,
+                info.sample_rate,
+                info.channels,
+                subtype,
+                options.ext,
+                options.clip_mode,
+                mp3_bitrate=options.mp3_bitrate,
+                mp3_preset=options.mp3_preset,
+            )
         # "minus" needs the mix beside each output block: a second reader follows the output.
         mix = _Reader(iter_audio_blocks(info)) if options.needs_mix else None
         blocks = separator.stream(
@@ -190,8 +362,9 @@ def separate_file(
             piece = mix.take(block.shape[-1]) if mix is not None else None
             for name, stem in options.select(block, separator.sources, piece).items():
                 writers[name].write(stem)
+        return commit_all(writers)
     except BaseException:
         for writer in writers.values():
             writer.abort()
+        remove_empty_folders(created)  # an interrupted track leaves no empty track folder behind
         raise
-    return commit_all(writers)

@@ -19,6 +19,20 @@ from .errors import OptionError
 DEFAULT_SEGMENT = 7.8  # seconds: demucs's segment for Hybrid Demucs at 44.1 kHz
 WEIGHTINGS = ("triangle", "linear")
 
+# Bounds that keep a typo from becoming an hour-long hang or a 100 GB allocation (each value beyond them is
+# a usage error, not a traceback):
+# - segment: below 0.05 s a chunk is shorter than the model's own STFT window (4096 samples = 93 ms) and a
+#   song needs tens of thousands of forward passes; above 600 s one forward pass of the high model needs
+#   tens of GB (its activations grow linearly with the segment) and is longer than a song anyway.
+SEGMENT_SECONDS = (0.05, 600.0)
+# - shifts: each shift is one more full pass; demucs's useful range is 1-10, 100 passes is already 100x time.
+MAX_SHIFTS = 100
+# - batch_size: chunks in one forward pass; memory grows with it, and 256 chunks of 7.8 s is half an hour
+#   of audio per pass, beyond any device's memory for this model.
+MAX_BATCH_SIZE = 256
+# - seed: `jax.random.key` takes a signed 64-bit integer.
+SEED_RANGE = (-(2**63), 2**63 - 1)
+
 
 def _is_int(value: object) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
@@ -55,11 +69,24 @@ class SeparationOptions:
             if not ok:
                 raise OptionError(option, getattr(self, option), rule)
 
-        need(self.segment is None or (_is_number(self.segment) and self.segment > 0), "segment", "must be > 0 seconds")
+        low, high = SEGMENT_SECONDS
+        need(
+            self.segment is None or (_is_number(self.segment) and low <= self.segment <= high),
+            "segment",
+            f"must be between {low:g} and {high:g} seconds",
+        )
         need(_is_number(self.overlap) and 0 <= self.overlap < 1, "overlap", "must be in [0, 1)")
-        need(_is_int(self.shifts) and self.shifts >= 0, "shifts", "must be an integer >= 0")
-        need(_is_int(self.seed), "seed", "must be an integer")
-        need(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "must be an integer >= 1")
+        need(
+            _is_int(self.shifts) and 0 <= self.shifts <= MAX_SHIFTS,
+            "shifts",
+            f"must be an integer in [0, {MAX_SHIFTS}]",
+        )
+        need(_is_int(self.seed) and SEED_RANGE[0] <= self.seed <= SEED_RANGE[1], "seed", "must be a 64-bit integer")
+        need(
+            _is_int(self.batch_size) and 1 <= self.batch_size <= MAX_BATCH_SIZE,
+            "batch_size",
+            f"must be an integer in [1, {MAX_BATCH_SIZE}]",
+        )
         need(self.weighting in WEIGHTINGS, "weighting", f"must be one of {', '.join(WEIGHTINGS)}")
         need(_is_number(self.transition_power) and self.transition_power > 0, "transition_power", "must be > 0")
 

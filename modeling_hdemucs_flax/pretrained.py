@@ -8,10 +8,12 @@ how to provide it.
 The default model (`model=None`) is found by trying, in order:
 1. the local cache: a converted copy in `cache_dir()/converted/<bundle>` or `DEFAULT_MODEL` in the Hugging
    Face cache;
-2. the converted Flax checkpoint `DEFAULT_MODEL` on the Hub;
-3. torchaudio's official HDEMUCS_HIGH_MUSDB_PLUS file (sha256-verified), converted here without torch and
-   saved into `cache_dir()/converted/<bundle>` for next time.
-With `HF_HUB_OFFLINE=1` only step 1 runs. Download locations follow `HF_ENDPOINT` (the Hub),
+2. torchaudio's file already on this machine, in `cache_dir()/torchaudio/models/` (a copy brought from
+   another machine goes there), sha256-verified and converted without torch;
+3. the converted Flax checkpoint `DEFAULT_MODEL` on the Hub;
+4. torchaudio's official HDEMUCS_HIGH_MUSDB_PLUS file (sha256-verified), downloaded, converted here without
+   torch and saved into `cache_dir()/converted/<bundle>` for next time.
+With `HF_HUB_OFFLINE=1` only steps 1 and 2 run. Download locations follow `HF_ENDPOINT` (the Hub),
 `HDEMUCS_FLAX_TORCHAUDIO_URL` (torchaudio's asset server) and `HDEMUCS_FLAX_CACHE` (see `runtime.cache_dir`).
 """
 
@@ -27,14 +29,23 @@ from pathlib import Path
 import jax.numpy as jnp
 from huggingface_hub import constants as hf_constants
 
-from .downloads import BUNDLES, TorchaudioBundle, fetch_torchaudio_checkpoint, replace_directory
-from .errors import DownloadError, ModelLoadError, one_line
+from .downloads import (
+    BUNDLES,
+    TorchaudioBundle,
+    fetch_torchaudio_checkpoint,
+    replace_directory,
+    torchaudio_checkpoint_path,
+    torchaudio_url,
+)
+from .errors import DownloadError, HDemucsFlaxError, ModelLoadError, one_line
 from .modeling_flax_hdemucs import FlaxHDemucs
 from .runtime import cache_dir
 
-# The converted HDEMUCS_HIGH_MUSDB_PLUS checkpoint on the Hub (see conversion/README.md).
-DEFAULT_MODEL = "hdemucs-flax/hdemucs-high-musdb-plus"
 DEFAULT_BUNDLE = BUNDLES["HDEMUCS_HIGH_MUSDB_PLUS"]
+# The converted HDEMUCS_HIGH_MUSDB_PLUS checkpoint on the Hub (see conversion/README.md).
+DEFAULT_MODEL = DEFAULT_BUNDLE.hub_repo
+# Extensions of files that are torch checkpoints rather than model folders.
+CHECKPOINT_EXTENSIONS = (".pt", ".pth", ".ckpt", ".th", ".bin")
 
 logger = logging.getLogger(__name__)
 
@@ -48,53 +59,76 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec or os.path.exists(spec)
 
 
-def _load_folder(path: Path, dtype) -> FlaxHDemucs:
+def _problem(error: BaseException) -> str:
+    """One line for a failure while reading a model's files: our own and transformers' messages as they are,
+    anything else (a TypeError from a config.json holding a list, safetensors' errors) with its type."""
+    if isinstance(error, (HDemucsFlaxError, OSError)):
+        return one_line(error)
+    return f"{type(error).__name__}: {one_line(error)}"
+
+
+def _load_folder(path: Path, dtype, option: str) -> FlaxHDemucs:
+    if path.is_file():
+        if path.suffix.lower() in CHECKPOINT_EXTENSIONS:
+            raise ModelLoadError(
+                f"{path} is a torch checkpoint file, not a model folder; convert it once with "
+                f"`hdemucs-flax convert {path} -o FOLDER` and pass FOLDER as {option}"
+            )
+        raise ModelLoadError(f"{path} is a file, not a model folder; pass a folder written by save_pretrained")
     if not path.is_dir():
         raise ModelLoadError(f"{path}: no such model folder; pass a folder written by save_pretrained or a Hub repo id")
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path}: not a model folder (no config.json); pass a folder written by save_pretrained")
     try:
         return FlaxHDemucs.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot load model {str(path)!r}: {one_line(error)}") from error
+    except Exception as error:  # any content: malformed JSON, absurd values, a garbage safetensors file
+        raise ModelLoadError(f"cannot load model {str(path)!r}: {_problem(error)}") from error
 
 
-def _load_repo(repo_id: str, dtype, revision: str | None, *, local_files_only: bool = False) -> FlaxHDemucs:
+def _load_repo(repo_id: str, dtype, revision: str | None, option: str, *, local_files_only: bool = False):
     """`FlaxHDemucs.from_pretrained(repo_id)`; transformers' multi-line errors become one line."""
     try:
         return FlaxHDemucs.from_pretrained(
             repo_id, dtype=dtype, revision=revision or "main", local_files_only=local_files_only
         )
-    except (OSError, ValueError) as error:
+    except OSError as error:
         if local_files_only or _offline():
             raise ModelLoadError(
                 f"model {repo_id!r} is not in the Hugging Face cache and offline mode (HF_HUB_OFFLINE=1) forbids "
-                "downloading it; run once online or pass a local model folder"
+                f"downloading it; run once online or pass a local model folder as {option}"
             ) from error
         text = str(error)
         if "is not a local folder and is not a valid model identifier" in text or "Repository Not Found" in text:
             raise ModelLoadError(
                 f"model {repo_id!r}: no such repository on {hf_constants.ENDPOINT} (or it is private and no token "
-                "grants access); check the name or pass a local model folder"
+                f"grants access); check the name or pass a local model folder as {option}"
             ) from error
-        raise ModelLoadError(f"cannot load model {repo_id!r}: {one_line(error)}") from error
+        raise ModelLoadError(f"cannot load model {repo_id!r}: {_problem(error)}") from error
+    except Exception as error:
+        raise ModelLoadError(f"cannot load model {repo_id!r}: {_problem(error)}") from error
 
 
 def load_model(
-    model: str | os.PathLike | None = None, *, dtype=jnp.float32, revision: str | None = None
+    model: str | os.PathLike | None = None,
+    *,
+    dtype=jnp.float32,
+    revision: str | None = None,
+    option: str = "--model",
 ) -> FlaxHDemucs:
     """Load `model`: a `save_pretrained` folder, a Hub repo id (downloaded once, then read from the Hugging
     Face cache, also offline), or None for the default HDEMUCS_HIGH_MUSDB_PLUS model (see the module doc).
 
-    `revision` (branch, tag or commit) applies to Hub repos. Raises `ModelLoadError` with a one-line message.
+    `revision` (branch, tag or commit) applies to Hub repos. `option` is how the application lets its user
+    choose a model (the command line's `--model`, the Space's `HDEMUCS_MODEL`), named in error messages.
+    Raises `ModelLoadError` with a one-line message.
     """
     if model is None:
-        return load_default_model(dtype=dtype, revision=revision)
+        return load_default_model(dtype=dtype, revision=revision, option=option)
     spec = str(model)
     path = Path(spec).expanduser()
     if isinstance(model, os.PathLike) or _looks_like_path(spec):
-        return _load_folder(path, dtype)
-    return _load_repo(spec, dtype, revision)
+        return _load_folder(path, dtype, option)
+    return _load_repo(spec, dtype, revision, option)
 
 
 def converted_model_dir(bundle: TorchaudioBundle = DEFAULT_BUNDLE) -> Path:
@@ -109,44 +143,51 @@ def load_default_model(
     repo_id: str = DEFAULT_MODEL,
     bundle: TorchaudioBundle = DEFAULT_BUNDLE,
     progress: bool = True,
+    option: str = "--model",
 ) -> FlaxHDemucs:
-    """The default model: local cache, else the Hub repo `repo_id`, else `bundle`'s torchaudio checkpoint
-    converted and cached. `repo_id` and `bundle` are parameters so tests can point the chain at tiny models.
+    """The default model: local cache, else torchaudio's file already on this machine, else the Hub repo
+    `repo_id`, else `bundle`'s torchaudio checkpoint downloaded; converted ones are cached. `repo_id` and
+    `bundle` are parameters so tests can point the chain at tiny models; `option` is as in `load_model`.
     Raises `ModelLoadError` with a one-line message."""
     converted = converted_model_dir(bundle)
     if (converted / "config.json").is_file():
         try:
             return FlaxHDemucs.from_pretrained(converted, dtype=dtype)
-        except (OSError, ValueError) as error:
+        except Exception as error:
             raise ModelLoadError(
-                f"cached model {converted} is unreadable ({one_line(error)}); delete that folder to rebuild it"
+                f"cached model {converted} is unreadable ({_problem(error)}); delete that folder to rebuild it"
             ) from error
     try:
-        return _load_repo(repo_id, dtype, revision, local_files_only=True)
+        return _load_repo(repo_id, dtype, revision, option, local_files_only=True)
     except ModelLoadError:
         pass
-    if _offline():
+    local = torchaudio_checkpoint_path(bundle)
+    if _offline() and not local.is_file():
         raise ModelLoadError(
             f"the default model ({bundle.name}) is not cached and offline mode (HF_HUB_OFFLINE=1) forbids "
-            f"downloading it; run once online, or pass --model with a folder made by "
-            f"conversion/convert_torchaudio_hdemucs.py or a cached Hub repo id"
+            f"downloading it; copy {bundle.filename} (from {torchaudio_url(bundle.key)}) to {local}, or convert "
+            f"it with `hdemucs-flax convert {bundle.filename} -o FOLDER` and pass FOLDER as {option}"
         )
-    try:
-        return _load_repo(repo_id, dtype, revision)
-    except ModelLoadError as error:
-        hub_problem = str(error)
-    logger.warning("%s; converting torchaudio's %s checkpoint instead (once)", hub_problem, bundle.name)
+    hub_problem = None
+    if not local.is_file():
+        try:
+            return _load_repo(repo_id, dtype, revision, option)
+        except ModelLoadError as error:
+            hub_problem = str(error)
+        # The download shows its own progress bar; the Hub's failure is in the final error if this fails too.
+        logger.info("%s; converting torchaudio's %s checkpoint instead (once)", hub_problem, bundle.name)
     try:
         checkpoint, _ = fetch_torchaudio_checkpoint(bundle, progress=progress)
     except DownloadError as error:
+        tried = f"the Hub copy failed ({hub_problem}) and so did" if hub_problem else "cannot use"
         raise ModelLoadError(
-            f"cannot get the default model: the Hub copy failed ({hub_problem}) and so did torchaudio's "
-            f"checkpoint ({error}); check the network or pass --model with a local model folder"
+            f"cannot get the default model: {tried} torchaudio's checkpoint ({error}); check the network, or "
+            f"copy {bundle.filename} to {local}, or pass a local model folder as {option}"
         ) from error
     try:
         model = FlaxHDemucs.from_torchaudio(checkpoint, bundle.config(), dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot convert {checkpoint}: {one_line(error)}") from error
+    except Exception as error:
+        raise ModelLoadError(f"cannot convert {checkpoint}: {_problem(error)}") from error
     save_pretrained_atomic(model, converted)
     checkpoint.unlink(missing_ok=True)  # the converted copy replaces it; it is re-verified if ever fetched again
     return model
@@ -172,3 +213,34 @@ def save_pretrained_atomic(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return destination
+
+
+def model_licence(model: str | os.PathLike | None) -> str | None:
+    """The weights' licence of `model` (as given to `load_model`; None: the default model), for an application
+    to show: known models from the bundle table, others from the `license:` line of their model card's front
+    matter (a local folder's README.md, or the Hub repo's cached one). None when nothing says."""
+    if model is None:
+        return DEFAULT_BUNDLE.licence
+    spec = str(model)
+    for bundle in BUNDLES.values():
+        if spec == bundle.hub_repo:
+            return bundle.licence
+    card: Path | None = Path(spec).expanduser() / "README.md"
+    if not card.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(spec, "README.md")
+        except Exception:  # not a repo id
+            cached = None
+        card = Path(cached) if isinstance(cached, str) else None
+    if card is None:
+        return None
+    text = card.read_text(errors="replace")
+    if not text.startswith("---"):
+        return None
+    for line in text.split("---", 2)[1].splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "license" and value.strip():
+            return value.strip().strip("'\"")
+    return None

@@ -12,7 +12,12 @@ unless `$HDEMUCS_FLAX_COMPILATION_CACHE` says otherwise, JAX's persistent compil
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from .errors import OptionError
 
 ENV_CACHE = "HDEMUCS_FLAX_CACHE"
 ENV_COMPILATION_CACHE = "HDEMUCS_FLAX_COMPILATION_CACHE"  # a folder, or "0"/"off"/"false"/"no" to disable
@@ -81,3 +86,73 @@ def configure_compilation_cache(folder: str | os.PathLike | bool | None = True) 
         compilation_cache.reset_cache()
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return path
+
+
+class Terminated(KeyboardInterrupt):
+    """A termination signal (SIGTERM from `timeout`, `docker stop`, systemd; SIGHUP from a closed terminal) turned
+    into an interrupt by `interrupt_on_termination`, so the clean-up that runs for Ctrl-C (temporaries removed,
+    nothing half-written kept) runs for it too. `signum` is the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def interrupt_on_termination(signals: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) -> None:
+    """Raise `Terminated` in the main thread when one of `signals` arrives (instead of dying at once, which
+    skips every `finally`). Process-wide: for entry points only (the command line, the Space); call it from
+    the main thread."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(signum)
+
+    for number in signals:
+        signal.signal(number, handler)
+
+
+PLATFORMS = ("cpu", "gpu", "tpu")
+
+
+def select_platform(platform: str) -> list[Any]:
+    """Run JAX on `platform` ("cpu", "gpu" or "tpu") in this process: set before JAX initialises its backends
+    when it has not yet (so `cpu` never touches a GPU, which JAX would otherwise claim 75 % of), and make the
+    platform's first device the default. Returns the platform's devices. Raises `OptionError` (option
+    "device") with the reason in one line when JAX has no such device here."""
+    if platform not in PLATFORMS:
+        raise OptionError("device", platform, f"must be one of {', '.join(PLATFORMS)}")
+    import jax
+
+    try:
+        from jax._src import xla_bridge  # no public test for "already initialised" in jax 0.10
+
+        fresh = not xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):
+        fresh = False
+    if fresh:
+        # cpu: only the CPU backend. gpu/tpu: JAX's own discovery (plugins that fail stay quiet), which also
+        # overrides a JAX_PLATFORMS=cpu left in the environment.
+        jax.config.update("jax_platforms", "cpu" if platform == "cpu" else "")
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError as error:
+        found = sorted({d.platform for d in jax.devices()})
+        hint = " (install JAX's CUDA wheels: pip install 'hdemucs-flax[cuda]')" if platform == "gpu" else ""
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise OptionError(
+            "device", platform, f"JAX finds no {platform.upper()} here{hint}; it has {', '.join(found)} ({first})"
+        ) from None
+    jax.config.update("jax_default_device", devices[0])
+    return devices
+
+
+def describe_devices(devices: Sequence[Any]) -> str:
+    """A short description of JAX devices: "cpu", "NVIDIA H200 (gpu:0)", "2 x TPU v5 lite (tpu:0, tpu:1)"."""
+    devices = sorted(devices, key=lambda d: (d.platform, d.id))
+    if not devices:
+        return "no device"
+    if all(d.platform == "cpu" for d in devices):
+        return "cpu" if len(devices) == 1 else f"{len(devices)} cpu devices"
+    kinds = sorted({d.device_kind for d in devices})
+    names = ", ".join(f"{d.platform}:{d.id}" for d in devices)
+    count = f"{len(devices)} x " if len(devices) > 1 else ""
+    return f"{count}{' / '.join(kinds)} ({names})"

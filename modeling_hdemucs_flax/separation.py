@@ -33,9 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 import soxr
 
-from .errors import AudioError, OptionError
+from .errors import AudioError, ModelOutputError, OptionError
 from .modeling_flax_hdemucs import FlaxHDemucs
 from .options import WEIGHTINGS, SeparationOptions
+from .runtime import describe_devices
 
 STD_EPS = 1e-8  # added to the mix's std (demucs's api.py) so silence normalises to silence, not NaN
 BLOCK = 1 << 16  # samples per block read from a file or handed between stages
@@ -289,14 +290,25 @@ def resampled_length(frames: int, rate_in: int, rate_out: int) -> int:
     return (2 * frames * rate_out + rate_in) // (2 * rate_in)
 
 
+def _bounded_pieces(blocks: Iterable[np.ndarray], rate_in: int, rate_out: int) -> Iterator[np.ndarray]:
+    """Split blocks so that none resamples to more than about `BLOCK` output samples: memory is bounded by
+    model-rate samples, whatever the input rate (a 65,536-frame block of a 1 Hz file would otherwise ask
+    soxr for 2.9e9 samples in one call)."""
+    most = max(1, BLOCK * rate_in // rate_out)
+    for block in blocks:
+        for start in range(0, block.shape[-1], most):
+            yield block[..., start : start + most]
+
+
 def _resample_stream(blocks: Iterable[np.ndarray], rate_in: int, rate_out: int) -> Iterator[np.ndarray]:
-    """(channels, n) blocks -> the same signal at `rate_out`, streamed through soxr (HQ quality)."""
+    """(channels, n) blocks -> the same signal at `rate_out`, streamed through soxr (HQ quality); every output
+    block holds at most about `BLOCK` samples."""
     if rate_in == rate_out:
         yield from blocks
         return
     stream = None
     previous = None
-    for block in blocks:  # one block of look-ahead so the final one is flagged `last`
+    for block in _bounded_pieces(blocks, rate_in, rate_out):  # one piece of look-ahead: the last is flagged
         if previous is not None:
             stream = stream or soxr.ResampleStream(rate_in, rate_out, previous.shape[0], dtype="float32", quality="HQ")
             out = stream.resample_chunk(np.ascontiguousarray(previous.T))
@@ -381,6 +393,8 @@ class Separator:
         forward: Forward | None = None,
     ):
         self.model = model
+        # how errors name the model: the folder or repo it was loaded from (transformers records it)
+        self.model_name = str(getattr(model.config, "_name_or_path", "") or "the model")
         self.sample_rate = int(model.config.sampling_rate)
         self.sources = list(model.config.sources)
         self.audio_channels = int(model.config.audio_channels)
@@ -448,6 +462,13 @@ class Separator:
         return jnp.dtype(self.model.dtype)
 
     @property
+    def device(self) -> str:
+        """The device(s) the network's parameters live on, and so where it runs: "cpu", "NVIDIA H200 (gpu:0)"."""
+        leaves = jax.tree.leaves(self.model.params)
+        devices = set().union(*(leaf.devices() for leaf in leaves if hasattr(leaf, "devices")))
+        return describe_devices(list(devices)) if devices else describe_devices(jax.devices()[:1])
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         """The one shape the forward pass runs at: (batch_size, audio_channels, segment samples)."""
         return (self.batch_size, self.audio_channels, self.segment_samples)
@@ -464,7 +485,7 @@ class Separator:
 
     def chunks_total(self, frames: int, sample_rate: int) -> int:
         """Forward-pass chunks (before batching) needed for `frames` samples at `sample_rate` Hz."""
-        length = resampled_length(frames, sample_rate, self.sample_rate)
+        length = max(1, resampled_length(frames, sample_rate, self.sample_rate))
         return len(plan_chunks(length, self.segment_samples, self.stride, self._delays()))
 
     def _delays(self) -> tuple[int, ...]:
@@ -492,7 +513,8 @@ class Separator:
         if frames == 0:
             raise AudioError(f"{name}: no audio samples (0 frames)")
         mean, scale = np.float32(stats.mean), np.float32(stats.scale())
-        length = resampled_length(frames, sample_rate, self.sample_rate)
+        # at least one model-rate sample: 1 sample at 96 kHz rounds to 0 at 44.1 kHz, and comes back as 1
+        length = max(1, resampled_length(frames, sample_rate, self.sample_rate))
 
         normalised = (_adapt_channels_in((b - mean) / scale, self.audio_channels) for b in blocks())
         at_model_rate = _resample_stream(normalised, sample_rate, self.sample_rate)
@@ -509,11 +531,22 @@ class Separator:
             progress=progress or self.progress,
         )
         sources = len(self.sources)
-        flat = (_adapt_channels_out(s, channels).reshape(sources * channels, -1) for s in separated)
+        flat = (_adapt_channels_out(s, channels).reshape(sources * channels, -1) for s in self._finite(separated, name))
         back = _resample_stream(flat, self.sample_rate, sample_rate)
         for block in _exact_length(back, frames, (sources * channels,)):
             # demucs undoes the normalisation on every source, so each one receives the mix's mean.
             yield block.reshape(sources, channels, -1) * scale + mean
+
+    def _finite(self, blocks: Iterable[np.ndarray], name: str) -> Iterator[np.ndarray]:
+        """The network's (blended) output, checked once: NaN or infinity means broken weights or config, never
+        audio to write (a rescale would turn it into full-scale DC)."""
+        for block in blocks:
+            if not np.isfinite(block).all():
+                raise ModelOutputError(
+                    f"{name}: the model {self.model_name} produced NaN or infinite output; its weights or config "
+                    "are broken (re-download or re-convert it)"
+                )
+            yield block
 
     def separate(self, audio: np.ndarray, sample_rate: int, progress: Progress | None = None) -> dict[str, np.ndarray]:
         """Separate float audio (channels, samples) — or (samples,) for mono — at `sample_rate` Hz.

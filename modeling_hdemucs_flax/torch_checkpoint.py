@@ -1,11 +1,21 @@
 """Read a `torch.save`d state dict (zip format) into numpy arrays without importing torch.
 
-Only the pickle globals a plain tensor state dict needs are allowed (an allowlist, so a checkpoint cannot
-run code); anything else is refused with a clear error.
+A checkpoint is untrusted input (it may come from anywhere), so the reader is defensive throughout:
+- only the pickle globals a plain tensor state dict needs are allowed (an allowlist, so a checkpoint cannot
+  run code);
+- every tensor's size, stride and offset are checked against its storage and the element count the
+  checkpoint declares for that storage before any memory is touched, and a tensor may not hold more
+  elements than its storage (a stride-0 tensor cannot blow 519 bytes up into 1 GiB);
+- sizes are capped: the pickle, each storage and their total, whose uncompressed size may not exceed the
+  file's own by much (torch stores storages uncompressed, so a zip bomb is refused before it is inflated);
+  storages are read with bounds, never whole on the archive's word;
+- a name that occurs twice in the archive resolves to its first entry, as torch's reader does;
+- every failure is one `CheckpointError` line naming the file.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -30,32 +40,104 @@ _STORAGE_DTYPES = {
     "BoolStorage": np.bool_,
 }
 
+MAX_PICKLE_BYTES = 64 << 20  # the state dict's structure; HDemucs-high's data.pkl is about 40 kB
+MAX_TOTAL_BYTES = 8 << 30  # all storages together; HDemucs-high's are 335 MB
+MAX_DIMS = 16
+# Deflated storages may expand to at most this multiple of the archive's size (float weights barely
+# compress; torch writes them uncompressed).
+MAX_EXPANSION = 4
+
+
+class _Invalid(Exception):
+    """A reason the checkpoint is unusable; becomes `CheckpointError("<path>: ...")`."""
+
 
 class _StorageType:
     def __init__(self, name: str):
+        self.name = name
         self.dtype = np.dtype(_STORAGE_DTYPES[name])
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)) or len(value) > MAX_DIMS or not all(_is_int(v) for v in value):
+        raise _Invalid(f"a tensor's {what} is not a tuple of at most {MAX_DIMS} integers")
+    return tuple(value)
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    if not isinstance(storage, np.ndarray) or storage.ndim != 1:
+        raise _Invalid("a tensor does not refer to a storage")
+    size, stride = _int_tuple(size, "size"), _int_tuple(stride, "stride")
+    if len(size) != len(stride):
+        raise _Invalid(f"a tensor has {len(size)} sizes but {len(stride)} strides")
+    if not _is_int(storage_offset) or storage_offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
+        raise _Invalid("a tensor has a negative size, stride or offset")
+    numel = 1
+    for n in size:
+        numel *= n
+    if numel == 0:
+        return np.zeros(size, storage.dtype)
+    last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    if last >= storage.size:
+        raise _Invalid(
+            f"a tensor of size {list(size)}, stride {list(stride)} at offset {storage_offset} reaches element "
+            f"{last} of a storage of {storage.size}"
+        )
+    if numel > storage.size:  # only overlapping strides (e.g. 0) can make a view larger than its storage
+        raise _Invalid(f"a tensor of size {list(size)} holds {numel} elements, more than its storage's {storage.size}")
     itemsize = storage.dtype.itemsize
-    if not size:
-        return np.array(storage[storage_offset], copy=True)
     view = np.lib.stride_tricks.as_strided(
-        storage[storage_offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+        storage[storage_offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
     )
     return np.array(view, copy=True)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *args):
+    if not isinstance(data, np.ndarray):
+        raise _Invalid("a parameter does not wrap a tensor")
     return data
 
 
+class _Archive:
+    """The members of a zip file, first entry winning for a repeated name (as torch's miniz-based reader)."""
+
+    def __init__(self, archive: zipfile.ZipFile, file_size: int):
+        self._archive = archive
+        self.members: dict[str, zipfile.ZipInfo] = {}
+        for info in archive.infolist():
+            self.members.setdefault(info.filename, info)
+        self._budget = min(MAX_TOTAL_BYTES, MAX_EXPANSION * file_size + (1 << 20))
+
+    def read(self, name: str, expected: int | None = None, limit: int = MAX_TOTAL_BYTES) -> bytes:
+        """The member's bytes, at most `limit` (and the archive's remaining budget); exactly `expected` if given."""
+        info = self.members.get(name)
+        if info is None:
+            raise _Invalid(f"member {name} is missing")
+        declared = info.file_size
+        if expected is not None and declared != expected:
+            raise _Invalid(f"member {name} holds {declared} bytes, its tensor declares {expected}")
+        if declared > limit or declared > self._budget:
+            raise _Invalid(
+                f"member {name} is too large ({declared} bytes; this reader stops at {min(limit, self._budget)})"
+            )
+        self._budget -= declared
+        with self._archive.open(info) as handle:
+            data = handle.read(declared + 1)  # bounded: a member longer than its header says is refused
+        if len(data) != declared:
+            raise _Invalid(f"member {name} holds {len(data)} bytes, its header says {declared}")
+        return data
+
+
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
+    def __init__(self, file, archive: _Archive, prefix: str):
         super().__init__(file)
         self._archive = archive
         self._prefix = prefix
-        self._storages: dict[str, np.ndarray] = {}
+        self._storages: dict[tuple[str, str], np.ndarray] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "collections" and name == "OrderedDict":
@@ -66,36 +148,68 @@ class _Unpickler(pickle.Unpickler):
             return _rebuild_parameter
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
-        raise pickle.UnpicklingError(f"unsupported object {module}.{name} in checkpoint (expected a plain state dict)")
+        raise _Invalid(f"unsupported object {module}.{name} in checkpoint (expected a plain state dict)")
 
     def persistent_load(self, pid: Any) -> np.ndarray:
-        kind, storage_type, key, _location, _numel = pid
-        if kind != "storage":
-            raise pickle.UnpicklingError(f"unsupported persistent id {kind!r}")
-        if key not in self._storages:
-            raw = self._archive.read(f"{self._prefix}/data/{key}")
-            self._storages[key] = np.frombuffer(raw, dtype=storage_type.dtype)
-        return self._storages[key]
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise _Invalid(f"unsupported persistent id {str(pid)[:80]!r}")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(storage_type, _StorageType) or not isinstance(key, str) or not _is_int(numel) or numel < 0:
+            raise _Invalid(f"malformed storage reference {str(pid)[:80]!r}")
+        cache_key = (key, storage_type.name)
+        if cache_key not in self._storages:
+            itemsize = storage_type.dtype.itemsize
+            raw = self._archive.read(f"{self._prefix}/data/{key}", expected=numel * itemsize)
+            self._storages[cache_key] = np.frombuffer(raw, dtype=storage_type.dtype)
+        return self._storages[cache_key]
+
+
+def _describe_keys(state: dict) -> str:
+    """A few of a dict's keys, cheaply: crafted keys (deeply nested shared objects) could take exponential time
+    to turn into text, so only short strings are shown and other keys by their type name."""
+    shown = []
+    for key in list(state)[:5]:
+        shown.append(repr(key[:40]) if isinstance(key, str) else type(key).__name__)
+    return f" (top-level keys {', '.join(shown)})" if shown else ""
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    if not zipfile.is_zipfile(path):
+        raise _Invalid("not a torch checkpoint in zip format (torch >= 1.6 writes one by default)")
+    with zipfile.ZipFile(path) as handle:
+        archive = _Archive(handle, path.stat().st_size)
+        pickles = [n for n in archive.members if n.endswith("/data.pkl")]
+        if len(pickles) != 1:
+            raise _Invalid("not a torch checkpoint (no single data.pkl inside)")
+        prefix = pickles[0][: -len("/data.pkl")]
+        if f"{prefix}/byteorder" in archive.members:
+            order = archive.read(f"{prefix}/byteorder", limit=16)
+            if order != b"little":
+                raise _Invalid("big-endian checkpoints are not supported")
+        data = archive.read(pickles[0], limit=MAX_PICKLE_BYTES)
+        state = _Unpickler(io.BytesIO(data), archive, prefix).load()
+    if not isinstance(state, dict):
+        raise _Invalid(f"the checkpoint is not a state dict of named tensors (it holds a {type(state).__name__})")
+    if not all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in state.items()):
+        raise _Invalid(f"the checkpoint is not a state dict of named tensors{_describe_keys(state)}")
+    return dict(state)
 
 
 def load_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """Load a state dict written by `torch.save(model.state_dict(), path)` as {key: numpy array}."""
+    """Load a state dict written by `torch.save(model.state_dict(), path)` as {key: numpy array}. Raises
+    `CheckpointError` (one line) for anything else: a malformed, truncated, hostile or oversized file."""
     path = Path(path)
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a torch checkpoint in zip format (torch >= 1.6 writes one by default)")
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
-        if len(pickles) != 1:
-            raise CheckpointError(f"{path}: not a torch checkpoint (no single data.pkl inside)")
-        prefix = pickles[0][: -len("/data.pkl")]
-        byteorder = f"{prefix}/byteorder"
-        if byteorder in archive.namelist() and archive.read(byteorder).decode() != "little":
-            raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
-        with archive.open(pickles[0]) as handle:
-            state = _Unpickler(handle, archive, prefix).load()
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in state.items()
-    ):
-        found = f" (top-level keys {sorted(map(str, state))[:5]})" if isinstance(state, dict) else ""
-        raise CheckpointError(f"{path}: the checkpoint is not a state dict of named tensors{found}")
-    return dict(state)
+    try:
+        return _load(path)
+    except _Invalid as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    except CheckpointError:
+        raise
+    except RecursionError:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (nested too deeply)") from None
+    except MemoryError:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (too large for this machine)") from None
+    except Exception as error:  # zipfile, zlib, pickle: BadZipFile, UnpicklingError, EOFError, KeyError, ...
+        # A KeyError's text is the repr of a key the file chose (possibly huge); other texts are the library's.
+        text = "" if isinstance(error, KeyError) else ": " + " ".join(str(error).split())[:200]
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(error).__name__}{text})") from None

@@ -28,7 +28,9 @@ from modeling_hdemucs_flax import hide_torch_from_transformers  # noqa: E402 (th
 
 hide_torch_from_transformers()  # before transformers is imported: a Space process runs nothing else
 
+import atexit  # noqa: E402
 import logging  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -40,7 +42,7 @@ from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from modeling_hdemucs_flax import AudioError, Separator, inspect_audio, separate_file  # noqa: E402
+from modeling_hdemucs_flax import AudioError, OptionError, Separator, inspect_audio, separate_file  # noqa: E402
 
 logger = logging.getLogger("hdemucs_space")
 
@@ -48,6 +50,10 @@ HERE = Path(__file__).resolve().parent
 EXAMPLES_DIR = HERE / "examples"
 KARAOKE_STEM = "vocals"
 OUTPUT_FORMATS = ("wav", "flac", "mp3")
+# The Advanced options' sliders: (lowest, highest, step). Requests are held to them (gradio accepts values off
+# the step through its API), so at most 16 x 6 schedule variants exist; `StemSeparator` keeps a few.
+OVERLAP_RANGE = (0.0, 0.75, 0.05)
+SHIFTS_RANGE = (0, 5, 1)
 # System fonts only: a gr.themes.GoogleFont would make every visitor's browser fetch fonts.googleapis.com.
 THEME = gr.themes.Soft(
     primary_hue="indigo",
@@ -121,17 +127,30 @@ class StemSeparator:
     and zips them. One instance serves every request (the queue runs one at a time).
 
     Each request writes into its own folder under `workdir`; gradio copies returned files into its own
-    cache, so only the `keep` most recent request folders are kept and the rest are deleted.
+    cache, so only the `keep` most recent request folders are kept and the rest are deleted. A `workdir` made
+    here (None given) is removed when the process exits. Overlap and shifts are held to the sliders' ranges and
+    steps; the `variants` most recently used schedules are kept.
     """
 
     def __init__(
-        self, separator: Separator, *, max_duration: float, workdir: str | os.PathLike | None = None, keep: int = 4
+        self,
+        separator: Separator,
+        *,
+        max_duration: float,
+        workdir: str | os.PathLike | None = None,
+        keep: int = 4,
+        variants: int = 8,
     ):
         self.separator = separator
         self.max_duration = float(max_duration)
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="hdemucs-space-"))
+        if workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="hdemucs-space-"))
+            atexit.register(shutil.rmtree, self.workdir, ignore_errors=True)
+        else:
+            self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.keep = keep
+        self.max_variants = variants
         self._variants: dict[tuple[float, int], Separator] = {}
 
     @property
@@ -144,10 +163,22 @@ class StemSeparator:
         return [*self.separator.sources, *extra]
 
     def _variant(self, overlap: float, shifts: int) -> Separator:
-        key = (round(float(overlap), 4), int(shifts))
-        if key not in self._variants:  # shares the compiled forward pass: nothing is compiled again
-            self._variants[key] = self.separator.with_options(overlap=key[0], shifts=key[1])
-        return self._variants[key]
+        """The separator for these slider values, snapped to the sliders' steps (an `OptionError` outside
+        their ranges); shares the compiled forward pass, so nothing is compiled again."""
+        key = (_on_slider("overlap", overlap, *OVERLAP_RANGE), int(_on_slider("shifts", shifts, *SHIFTS_RANGE)))
+        variant = self._variants.pop(key, None)
+        if variant is None:
+            variant = self.separator.with_options(overlap=key[0], shifts=key[1])
+        self._variants[key] = variant  # most recently used last
+        while len(self._variants) > self.max_variants:
+            self._variants.pop(next(iter(self._variants)))
+        return variant
+
+    def _public(self, message: str, upload: Path) -> str:
+        """`message` naming files as the visitor knows them: the upload by its name, stems by theirs, never a
+        folder of this server."""
+        message = message.replace(str(upload), upload.name)
+        return re.sub(re.escape(str(self.workdir)) + r"[^\s:]*/", "", message)
 
     def _request_dir(self) -> Path:
         folders = sorted((p for p in self.workdir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
@@ -194,8 +225,8 @@ class StemSeparator:
                 two_stems=KARAOKE_STEM if mode == "karaoke" else None,
                 progress=progress,
             )
-        except AudioError as error:
-            raise AudioError(str(error).replace(str(path), name)) from None
+        except (AudioError, OptionError) as error:
+            raise AudioError(self._public(str(error), path)) from None
         track = name[: -len(path.suffix)] if path.suffix else name
         archive = folder / f"{track}_stems.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED if ext != "wav" else zipfile.ZIP_DEFLATED) as bundle:
@@ -207,6 +238,14 @@ class StemSeparator:
             f"{len(stems)} stems in {format_seconds(time.monotonic() - started)}"
         )
         return Separated(stems, archive, summary)
+
+
+def _on_slider(name: str, value: float, low: float, high: float, step: float) -> float:
+    """`value` snapped to the slider's step; outside [low, high] an `OptionError` naming the slider."""
+    value = float(value)
+    if not low <= value <= high:
+        raise OptionError(name, value, f"must be between {low:g} and {high:g}")
+    return round(low + round((value - low) / step) * step, 6)
 
 
 def stem_label(stem: str) -> str:
@@ -222,12 +261,16 @@ def build_demo(
     queue_size: int = Limits.queue_size,
     examples: list[Path] | None = None,
     workdir: str | os.PathLike | None = None,
+    model_name: str | None = None,
+    licence: str | None = None,
 ) -> gr.Blocks:
     """The page: upload or record a song, pick all stems or karaoke, get one player per stem and a zip.
 
     `separator` is used as built (warm it up first); per-request overlap and shifts share its compiled forward
     pass. `examples`: audio files offered as examples (default: space/examples/*), separated and cached the
     first time each is clicked. The queue runs one request at a time and holds at most `queue_size` waiting.
+    `model_name` and `licence` (the weights' licence) are shown in the footer (default: the separator's model
+    as it was loaded, "not stated").
     """
     work = StemSeparator(separator, max_duration=max_duration, workdir=workdir)
     stems = work.stem_names()
@@ -285,18 +328,18 @@ def build_demo(
                 mode = gr.Radio(modes, value="all", label="Separate into", elem_id="mode")
                 with gr.Accordion("Advanced options", open=False):
                     shifts = gr.Slider(
-                        0,
-                        5,
+                        SHIFTS_RANGE[0],
+                        SHIFTS_RANGE[1],
                         value=separator.shifts,
-                        step=1,
+                        step=SHIFTS_RANGE[2],
                         label="Shifts",
                         info="Average this many randomly shifted passes: slightly better, that many times slower",
                     )
                     overlap = gr.Slider(
-                        0.0,
-                        0.75,
+                        OVERLAP_RANGE[0],
+                        OVERLAP_RANGE[1],
                         value=separator.overlap,
-                        step=0.05,
+                        step=OVERLAP_RANGE[2],
                         label="Overlap",
                         info="Fraction shared by neighbouring chunks: more is smoother and slower",
                     )
@@ -339,9 +382,13 @@ def build_demo(
                 label="Examples (synthetic 8-second songs)",
                 api_name=False,
             )
+        terms = f"licensed {licence}" if licence else "under a licence its card does not state"
+        if licence and "nc" in licence.lower().replace(" ", "-").split("-"):
+            terms += ": non-commercial use"
         gr.Markdown(
-            "The model weights (torchaudio's HDEMUCS_HIGH_MUSDB_PLUS) are licensed CC BY-NC-SA 4.0: "
-            "non-commercial use. Uploads and results older than an hour are deleted from the server every hour."
+            f"Model: {model_name or separator.model_name}, its weights {terms}. Uploads and results older than an "
+            "hour are deleted from the server every hour.",
+            elem_id="hdemucs-footer",
         )
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
@@ -349,12 +396,14 @@ def build_demo(
 
 def load_separator(env=os.environ) -> Separator:
     """The Separator for `HDEMUCS_MODEL` (None: the default model), compiled and ready. The compiled program
-    is kept in the persistent compilation cache, so a restarted Space loads it instead of compiling again."""
-    from modeling_hdemucs_flax import configure_compilation_cache
+    is kept in the persistent compilation cache, so a restarted Space loads it instead of compiling again.
+    Raises `ModelLoadError` worded for this app (it names HDEMUCS_MODEL)."""
+    from modeling_hdemucs_flax import configure_compilation_cache, load_model
 
     configure_compilation_cache()
     segment = env.get("HDEMUCS_SPACE_SEGMENT")
-    separator = Separator.from_pretrained(env.get("HDEMUCS_MODEL") or None, segment=float(segment) if segment else None)
+    model = load_model(env.get("HDEMUCS_MODEL") or None, option="HDEMUCS_MODEL")
+    separator = Separator(model, segment=float(segment) if segment else None)
     separator.warmup()
     return separator
 
@@ -364,30 +413,46 @@ def main() -> int:
     logger.setLevel(logging.INFO)
     limits = Limits.from_env()
     from modeling_hdemucs_flax import ModelLoadError
+    from modeling_hdemucs_flax.pretrained import model_licence
+    from modeling_hdemucs_flax.runtime import interrupt_on_termination
 
+    # A Space is stopped with SIGTERM: as an interrupt, gradio shuts down and the exit handlers remove the
+    # working folder (the default action would skip them).
+    interrupt_on_termination()
     started = time.monotonic()
+    spec = os.environ.get("HDEMUCS_MODEL") or None
     try:
         separator = load_separator()
     except ModelLoadError as error:
-        logger.error("cannot load the model (HDEMUCS_MODEL=%s): %s", os.environ.get("HDEMUCS_MODEL", ""), error)
+        logger.error("cannot load the model: %s", error)
         return 1
     logger.info(
-        "model %s ready (sources %s, compiled) in %.1f s",
-        os.environ.get("HDEMUCS_MODEL") or "(default)",
+        "model %s ready (sources %s, compiled, on %s) in %.1f s",
+        spec or "(default)",
         ", ".join(separator.sources),
+        separator.device,
         time.monotonic() - started,
     )
-    demo = build_demo(separator, max_duration=limits.max_duration, queue_size=limits.queue_size)
-    demo.launch(
-        # Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere else stay on the loopback interface.
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        max_file_size=limits.max_file_size,
-        allowed_paths=[str(EXAMPLES_DIR)],  # the example clips, whatever the working directory
-        ssr_mode=False,
-        theme=THEME,
-        css=CSS,
-        footer_links=["api"],
+    demo = build_demo(
+        separator,
+        max_duration=limits.max_duration,
+        queue_size=limits.queue_size,
+        model_name=spec or f"{separator.model_name} (the default model)",
+        licence=model_licence(spec),
     )
+    try:
+        demo.launch(
+            # Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere else stay on the loopback interface.
+            server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+            max_file_size=limits.max_file_size,
+            allowed_paths=[str(EXAMPLES_DIR)],  # the example clips, whatever the working directory
+            ssr_mode=False,
+            theme=THEME,
+            css=CSS,
+            footer_links=["api"],
+        )
+    except KeyboardInterrupt:
+        logger.info("stopped")
     return 0
 
 

@@ -38,7 +38,12 @@ def bad_files(folder: Path) -> dict[str, str]:
     (folder / "empty.wav").write_bytes(b"")
     (folder / "text.wav").write_text("this is not audio\n" * 20)
     sf.write(folder / "zero.wav", np.zeros((0, 2)), 44100)
-    for name, kwargs in [("trunc.wav", {"subtype": "PCM_16"}), ("trunc.flac", {}), ("trunc.mp3", {"format": "MP3"})]:
+    # distinct track names: one folder holding trunc.wav and trunc.flac would map both to the same stems
+    for name, kwargs in [
+        ("trunc_wav.wav", {"subtype": "PCM_16"}),
+        ("trunc_flac.flac", {}),
+        ("trunc_mp3.mp3", {"format": "MP3"}),
+    ]:
         sf.write(folder / name, good.T, 44100, **kwargs)
         data = (folder / name).read_bytes()
         (folder / name).write_bytes(data[: len(data) // 2])
@@ -49,9 +54,52 @@ def bad_files(folder: Path) -> dict[str, str]:
         "empty.wav": "empty file (0 bytes)",
         "text.wav": "not a readable audio file",
         "zero.wav": "no audio samples (0 frames)",
-        "trunc.wav": "truncated file (header declares",
-        "trunc.flac": "truncated or corrupt",
-        "trunc.mp3": "truncated file (header promises",
+        "trunc_wav.wav": "truncated file (header declares",
+        "trunc_flac.flac": "truncated or corrupt",
+        "trunc_mp3.mp3": "truncated file (header promises",
         "nan.wav": "contains NaN or infinite samples",
         "missing.wav": "no such file",
     }
+
+
+def write_with_pyav(
+    path: Path,
+    audio: np.ndarray,
+    rate: int,
+    container: str,
+    codec: str,
+    *,
+    bit_rate: int | None = None,
+    video: bool = False,
+    options: dict[str, str] | None = None,
+) -> Path:
+    """float32 (channels, n) encoded by FFmpeg's own encoders through PyAV (`container` e.g. "ipod" for m4a,
+    "opus", "webm", "asf"); `video` adds a short black video stream before the audio one, as in a phone clip."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layout = "mono" if audio.shape[0] == 1 else "stereo"
+    with av.open(str(path), "w", format=container, options=options or {}) as out:
+        picture = None
+        if video:
+            picture = out.add_stream("mpeg4", rate=25)
+            picture.width, picture.height, picture.pix_fmt = 64, 48, "yuv420p"
+        sound = out.add_stream(codec, rate=rate, layout=layout)
+        if bit_rate:
+            sound.bit_rate = bit_rate
+        for start in range(0, audio.shape[1], 4096):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(audio[:, start : start + 4096], np.float32), format="fltp", layout=layout
+            )
+            frame.sample_rate = rate
+            for packet in sound.encode(frame):
+                out.mux(packet)
+        for packet in sound.encode(None):
+            out.mux(packet)
+        if picture is not None:
+            for _ in range(5):
+                for packet in picture.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8))):
+                    out.mux(packet)
+            for packet in picture.encode(None):
+                out.mux(packet)
+    return path

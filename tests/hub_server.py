@@ -24,6 +24,8 @@ import base64
 import hashlib
 import json
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -280,7 +282,9 @@ class HubServer(_Base):
 
 
 class FileServer(_Base):
-    """Static files at `{url}/{path}` (e.g. torchaudio's `models/hdemucs_high_trained.pt`)."""
+    """Static files at `{url}/{path}` (e.g. torchaudio's `models/hdemucs_high_trained.pt`). A value may also be
+    a responder (one of the misbehaviours below, or any callable taking the request handler) that writes the
+    whole response itself."""
 
     class handler(_Handler):  # noqa: N801
         def do_GET(self) -> None:
@@ -289,8 +293,67 @@ class FileServer(_Base):
             owner.log("GET", path)
             if path not in owner.files:
                 return self.reply(404, b"not found")
-            return self.reply(200, owner.files[path], {"Content-Type": "application/octet-stream"})
+            content = owner.files[path]
+            if callable(content):
+                self.close_connection = True
+                try:
+                    return content(self)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up: what a test wants
+                    return None
+            return self.reply(200, content, {"Content-Type": "application/octet-stream"})
 
-    def __init__(self, files: dict[str, bytes] | None = None) -> None:
-        self.files: dict[str, bytes] = dict(files or {})
+    def __init__(self, files: dict[str, bytes | Callable[[BaseHTTPRequestHandler], None]] | None = None) -> None:
+        self.files = dict(files or {})
         super().__init__()
+
+
+# Misbehaving responses for FileServer: each returns a responder serving `content` wrongly.
+
+
+def cut_mid_chunk(content: bytes):
+    """Chunked transfer encoding, cut inside the second chunk (the client sees IncompleteRead)."""
+
+    def respond(handler: BaseHTTPRequestHandler) -> None:
+        half = len(content) // 2
+        handler.send_response(200)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        handler.wfile.write(b"%x\r\n" % half + content[:half] + b"\r\n")
+        rest = content[half:]
+        handler.wfile.write(b"%x\r\n" % len(rest) + rest[: len(rest) // 2])  # then the connection closes
+        handler.wfile.flush()
+
+    return respond
+
+
+def content_length(content: bytes, header: str):
+    """`content` under a `Content-Length: header` that lies (malformed, too large, ...); then the connection
+    closes."""
+
+    def respond(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", header)
+        handler.end_headers()
+        handler.wfile.write(content)
+        handler.wfile.flush()
+
+    return respond
+
+
+def trickle(content: bytes, interval: float, limit: float = 60.0):
+    """A correct header, then one byte every `interval` seconds (never timing out a single read), for at most
+    `limit` seconds."""
+
+    def respond(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(content)))
+        handler.end_headers()
+        deadline = time.monotonic() + limit
+        for i in range(len(content)):
+            if time.monotonic() > deadline:
+                return
+            handler.wfile.write(content[i : i + 1])
+            handler.wfile.flush()
+            time.sleep(interval)
+
+    return respond

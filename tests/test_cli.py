@@ -66,7 +66,10 @@ def test_every_input_format_rate_and_channel_count(tiny_checkpoint_dir, jax_cach
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert captured.err == ""
-    assert len(captured.out.splitlines()) == len(songs)
+    *per_file, summary = captured.out.splitlines()  # one line per file, then the run's summary
+    assert len(per_file) == len(songs)
+    assert summary.startswith(f"{len(songs)} files separated: {0.25 * len(songs):.1f} s of audio in ")
+    assert summary.endswith("x real time")
     for track, song in songs.items():
         kind = track.split("_")[0]
         source = sf.info(song)
@@ -156,7 +159,7 @@ def test_unknown_model_and_usage_errors(tmp_path, capsys):
     usage_errors = {
         ("--flac", "--float32"): "--float32: flac files cannot hold it (possible: PCM_16, PCM_24)",
         ("--overlap", "1.0"): "--overlap 1.0: must be in [0, 1)",
-        ("--shifts", "-1"): "--shifts -1: must be an integer >= 0",
+        ("--shifts", "-1"): "--shifts -1: must be an integer in [0, 100]",
         ("--filename", "{album}/{stem}.{ext}"): "--filename '{album}/{stem}.{ext}': unknown variable",
     }
     for bad, message in usage_errors.items():

@@ -1,0 +1,106 @@
+"""Temporary files beside their destination: created with the mode the umask allows, named after the process
+that owns them, and swept when an earlier process died before removing its own.
+
+Every writer of the package (stems in `audio_io`, downloads in `downloads`, model folders in `pretrained`)
+writes under a hidden temporary name in the destination folder and renames it into place when complete. A
+process killed by SIGKILL (or by a signal nobody handles) cannot remove its temporaries; the next run sweeps
+them (`sweep_stale`), recognising them by the owner's process id in the name:
+
+    .<destination name>.<pid>-<8 random characters><suffix>      e.g.  .vocals.wav.4711-k2j5x_0a.partial
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where the kernel tells it (Linux's /proc/self/status);
+    elsewhere set and restored under a lock, so threads of this package never race on it."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain `open(path, "w")` would give a new file (0o666 less the umask)."""
+    return 0o666 & ~umask()
+
+
+def folder_mode() -> int:
+    """The mode `mkdir` would give a new folder (0o777 less the umask)."""
+    return 0o777 & ~umask()
+
+
+def create(destination: str | os.PathLike, suffix: str) -> tuple[int, Path]:
+    """Create a temporary file beside `destination` (same folder, so a rename replaces it atomically), named
+    after this process: (open file descriptor, path). `mkstemp` makes it 0600; `finish` gives it the usual
+    mode before it is renamed. Raises OSError when the folder cannot be written."""
+    destination = Path(destination)
+    handle, temp = tempfile.mkstemp(prefix=f".{destination.name}.{os.getpid()}-", suffix=suffix, dir=destination.parent)
+    return handle, Path(temp)
+
+
+def finish(temp: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Give the temporary file `temp` the mode the umask allows and rename it over `destination`."""
+    os.chmod(temp, file_mode())
+    os.replace(temp, destination)
+    return Path(destination)
+
+
+# `create`'s names: tempfile's random part is 8 characters of [a-z0-9_].
+_OWNED = re.compile(r"^\..+\.(?P<pid>\d+)-[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9_.]+)$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's live process (or a pid this system cannot hold: keep, to be safe)
+    return True
+
+
+def sweep_stale(folder: str | os.PathLike, suffix: str, older_than: float) -> list[Path]:
+    """Remove temporaries named by `create` with `suffix` in `folder` (not below it) that an earlier process
+    left: last modified before `older_than` (a `time.time()` value, e.g. when this run started) and owned by a
+    process id that is no longer running on this machine. Anything else is left alone. Returns what was
+    removed; a folder that does not exist or cannot be read is not an error."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _OWNED.match(entry.name)
+        if match is None or match.group("suffix") != suffix:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= older_than:
+                continue
+            if _alive(int(match.group("pid"))):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed

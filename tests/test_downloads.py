@@ -1,0 +1,154 @@
+"""Downloads against servers that misbehave (cut chunked transfers, lying Content-Lengths, oversized files, a
+trickle that never times out a read), temporaries of killed runs, a real command-line process stopped with
+SIGTERM mid-download, and the way to a model when offline (a torchaudio file copied in by hand, one error
+line saying where it goes and how to convert one)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_hdemucs_flax import DownloadError
+from modeling_hdemucs_flax.cli import main
+from modeling_hdemucs_flax.downloads import download_file
+
+from .audio_files import write_song
+from .flows import REPO_ROOT, error_lines, flow_env, probe, run_script, tiny_bundle
+from .hub_server import FileServer, HubServer, content_length, cut_mid_chunk, trickle
+from .reference import error_report
+
+CONTENT = np.random.default_rng(0).bytes(300_000)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize(
+    "name,responder,size,words",
+    [
+        ("cut", cut_mid_chunk(CONTENT), None, "connection lost (IncompleteRead)"),
+        ("malformed", content_length(CONTENT, "12abc"), None, "malformed Content-Length '12abc'"),
+        ("short", content_length(CONTENT, str(len(CONTENT) + 5000)), None, "connection lost"),
+        ("mismatch", content_length(CONTENT, str(len(CONTENT))), len(CONTENT) - 10, "the file has"),
+        ("oversized", cut_mid_chunk(CONTENT), len(CONTENT) // 3, f"more than {len(CONTENT) // 3} bytes"),
+    ],
+)
+def test_misbehaving_servers_give_one_line_and_leave_nothing(tmp_path, name, responder, size, words):
+    with FileServer({"f.bin": responder}) as server:
+        with pytest.raises(DownloadError) as caught:
+            download_file(f"{server.url}/f.bin", tmp_path / "f.bin", size=size, progress=False)
+    message = str(caught.value)
+    assert words in message and "\n" not in message, message
+    assert leftovers(tmp_path) == []
+
+
+def test_a_trickle_hits_the_overall_deadline(tmp_path):
+    """One byte every 0.2 s never times out a single read; the whole transfer still has a deadline."""
+    with FileServer({"f.bin": trickle(CONTENT, 0.2)}) as server:
+        started = time.monotonic()
+        with pytest.raises(DownloadError, match=r"not finished after 1.5 s"):
+            download_file(f"{server.url}/f.bin", tmp_path / "f.bin", progress=False, deadline=1.5)
+        took = time.monotonic() - started
+    assert took < 5, took
+    assert leftovers(tmp_path) == []
+
+
+def test_a_correct_download_gets_the_usual_mode_and_sweeps_stale_parts(tmp_path):
+    stale = tmp_path / ".f.bin.999999999-abcdefgh.part"  # a pid no process can have: its owner is gone
+    alive = tmp_path / f".f.bin.{os.getppid()}-abcdefgh.part"  # a running process's: kept
+    other = tmp_path / ".f.bin.notours.part"
+    for path in (stale, alive, other):
+        path.write_bytes(b"old")
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    with FileServer({"f.bin": CONTENT}) as server:
+        digest = download_file(f"{server.url}/f.bin", tmp_path / "f.bin", size=len(CONTENT), progress=False)
+    assert digest == hashlib.sha256(CONTENT).hexdigest()
+    assert leftovers(tmp_path) == sorted([alive.name, other.name, "f.bin"])
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_sigterm_during_a_download_leaves_no_part_file(tmp_path):
+    """A real `hdemucs-flax separate` fetching the default model from a server that trickles, stopped with
+    SIGTERM (as `timeout` and `docker stop` do): one error line, exit 143, no `.part` file."""
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    with HubServer() as hub, FileServer({"models/hdemucs_high_trained.pt": trickle(CONTENT, 0.05)}) as files:
+        env = flow_env(tmp_path, HF_ENDPOINT=hub.url, HDEMUCS_FLAX_TORCHAUDIO_URL=files.url)
+        folder = tmp_path / "hdemucs_cache" / "torchaudio" / "models"
+        command = [sys.executable, "-m", "modeling_hdemucs_flax", "separate", str(song), "-o", str(tmp_path / "out")]
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 180
+        while not list(folder.glob(".*.part")) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert list(folder.glob(".*.part")), "the download never started"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    stderr = stderr.decode()
+    print(stderr[-2000:])
+    assert process.returncode == 128 + signal.SIGTERM
+    assert error_lines(stderr) == ["error: terminated (SIGTERM); no partial stem files were kept"]
+    assert leftovers(folder) == []
+
+
+def test_offline_the_default_model_comes_from_a_copied_torchaudio_file(tmp_path, tiny_pair, reference_sources):
+    """HF_HUB_OFFLINE=1 and nothing cached: the error says where torchaudio's file goes (naming the option of
+    the application asking); once the file is there, it is verified, converted without torch and used."""
+    _, reference, _ = tiny_pair
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(reference.state_dict(), checkpoint)
+    bundle = tiny_bundle(hashlib.sha256(checkpoint.read_bytes()).hexdigest())
+    np.save(tmp_path / "probe.npy", probe())
+    env = flow_env(tmp_path, HF_HUB_OFFLINE="1", USE_TORCH="0")
+    spec = json.dumps(dataclasses.asdict(bundle))
+    result = run_script(
+        "default_model_local_file", env, spec, str(checkpoint), str(tmp_path / "probe.npy"), str(tmp_path)
+    )
+    assert result.returncode == 0
+    [line] = error_lines(result.stderr)
+    target = tmp_path / "hdemucs_cache" / "torchaudio" / bundle.key
+    assert "copy tiny_test_hdemucs.pt (from " in line and f" to {target}" in line, line
+    assert "hdemucs-flax convert tiny_test_hdemucs.pt -o FOLDER" in line and "HDEMUCS_MODEL" in line, line
+    assert "--model" not in line
+    _, db = error_report(
+        "local torchaudio file vs torchaudio", np.load(tmp_path / "local_file.npy"), reference_sources, -80
+    )
+    assert db <= -80
+    assert "torch imported: False" in result.stdout
+
+
+def test_offline_command_line_says_what_works_in_one_line(tmp_path):
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    env = flow_env(tmp_path, HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "modeling_hdemucs_flax", "separate", str(song), "-o", str(tmp_path / "out")]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the default model (HDEMUCS_HIGH_MUSDB_PLUS)"), lines
+    target = tmp_path / "hdemucs_cache" / "torchaudio" / "models" / "hdemucs_high_trained.pt"
+    assert f"to {target}" in lines[0] and "hdemucs-flax convert hdemucs_high_trained.pt" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_file_given_as_model_says_to_convert_it(tmp_path, capsys):
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    checkpoint = tmp_path / "hdemucs_high_trained.pt"
+    checkpoint.write_bytes(b"PK not really")
+    assert main(["separate", str(song), "--model", str(checkpoint), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {checkpoint} is a torch checkpoint file, not a model folder; convert it once with "
+        f"`hdemucs-flax convert {checkpoint} -o FOLDER` and pass FOLDER as --model\n"
+    )
