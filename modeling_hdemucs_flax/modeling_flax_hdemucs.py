@@ -281,6 +281,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         # Parameters are always float32 (a checkpoint may store bfloat16 to halve its size); `dtype` is the
         # compute dtype and is applied per layer.
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+        model.config.name_or_path = str(pretrained_model_name_or_path)  # how errors name the model
         return cls(model.config, dtype=model.dtype, params=params)
 
     @classmethod

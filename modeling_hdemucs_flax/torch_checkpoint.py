@@ -10,6 +10,7 @@ A checkpoint is untrusted input (it may come from anywhere), so the reader is de
   file's own by much (torch stores storages uncompressed, so a zip bomb is refused before it is inflated);
   storages are read with bounds, never whole on the archive's word;
 - a name that occurs twice in the archive resolves to its first entry, as torch's reader does;
+- dict keys must be strings before they are hashed, so a crafted key cannot take exponential time;
 - every failure is one `CheckpointError` line naming the file.
 """
 
@@ -132,7 +133,48 @@ class _Archive:
         return data
 
 
-class _Unpickler(pickle.Unpickler):
+def _string_keys(items: list) -> None:
+    """Refuse dict keys other than strings before they are hashed: a tuple nested with shared parts (through the
+    pickle memo) is a few bytes on disk and takes 2**depth steps to hash or print."""
+    for key in items:
+        if not isinstance(key, str):
+            raise _Invalid(f"a dict key is a {type(key).__name__}, not a string (a state dict's keys are names)")
+
+
+def _refuse_sets(self: Any) -> None:
+    raise _Invalid("the checkpoint holds a set (a state dict has none)")
+
+
+class _Unpickler(pickle._Unpickler):
+    """pickle's own Python unpickler (its dispatch table can be amended, unlike the C one's), with dict keys
+    checked before hashing and sets refused; `find_class` is an allowlist, `persistent_load` reads storages."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _load_dict(self) -> None:
+        items = self.pop_mark()
+        _string_keys(items[0::2])
+        self.append(dict(zip(items[0::2], items[1::2], strict=True)))
+
+    def _load_setitem(self) -> None:
+        value, key = self.stack.pop(), self.stack.pop()
+        _string_keys([key])
+        self.stack[-1][key] = value
+
+    def _load_setitems(self) -> None:
+        items = self.pop_mark()
+        _string_keys(items[0::2])
+        target = self.stack[-1]
+        for i in range(0, len(items) - 1, 2):
+            target[items[i]] = items[i + 1]
+
+    dispatch[pickle.DICT[0]] = _load_dict
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+    for _opcode in (pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET):
+        dispatch[_opcode[0]] = _refuse_sets
+    del _opcode
+
     def __init__(self, file, archive: _Archive, prefix: str):
         super().__init__(file)
         self._archive = archive
@@ -210,6 +252,6 @@ def load_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     except MemoryError:
         raise CheckpointError(f"{path}: not a readable torch checkpoint (too large for this machine)") from None
     except Exception as error:  # zipfile, zlib, pickle: BadZipFile, UnpicklingError, EOFError, KeyError, ...
-        # A KeyError's text is the repr of a key the file chose (possibly huge); other texts are the library's.
-        text = "" if isinstance(error, KeyError) else ": " + " ".join(str(error).split())[:200]
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(error).__name__}{text})") from None
+        # A KeyError's text is a key the file chose (an unknown opcode or memo entry): say what it means instead.
+        text = "malformed pickle data" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({' '.join(text.split())[:200]})") from None

@@ -340,13 +340,13 @@ def content_length(content: bytes, header: str):
     return respond
 
 
-def trickle(content: bytes, interval: float, limit: float = 60.0):
-    """A correct header, then one byte every `interval` seconds (never timing out a single read), for at most
-    `limit` seconds."""
+def trickle(content: bytes, interval: float, limit: float = 60.0, length: int | None = None):
+    """A header announcing `length` bytes (default: the content's), then one byte every `interval` seconds
+    (never timing out a single read), for at most `limit` seconds."""
 
     def respond(handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(200)
-        handler.send_header("Content-Length", str(len(content)))
+        handler.send_header("Content-Length", str(len(content) if length is None else length))
         handler.end_headers()
         deadline = time.monotonic() + limit
         for i in range(len(content)):
