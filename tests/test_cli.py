@@ -10,8 +10,10 @@ start-up and cache tests run the command in subprocesses.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +262,207 @@ def test_second_process_reuses_the_persistent_cache(tiny_checkpoint_dir, tmp_pat
     assert f"PERSISTENT COMPILATION CACHE MISS for {name}" not in second
     assert len(entries) == 1
     assert sorted(p.name for p in cache.iterdir() if p.name.startswith("jit_hdemucs_forward-")) == entries
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Paths, signals and the options users expect (issue 11)
+
+
+def test_same_names_in_two_folders_keep_their_folders_or_are_refused(tiny_checkpoint_dir, jax_cache, tmp_path, capsys):
+    """Two `song.wav` in different folders: given as a folder, each keeps its folder under -o; given as files
+    (or with a template without {folder}) the run is refused before anything is written, naming both."""
+    a = write_song(tmp_path / "music" / "a" / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    b = write_song(tmp_path / "music" / "b" / "song.wav", 0.2, 44100, 1, subtype="PCM_16")
+    assert main(cli(tiny_checkpoint_dir, jax_cache, tmp_path / "music", "-o", tmp_path / "out")) == 0
+    assert files_under(tmp_path / "out") == [f"{d}/song/{s}.wav" for d in "ab" for s in sorted(SOURCES)]
+    assert sf.info(tmp_path / "out" / "b" / "song" / "vocals.wav").channels == 1
+    capsys.readouterr()
+    for args in ([a, b], [tmp_path / "music", "--filename", "{track}/{stem}.{ext}"]):
+        with pytest.raises(SystemExit) as stop:
+            main(cli(tiny_checkpoint_dir, jax_cache, *args, "-o", tmp_path / "again"))
+        assert stop.value.code == 2
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert f"{a} and {b} would both be written to {tmp_path / 'again' / 'song' / 'drums.wav'}" in err, err
+        assert not (tmp_path / "again").exists()
+
+
+def test_outputs_outside_the_folder_or_over_an_input_are_refused(tiny_checkpoint_dir, jax_cache, tmp_path, capsys):
+    dots = write_song(tmp_path / "in" / "...wav", 0.2, 44100, 2, format="WAV", subtype="PCM_16")
+    (tmp_path / "precious.wav").write_bytes(b"the user's file next to -o")
+    vocals = write_song(tmp_path / "dir" / "vocals.wav", 0.2, 44100, 2, subtype="PCM_16")
+    original = vocals.read_bytes()
+    cases = [
+        ([dots, "-o", tmp_path / "out"], "outside the output folder"),
+        ([vocals, "-o", tmp_path / "dir", "--filename", "{stem}.{ext}"], "would replace the input file"),
+    ]
+    for args, words in cases:
+        with pytest.raises(SystemExit) as stop:
+            main(cli(tiny_checkpoint_dir, jax_cache, *args))
+        assert stop.value.code == 2 and words in capsys.readouterr().err
+    assert vocals.read_bytes() == original and (tmp_path / "precious.wav").read_bytes() == b"the user's file next to -o"
+    assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == ["vocals.wav"]
+
+
+def test_skip_existing_and_the_summary(tiny_checkpoint_dir, jax_cache, tmp_path, capsys):
+    first = write_song(tmp_path / "in" / "first.wav", 0.2, 44100, 2, subtype="PCM_16")
+    write_song(tmp_path / "in" / "second.flac", 0.3, 22050, 1)
+    assert main(cli(tiny_checkpoint_dir, jax_cache, first, "-o", tmp_path / "out")) == 0
+    stamp = (tmp_path / "out" / "first" / "drums.wav").stat().st_mtime_ns
+    capsys.readouterr()
+    args = [tmp_path / "in", "-o", tmp_path / "out", "--skip-existing"]
+    assert main(cli(tiny_checkpoint_dir, jax_cache, *args)) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{first}: skipped (its 4 stems exist)"
+    assert out[1].startswith(f"{tmp_path / 'in' / 'second.flac'}: 4 stems in ")
+    assert out[2].startswith("1 file separated (1 skipped): 0.3 s of audio in ") and out[2].endswith("x real time")
+    assert (tmp_path / "out" / "first" / "drums.wav").stat().st_mtime_ns == stamp  # not redone
+
+
+def test_version_models_and_unknown_options(tmp_path, capsys):
+    from modeling_hdemucs_flax import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out == f"hdemucs-flax {__version__}\n"
+    with pytest.raises(SystemExit) as stop:
+        main(["separate", "song.wav", "--bogus", "1"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("usage: hdemucs-flax separate")
+    assert err.endswith("hdemucs-flax separate: error: unrecognized arguments: --bogus 1\n")
+    usage = {
+        ("--segment", "0.00001"): "--segment 1e-05: must be between 0.05 and 600 seconds",
+        ("--segment", "1e7"): "--segment 10000000.0: must be between 0.05 and 600 seconds",
+        ("--batch-size", "1000000"): "--batch-size 1000000: must be an integer in [1, 256]",
+        ("--shifts", "100000000"): "--shifts 100000000: must be an integer in [0, 100]",
+        ("--mp3-bitrate", "5000"): "--mp3-bitrate 5000: must be an integer in [8, 320]",
+        ("--mp3-preset", "1"): "--mp3-preset 1: must be an integer in [2, 7]",
+    }
+    for flags, message in usage.items():
+        with pytest.raises(SystemExit) as stop:
+            main(["separate", "song.wav", *flags])
+        assert stop.value.code == 2 and f"hdemucs-flax separate: error: {message}\n" in capsys.readouterr().err
+
+
+def test_models_lists_the_known_models_and_the_cached_ones(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HDEMUCS_FLAX_CACHE", str(tmp_path / "cache"))
+    copied = tmp_path / "cache" / "torchaudio" / "models" / "hdemucs_high_musdbhq_only.pt"
+    copied.parent.mkdir(parents=True)
+    copied.write_bytes(b"a copy from another machine")
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:3] == ["hdemucs-flax/hdemucs-high-musdb-plus", "(default)", "no"]
+    assert lines[2].split()[:3] == ["hdemucs-flax/hdemucs-high-musdb", "torchaudio", "file"]
+    assert "CC BY-NC-SA 4.0" in lines[1] and lines[-1].startswith(f"cache folder: {tmp_path / 'cache'}")
+
+
+def test_device_selection_and_the_status_line(tiny_checkpoint_dir, jax_cache, tmp_path, capsys, monkeypatch):
+    from modeling_hdemucs_flax import Separator
+
+    assert Separator.from_pretrained(tiny_checkpoint_dir, segment=SEGMENT_SECONDS).device == "cpu"
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # status lines are for terminals
+    assert main(cli(tiny_checkpoint_dir, jax_cache, song, "-o", tmp_path / "out", "--device", "cpu")) == 0
+    assert "device: cpu\n" in capsys.readouterr().err
+    assert main(cli(tiny_checkpoint_dir, jax_cache, song, "-o", tmp_path / "tpu", "--device", "tpu")) == 2
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert (
+        line.startswith("error: --device tpu: JAX finds no TPU here; it has cpu (") and not (tmp_path / "tpu").exists()
+    )
+
+
+def test_device_flag_in_a_fresh_process(tiny_checkpoint_dir, tmp_path):
+    """`--device gpu` on a machine without one: one line saying so and how to install the CUDA wheels; before
+    JAX starts, `--device cpu` restricts JAX to the CPU even when the environment asked for another platform."""
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "tpu"}
+    base = [sys.executable, "-m", "modeling_hdemucs_flax", "separate", str(song), "--model", str(tiny_checkpoint_dir)]
+    base += ["--segment", "0.1", "--no-compilation-cache"]
+    gpu = subprocess.run(
+        [*base, "-o", str(tmp_path / "gpu"), "-d", "gpu"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert gpu.returncode == 2, gpu.stderr[-2000:]
+    lines = [x for x in gpu.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "--device gpu: JAX finds no GPU here (install JAX's CUDA wheels: " in lines[0], lines
+    cpu = subprocess.run(
+        [*base, "-o", str(tmp_path / "cpu"), "-d", "cpu"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert cpu.returncode == 0, cpu.stderr[-2000:]
+    assert len(files_under(tmp_path / "cpu")) == 4
+
+
+def _run_until_partial(command: list[str], env: dict, out: Path) -> subprocess.Popen:
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(p.name.endswith(".partial") for p in out.rglob("*")) if out.exists() else False:
+            return process
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"no temporary file appeared; stderr: {process.communicate()[1][-2000:]!r}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_midway_leaves_no_temporary_and_no_empty_folder(tiny_checkpoint_dir, jax_cache, tmp_path, signum):
+    """A real `hdemucs-flax` process stopped while writing stems (SIGTERM as `timeout`/`docker stop` send it,
+    SIGINT as Ctrl-C): one error line, exit 128 + signal (130 for Ctrl-C), and nothing left under -o."""
+    song = write_song(tmp_path / "long.wav", 60.0, 44100, 2, subtype="PCM_16")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu"}
+    command = [
+        sys.executable,
+        "-m",
+        "modeling_hdemucs_flax",
+        *cli(tiny_checkpoint_dir, jax_cache, song, "-o", out),
+        "-q",
+    ]
+    process = _run_until_partial(command, env, out)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    stderr = stderr.decode()
+    name = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+        assert process.returncode == 130, stderr[-2000:]
+        assert stderr.splitlines()[-1] == "error: interrupted; no partial stem files were kept"
+    else:
+        assert process.returncode == 128 + signum, stderr[-2000:]
+        assert stderr.splitlines()[-1] == f"error: terminated ({name}); no partial stem files were kept"
+    # no stems, no temporaries, no track folder (nor -o itself, which this run had created)
+    assert not out.exists(), sorted(map(str, out.rglob("*")))
+
+
+def test_temporaries_of_a_killed_run_are_swept_by_the_next(tiny_checkpoint_dir, jax_cache, tmp_path):
+    """SIGKILL cannot be handled: its temporaries stay. The next run writing into those folders removes them
+    (only the writers' own names, of processes that are gone)."""
+    song = write_song(tmp_path / "long.wav", 60.0, 44100, 2, subtype="PCM_16")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu"}
+    command = [
+        sys.executable,
+        "-m",
+        "modeling_hdemucs_flax",
+        *cli(tiny_checkpoint_dir, jax_cache, song, "-o", out),
+        "-q",
+    ]
+    process = _run_until_partial(command, env, out)
+    process.kill()
+    process.communicate(timeout=60)
+    left = [p for p in out.rglob("*") if p.is_file()]
+    assert left and all(p.name.endswith(".partial") for p in left)
+    (out / "long" / "notes.txt").write_text("the user's own file")
+    short = write_song(tmp_path / "short" / "long.wav", 0.2, 44100, 2, subtype="PCM_16")
+    assert main(cli(tiny_checkpoint_dir, jax_cache, short, "-o", out)) == 0
+    assert files_under(out) == sorted(["long/notes.txt", *(f"long/{s}.wav" for s in SOURCES)])
+
+
+def test_failure_midway_leaves_no_folder_either(tiny_pair, tmp_path):
+    _, _, model = tiny_pair
+
+    def failing(batch):
+        raise RuntimeError("device lost")
+
+    separator = Separator(model, segment=SEGMENT_SECONDS, forward=failing)
+    song = write_song(tmp_path / "song.wav", 1.0, 44100, 2, subtype="PCM_16")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(RuntimeError, match="device lost"):
+        separate_file(separator, song, tmp_path / "out" / "deep" / "er")
+    assert list((tmp_path / "out").iterdir()) == []  # "deep/er/song" was made for the stems and removed again
