@@ -427,7 +427,7 @@ def main() -> int:
         logger.error("cannot load the model: %s", error)
         return 1
     logger.info(
-        "model %s ready (sources %s, compiled, on %s) in %.1f s",
+        "model %s ready (sources %s, on %s, compiled) in %.1f s",
         spec or "(default)",
         ", ".join(separator.sources),
         separator.device,

@@ -401,3 +401,67 @@ def test_publish_stages_an_uploadable_space_with_the_package_vendored(tmp_path):
     for line in ("sdk: gradio", "sdk_version: 6.17.3", 'python_version: "3.11"', "app_file: app.py"):
         assert line in front.splitlines(), line
     shutil.rmtree(staged)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bounded state, private paths, the footer, clean exit (issue 11)
+
+
+def test_schedule_variants_are_snapped_to_the_sliders_and_bounded(app, tiny_separator, tmp_path):
+    work = app.StemSeparator(tiny_separator, max_duration=MAX_DURATION, workdir=tmp_path / "work")
+    rng = np.random.default_rng(0)
+    for overlap, shifts in zip(rng.uniform(0, 0.75, 200), rng.integers(0, 6, 200), strict=True):
+        work._variant(float(overlap), int(shifts))  # any value the API accepts, off the step or not
+    assert len(work._variants) <= work.max_variants
+    assert work._variant(0.2499, 1) is work._variant(0.25, 1)
+    assert {key[0] for key in work._variants} <= {round(0.05 * i, 6) for i in range(16)}
+    song = write_song(tmp_path / "in" / "song.wav", 0.3, SR, 2)
+    for overlap, shifts, message in [(0.9, 0, "overlap=0.9: must be between 0 and 0.75"), (0.25, 50, "shifts=50.0")]:
+        with pytest.raises(AudioError, match=message):
+            work(str(song), shifts=shifts, overlap=overlap)
+
+
+def test_errors_about_stems_name_no_server_folder(app, tiny_separator, tmp_path):
+    work = app.StemSeparator(tiny_separator, max_duration=MAX_DURATION, workdir=tmp_path / "work")
+    song = write_song(tmp_path / "uploads" / "hires.wav", 0.3, 96000, 2)
+    with pytest.raises(AudioError) as caught:
+        work(str(song), ext="mp3")
+    message = str(caught.value)
+    assert message.startswith("hires_drums.mp3: MP3 cannot store 96000 Hz audio"), message
+    assert str(tmp_path) not in message
+
+
+def test_footer_names_the_model_loaded_and_its_licence(server, tiny_checkpoint_dir):
+    config = httpx.get(f"{server.url}/config", timeout=30).text
+    assert f"Model: {tiny_checkpoint_dir}, its weights under a licence its card does not state" in config
+    assert "HDEMUCS_HIGH_MUSDB_PLUS" not in config
+
+
+def test_model_errors_name_the_space_setting(app, tmp_path):
+    from modeling_hdemucs_flax import ModelLoadError
+
+    checkpoint = tmp_path / "hdemucs_high_trained.pt"
+    checkpoint.write_bytes(b"not a folder")
+    with pytest.raises(ModelLoadError) as caught:
+        app.load_separator({"HDEMUCS_MODEL": str(checkpoint)})
+    assert "pass FOLDER as HDEMUCS_MODEL" in str(caught.value) and "--model" not in str(caught.value)
+
+
+def test_stopping_the_space_removes_its_working_folder(tmp_path, tiny_checkpoint_dir, jax_cache):
+    """A Space is stopped with SIGTERM: the app shuts down cleanly and removes its working folder."""
+    from gradio_client import Client, handle_file
+
+    env = {
+        "HDEMUCS_MODEL": str(tiny_checkpoint_dir),
+        "HDEMUCS_SPACE_SEGMENT": repr(SEGMENT_SECONDS),
+        "HDEMUCS_FLAX_COMPILATION_CACHE": str(jax_cache),
+    }
+    song = write_song(tmp_path / "song.wav", 0.5, SR, 2)
+    with SpaceServer(tmp_path / "space", env) as running:
+        client = Client(running.url, download_files=str(tmp_path / "client"), verbose=False)
+        client.predict(handle_file(song), "karaoke", 0, 0.25, "wav", api_name="/separate")
+        [workdir] = (tmp_path / "space" / "tmp").glob("hdemucs-space-*")
+        assert any(workdir.iterdir())
+    assert running.process.returncode == 0, running.log_text()[-3000:]
+    assert not workdir.exists()
+    assert "Traceback" not in running.log_text()
