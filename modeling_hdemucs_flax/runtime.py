@@ -107,6 +107,8 @@ def interrupt_on_termination(signals: Sequence[int] = (signal.SIGTERM, signal.SI
         raise Terminated(signum)
 
     for number in signals:
+        if signal.getsignal(number) is signal.SIG_IGN:  # ignored on purpose (`nohup`): leave it so
+            continue
         signal.signal(number, handler)
 
 

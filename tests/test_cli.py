@@ -390,11 +390,16 @@ def test_device_flag_in_a_fresh_process(tiny_checkpoint_dir, tmp_path):
     assert len(files_under(tmp_path / "cpu")) == 4
 
 
-def _run_until_partial(command: list[str], env: dict, out: Path) -> subprocess.Popen:
+def _run_until_partial(checkpoint: Path, jax_cache: Path, tmp_path: Path, out: Path) -> subprocess.Popen:
+    """`python -m modeling_hdemucs_flax separate` on a 60-second song, returned once it writes its first stem
+    temporary into `out`."""
+    song = write_song(tmp_path / "long.wav", 60.0, 44100, 2, subtype="PCM_16")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu"}
+    command = [sys.executable, "-m", "modeling_hdemucs_flax", *cli(checkpoint, jax_cache, song, "-o", out), "-q"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
-        if any(p.name.endswith(".partial") for p in out.rglob("*")) if out.exists() else False:
+        if out.exists() and any(p.name.endswith(".partial") for p in out.rglob("*")):
             return process
         time.sleep(0.05)
     process.kill()
@@ -405,17 +410,8 @@ def _run_until_partial(command: list[str], env: dict, out: Path) -> subprocess.P
 def test_a_signal_midway_leaves_no_temporary_and_no_empty_folder(tiny_checkpoint_dir, jax_cache, tmp_path, signum):
     """A real `hdemucs-flax` process stopped while writing stems (SIGTERM as `timeout`/`docker stop` send it,
     SIGINT as Ctrl-C): one error line, exit 128 + signal (130 for Ctrl-C), and nothing left under -o."""
-    song = write_song(tmp_path / "long.wav", 60.0, 44100, 2, subtype="PCM_16")
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu"}
-    command = [
-        sys.executable,
-        "-m",
-        "modeling_hdemucs_flax",
-        *cli(tiny_checkpoint_dir, jax_cache, song, "-o", out),
-        "-q",
-    ]
-    process = _run_until_partial(command, env, out)
+    process = _run_until_partial(tiny_checkpoint_dir, jax_cache, tmp_path, out)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     stderr = stderr.decode()
@@ -433,17 +429,8 @@ def test_a_signal_midway_leaves_no_temporary_and_no_empty_folder(tiny_checkpoint
 def test_temporaries_of_a_killed_run_are_swept_by_the_next(tiny_checkpoint_dir, jax_cache, tmp_path):
     """SIGKILL cannot be handled: its temporaries stay. The next run writing into those folders removes them
     (only the writers' own names, of processes that are gone)."""
-    song = write_song(tmp_path / "long.wav", 60.0, 44100, 2, subtype="PCM_16")
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu"}
-    command = [
-        sys.executable,
-        "-m",
-        "modeling_hdemucs_flax",
-        *cli(tiny_checkpoint_dir, jax_cache, song, "-o", out),
-        "-q",
-    ]
-    process = _run_until_partial(command, env, out)
+    process = _run_until_partial(tiny_checkpoint_dir, jax_cache, tmp_path, out)
     process.kill()
     process.communicate(timeout=60)
     left = [p for p in out.rglob("*") if p.is_file()]
