@@ -21,7 +21,7 @@ from modeling_hdemucs_flax.cli import main
 from modeling_hdemucs_flax.torch_checkpoint import load_torch_state_dict
 
 from .audio_files import write_song
-from .conftest import SEGMENT_SECONDS
+from .conftest import SEGMENT, SEGMENT_SECONDS
 from .flows import REPO_ROOT, run_script
 from .hostile_checkpoints import state_dict_pickle, tensor, write_checkpoint
 
@@ -178,7 +178,7 @@ def test_convert_makes_a_model_folder_without_torch(tmp_path, tiny_pair, jax_cac
     assert f"-> {out}: " in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     loaded = FlaxHDemucs.from_pretrained(out)
-    x = np.random.default_rng(0).uniform(-0.5, 0.5, (1, 2, 9000)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (1, 2, SEGMENT)).astype(np.float32)  # a compiled shape
     np.testing.assert_array_equal(np.asarray(loaded(x).sources), np.asarray(model(x).sources))
     # an existing, non-empty folder is never replaced
     assert main(["convert", str(checkpoint), "-o", str(out), "--config", str(tmp_path / "config.json")]) == 1
