@@ -31,6 +31,7 @@ _EXPORTS = {
     "OptionError": "errors",
     "one_line": "errors",
     "Report": "dataset",
+    "WorkerResources": "dataset",
     "separate_dataset": "dataset",
     "OutputOptions": "file_output",
     "separate_file": "file_output",
@@ -69,7 +70,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names load lazily
     from .audio_io import AUDIO_EXTENSIONS, AudioInfo, inspect_audio, read_audio, write_audio
     from .configuration_hdemucs import HDemucsConfig
-    from .dataset import Report, separate_dataset
+    from .dataset import Report, WorkerResources, separate_dataset
     from .errors import (
         AudioError,
         CheckpointError,

@@ -102,14 +102,14 @@ def command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from . import DatasetError, ModelLoadError, OptionError
-    from .dataset import Resources, separate_dataset
+    from .dataset import WorkerResources, separate_dataset
 
     def report_failure(row: dict) -> None:
         if row["status"] == "failed":
             tqdm.write(f"error: {row['error']}", file=sys.stderr)
 
     try:
-        resources = Resources(
+        resources = WorkerResources(
             workers=args.workers,
             gpus_per_worker=args.gpus_per_worker,
             cpus_per_worker=args.cpus_per_worker,

@@ -19,7 +19,8 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
-from .dataset import JobSpec, Resources, Track
+from .dataset import JobSpec, WorkerResources
+from .dataset_plan import Track
 from .errors import DatasetError, ModelLoadError, OptionError, one_line
 
 # Ray Data keeps its blocks in the object store; more than this many blocks cost more than they help. A block
@@ -66,7 +67,7 @@ def _fatal(fatal: dict) -> Exception:
 
 
 def run_ray(
-    todo: Sequence[Track], spec: JobSpec, resources: Resources, add: Callable[[dict, dict | None], None]
+    todo: Sequence[Track], spec: JobSpec, resources: WorkerResources, add: Callable[[dict, dict | None], None]
 ) -> None:
     """Separate `todo` on a Ray cluster (`resources.ray_address`, else a new local one), calling `add(row,
     worker info)` for each manifest row as it arrives."""

@@ -217,7 +217,8 @@ class ObjectStore(Store):
         return f"{self.base}/{rel}"
 
     def exists(self, rel: str) -> bool:
-        return self.read_bytes(rel) is not None
+        self.fs.invalidate_cache(self._p(rel))
+        return self.fs.isfile(self._p(rel))
 
     def read_bytes(self, rel: str) -> bytes | None:
         try:

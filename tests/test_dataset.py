@@ -19,7 +19,8 @@ import pytest
 
 from modeling_hdemucs_flax import DatasetError, OptionError, OutputOptions, Separator, separate_dataset
 from modeling_hdemucs_flax.cli import main
-from modeling_hdemucs_flax.dataset import MARKERS, plan_tracks
+from modeling_hdemucs_flax.dataset import MARKERS
+from modeling_hdemucs_flax.dataset_plan import plan_tracks
 from modeling_hdemucs_flax.storage import LocalStore, ObjectStore
 
 from .audio_files import write_song
