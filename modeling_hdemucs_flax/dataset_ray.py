@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from .dataset import JobSpec, WorkerResources
 from .dataset_plan import Track
@@ -93,6 +93,8 @@ def run_ray(
     context.enable_progress_bars = False  # the command line draws its own bar of tracks
     context.print_on_execution_start = False
 
+    if spec.compilation_cache is None:  # actors are this job's own processes: give them the default cache
+        spec = replace(spec, compilation_cache=True)
     items = [{"key": t.key, "source": t.source, "replaces": json.dumps(list(t.replaces))} for t in todo]
     remote: dict = {}
     if resources.tpus_per_worker:

@@ -27,7 +27,7 @@ from .audio_files import write_song
 from .conftest import SEGMENT_SECONDS, SOURCES
 from .dataset_helpers import Place, sha256
 from .flows import REPO_ROOT, run_script
-from .separation_helpers import AffineStandIn
+from .separation_helpers import FailingForward
 
 KEYS = ["pop/song", "rock/song", "solo"]
 
@@ -234,16 +234,8 @@ def test_a_failure_between_stems_leaves_no_marker_and_no_output(place, separator
     stem was published: no marker, no stem visible, nothing staged; the input is a failed row."""
     library(place)
     _, _, model = tiny_pair
-    calls = []
-
-    def failing(batch):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("device lost")
-        return AffineStandIn([1, 1, 1, 1], [0, 0, 0, 0], batch.shape, poison=False)(batch)
-
     place.song("in/long.wav", seconds=1.0, subtype="PCM_16")  # several chunks: the failure comes mid-song
-    broken = Separator(model, segment=SEGMENT_SECONDS, forward=failing)
+    broken = Separator(model, segment=SEGMENT_SECONDS, forward=FailingForward(fail_at=3))
     report = run(place, broken, inputs=[place.url("in/long.wav")])
     assert report.failures[0]["error"].endswith("RuntimeError: device lost")
     digest = report.summary["options_hash"]
@@ -376,3 +368,23 @@ def test_option_errors_are_raised_before_any_work(tmp_path, separator):
     with pytest.raises(OptionError, match="a ready Separator works with the local engine only"):
         separate_dataset([str(tmp_path)], str(tmp_path / "out"), engine="ray", model=separator)
     assert not (tmp_path / "out").exists()
+
+
+def test_command_on_s3(tiny_checkpoint_dir, jax_cache, s3_endpoint, tmp_path, capsys):
+    """The command on S3 URLs with `--storage-option`s: stems and markers land in the bucket, a bad input is one
+    `error:` line naming its URL (exit 1), and the re-run skips everything (exit 0)."""
+    place = Place("s3", tmp_path, s3_endpoint)
+    song = place.song("in/album/song.wav", subtype="PCM_16")
+    bad = place.write_bytes("in/album/bad.wav", b"")
+    options = [f"--storage-option={key}={value}" for key, value in place.storage_options.items()]
+    argv = ["separate-dataset", place.url("in"), "-o", place.url("out"), *options, "--model", str(tiny_checkpoint_dir)]
+    argv += ["--segment", str(SEGMENT_SECONDS), "--compilation-cache", str(jax_cache), "--mp3"]
+    argv += ["--scratch-dir", str(tmp_path / "scratch")]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.splitlines() == [f"error: {bad}: empty file (0 bytes)"]
+    assert sorted(rel for rel in outputs(place) if rel.endswith(".mp3")) == [
+        f"album/song/{s}.mp3" for s in sorted(SOURCES)
+    ]
+    assert [r["source"] for r in manifest(place)] == [bad, song]
+    assert main(argv) == 0
+    assert [r["status"] for r in manifest(place)] == ["skipped", "skipped"]
