@@ -24,11 +24,15 @@ _EXPORTS = {
     "AudioError": "errors",
     "CheckpointError": "errors",
     "ConfigError": "errors",
+    "DatasetError": "errors",
     "DownloadError": "errors",
     "HDemucsFlaxError": "errors",
     "ModelLoadError": "errors",
     "OptionError": "errors",
     "one_line": "errors",
+    "Report": "dataset",
+    "WorkerResources": "dataset",
+    "separate_dataset": "dataset",
     "OutputOptions": "file_output",
     "separate_file": "file_output",
     "plan_layers": "layer_plan",
@@ -66,10 +70,12 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names load lazily
     from .audio_io import AUDIO_EXTENSIONS, AudioInfo, inspect_audio, read_audio, write_audio
     from .configuration_hdemucs import HDemucsConfig
+    from .dataset import Report, WorkerResources, separate_dataset
     from .errors import (
         AudioError,
         CheckpointError,
         ConfigError,
+        DatasetError,
         DownloadError,
         HDemucsFlaxError,
         ModelLoadError,

@@ -130,9 +130,15 @@ def _add_separate_command(commands: argparse._SubParsersAction) -> None:
     sep.set_defaults(handler=separate_command, command_parser=sep)
 
 
+def _add_separate_dataset_command(commands: argparse._SubParsersAction) -> None:
+    from .dataset_cli import register  # argparse only; the work is imported by its handler
+
+    register(commands)
+
+
 # Each subcommand registers its parser with `handler` (args -> exit status) and `command_parser` (for usage
 # errors) as defaults. Subcommands with their own module import it inside their handler, keeping --help light.
-COMMANDS = (_add_separate_command,)
+COMMANDS = (_add_separate_command, _add_separate_dataset_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,6 +43,11 @@ class DownloadError(HDemucsFlaxError, RuntimeError):
     """A download failed or its content did not match the expected sha256."""
 
 
+class DatasetError(HDemucsFlaxError, ValueError):
+    """A dataset job that cannot start as asked (an input that yields nothing, two inputs with one key, outputs
+    made with other options); the message names the inputs or outputs and the fix. A usage error."""
+
+
 def one_line(error: BaseException | str) -> str:
     """`error`'s message as one line for a user: its first non-empty line with runs of whitespace collapsed
     (transformers and huggingface_hub append help paragraphs after the line that matters), or the exception's
