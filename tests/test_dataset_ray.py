@@ -87,7 +87,10 @@ def test_a_ray_run_then_a_rerun_that_skips_everything(ray_cluster, tiny_checkpoi
         ("studio/song", "ok"),
     ]
     assert summary["counts"] == {"ok": 3, "skipped": 0, "failed": 2, "total": 5}
-    assert len(summary["workers"]) == 2, summary["workers"]  # both actors took tracks
+    # Which of the two actors took tracks depends on start-up times (one may finish all five before the other
+    # has loaded the model on a busy machine): the summary holds a row for every actor that did.
+    assert 1 <= len(summary["workers"]) <= 2, summary["workers"]
+    assert sum(w["tracks"] for w in summary["workers"].values()) == 5
     for worker in summary["workers"].values():
         assert worker["device"].startswith("cpu:0") and worker["model_load_s"] > 0 and worker["compile_s"] > 0
 
