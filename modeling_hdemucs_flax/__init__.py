@@ -22,6 +22,7 @@ _EXPORTS = {
     "write_audio": "audio_io",
     "HDemucsConfig": "configuration_hdemucs",
     "AudioError": "errors",
+    "AudioFormatError": "errors",
     "CheckpointError": "errors",
     "ConfigError": "errors",
     "DownloadError": "errors",
@@ -68,6 +69,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names lo
     from .configuration_hdemucs import HDemucsConfig
     from .errors import (
         AudioError,
+        AudioFormatError,
         CheckpointError,
         ConfigError,
         DownloadError,

@@ -82,6 +82,7 @@ class HDecLayer(nn.Module):
                 raise ConfigError(f"{p.path}: an empty decoder layer takes no skip connection")
             y = x
         else:
+            assert skip is not None, f"{p.path}: a decoder layer needs its skip connection"
             x = x + skip
             k = 1 + 2 * p.context
             if p.freq:

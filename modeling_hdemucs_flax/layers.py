@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jaxtyping import Array, Float
 
 from .layer_plan import ATTN_DECAYS, ATTN_HEADS, DCONV_KERNEL, LSTM_LAYERS, LSTM_MAX_STEPS, DConvPlan
 from .spectral import overlap_add
@@ -22,7 +23,7 @@ Dtype = Any
 _SUM_BLOCK = 64
 
 
-def accurate_sum(x: jnp.ndarray, axis: int) -> jnp.ndarray:
+def accurate_sum(x: Float[Array, "*shape"], axis: int) -> Float[Array, "*shape"]:
     """Sum along `axis` in nested blocks of 64, so float32 rounding grows with log(n), not n.
 
     XLA:CPU accumulates a strided reduction axis sequentially; over the ~10^4-10^6 positions of a GroupNorm
@@ -38,12 +39,12 @@ def accurate_sum(x: jnp.ndarray, axis: int) -> jnp.ndarray:
     return x.sum(axis=axis)
 
 
-def gelu(x: jnp.ndarray) -> jnp.ndarray:
+def gelu(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
     """torch's `F.gelu` / `nn.GELU()`: the exact erf form (Flax's `nn.gelu` defaults to the tanh form)."""
     return jax.nn.gelu(x, approximate=False)
 
 
-def glu(x: jnp.ndarray) -> jnp.ndarray:
+def glu(x: Float[Array, "*batch channels"]) -> Float[Array, "*batch half"]:
     """torch's `F.glu(x, dim=channels)`: first half times sigmoid of the second half."""
     a, b = jnp.split(x, 2, axis=-1)
     return a * jax.nn.sigmoid(b)

@@ -17,7 +17,8 @@ the song's final, shorter chunk at its own length; here every chunk is `segment`
 zero-padded, because a shorter chunk would need a compilation per song length.
 
 This module opens no file: `file_output.separate_file` reads a song through `audio_io`, runs it through
-`Separator.stream` and writes the stems. Options are validated by `options.SeparationOptions`.
+`Separator.stream` and writes the stems. Options are validated by `options.SeparationOptions`. Array shapes are
+jaxtyping annotations, checked by the test suite (tests/shape_checks.py), never when a user separates.
 """
 
 from __future__ import annotations
@@ -27,19 +28,24 @@ import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import soxr
+from jaxtyping import Float, Float32
 
 from .errors import AudioError, OptionError
+from .layers import Dtype
 from .modeling_flax_hdemucs import FlaxHDemucs
 from .options import WEIGHTINGS, SeparationOptions
 
 STD_EPS = 1e-8  # added to the mix's std (demucs's api.py) so silence normalises to silence, not NaN
 BLOCK = 1 << 16  # samples per block read from a file or handed between stages
 Progress = Callable[[int, int], None]  # (chunks_done, chunks_total)
+# float32 (batch, channels, segment) -> (batch, sources, channels, segment): one batch through the network
+Forward = Callable[[Float32[np.ndarray, "batch channels segment"]], Float[np.ndarray, "batch sources channels segment"]]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -48,7 +54,7 @@ Progress = Callable[[int, int], None]  # (chunks_done, chunks_total)
 
 def chunk_weight(
     segment: int, overlap_samples: int, weighting: str = "triangle", transition_power: float = 1.0
-) -> np.ndarray:
+) -> Float32[np.ndarray, " segment"]:
     """The overlap-add weight of one chunk: float32 (segment,), every value > 0, maximum 1.
 
     "triangle" is demucs's: a triangle peaking mid-chunk, normalised to 1, raised to `transition_power`
@@ -164,13 +170,13 @@ class OverlapAdd:
     bounded by the span of the chunks in flight.
     """
 
-    def __init__(self, length: int, n_shifts: int, weight: np.ndarray, out_shape: tuple[int, ...]):
+    def __init__(self, length: int, n_shifts: int, weight: Float[np.ndarray, " segment"], out_shape: tuple[int, ...]):
         self.length, self.weight = length, weight
         self.base = 0  # first sample not yet returned
         self._acc = np.zeros((n_shifts, *out_shape, 0), np.float64)
         self._wsum = np.zeros((n_shifts, 0), np.float64)
 
-    def add(self, shift: int, start: int, chunk: np.ndarray) -> None:
+    def add(self, shift: int, start: int, chunk: Float[np.ndarray, "*out segment"]) -> None:
         """Accumulate `chunk` (*out_shape, segment) for pass `shift`; only samples inside [0, length) count."""
         segment = chunk.shape[-1]
         lo, hi = max(start, self.base), min(start + segment, self.length)
@@ -185,7 +191,7 @@ class OverlapAdd:
         self._acc[shift, ..., lo - self.base : hi - self.base] += chunk[..., lo - start : hi - start] * w
         self._wsum[shift, lo - self.base : hi - self.base] += w
 
-    def pop(self, frontier: int) -> np.ndarray:
+    def pop(self, frontier: int) -> Float32[np.ndarray, "*out n"]:
         """Finished output for samples [base, min(frontier, length)): (*out_shape, n) float32."""
         n = max(0, min(frontier, self.length) - self.base)
         assert n <= self._acc.shape[-1], "popping samples no chunk has covered"
@@ -200,18 +206,18 @@ class OverlapAdd:
 
 
 def overlap_add_stream(
-    blocks: Iterable[np.ndarray],
+    blocks: Iterable[Float[np.ndarray, "channels n"]],
     length: int,
-    forward: Callable[[np.ndarray], np.ndarray],
+    forward: Forward,
     *,
     channels: int,
     segment: int,
     stride: int,
     batch_size: int,
-    weight: np.ndarray,
+    weight: Float[np.ndarray, " segment"],
     delays: tuple[int, ...] = (0,),
     progress: Progress | None = None,
-) -> Iterator[np.ndarray]:
+) -> Iterator[Float32[np.ndarray, "sources channels n"]]:
     """Separate a signal streamed as (channels, n) blocks totalling `length` samples.
 
     `forward` maps float32 (batch_size, channels, segment) to (batch_size, sources, channels, segment); it
@@ -260,7 +266,7 @@ class MixStats:
         return self.std + STD_EPS
 
 
-def mix_statistics(blocks: Iterable[np.ndarray], name: str = "<array>") -> MixStats:
+def mix_statistics(blocks: Iterable[Float[np.ndarray, "channels n"]], name: str = "<array>") -> MixStats:
     """Stats of the mono mix (mean over channels) of (channels, n) blocks, one pass, float64 (Chan et al.'s
     pairwise update, which keeps a loud DC offset from cancelling the variance). Non-finite samples raise
     `AudioError` naming `name`."""
@@ -337,15 +343,13 @@ def _adapt_channels_out(stems: np.ndarray, channels: int) -> np.ndarray:
     return stems.mean(axis=1, keepdims=True) if channels == 1 and stems.shape[1] > 1 else stems
 
 
-# float32 (batch, channels, segment) -> (batch, sources, channels, segment): one batch through the network
-Forward = Callable[[np.ndarray], np.ndarray]
-
-
 def network_forward(model: FlaxHDemucs) -> Forward:
     """The model's own jitted forward pass (compiled once per shape, in the model's compute dtype) on numpy
     batches, with the parameters the model holds at call time."""
 
-    def forward(batch: np.ndarray) -> np.ndarray:
+    def forward(
+        batch: Float32[np.ndarray, "batch channels segment"],
+    ) -> Float32[np.ndarray, "batch sources channels segment"]:
         return np.asarray(model(batch).sources)
 
     return forward
@@ -398,7 +402,12 @@ class Separator:
 
     @classmethod
     def from_pretrained(
-        cls, model: str | os.PathLike | None = None, *, revision: str | None = None, dtype=jnp.float32, **options
+        cls,
+        model: str | os.PathLike | None = None,
+        *,
+        revision: str | None = None,
+        dtype: Dtype = jnp.float32,
+        **options: Any,
     ) -> Separator:
         """Load `model` (a local folder or Hub repo id; None: the default model) with
         `pretrained.load_model`, computing in `dtype`, and wrap it. Raises `ModelLoadError`."""
@@ -472,13 +481,13 @@ class Separator:
 
     def stream(
         self,
-        blocks: Callable[[], Iterable[np.ndarray]],
+        blocks: Callable[[], Iterable[Float[np.ndarray, "channels n"]]],
         channels: int,
         sample_rate: int,
         *,
         name: str = "<stream>",
         progress: Progress | None = None,
-    ) -> Iterator[np.ndarray]:
+    ) -> Iterator[Float32[np.ndarray, "sources channels n"]]:
         """Separate a signal given as a re-iterable source of float (channels, n) blocks at `sample_rate` Hz:
         `blocks()` starts again from the first sample. It is read twice: once for the mix statistics
         (`mix_statistics`), once to separate. `name` is the signal's name in error messages.
@@ -515,7 +524,9 @@ class Separator:
             # demucs undoes the normalisation on every source, so each one receives the mix's mean.
             yield block.reshape(sources, channels, -1) * scale + mean
 
-    def separate(self, audio: np.ndarray, sample_rate: int, progress: Progress | None = None) -> dict[str, np.ndarray]:
+    def separate(
+        self, audio: Float[np.ndarray, "*channels samples"], sample_rate: int, progress: Progress | None = None
+    ) -> dict[str, Float32[np.ndarray, "*channels samples"]]:
         """Separate float audio (channels, samples) — or (samples,) for mono — at `sample_rate` Hz.
 
         Returns {source: float32 array shaped like `audio`} at the input's rate and channel count. `audio` is
