@@ -23,7 +23,7 @@ Dtype = Any
 _SUM_BLOCK = 64
 
 
-def accurate_sum(x: Float[Array, "*shape"], axis: int) -> Float[Array, "*shape"]:
+def accurate_sum(x: Float[Array, "*shape"], axis: int) -> Float[Array, "*reduced"]:
     """Sum along `axis` in nested blocks of 64, so float32 rounding grows with log(n), not n.
 
     XLA:CPU accumulates a strided reduction axis sequentially; over the ~10^4-10^6 positions of a GroupNorm

@@ -78,6 +78,9 @@ PUBLIC_PATHS = ("/v1/health",)  # answered without a token (container health che
 FIELDS = ("two_stems", "format", "shifts", "overlap")
 _FIELD_BYTES = 1000  # longest accepted form-field value
 _FORM_OVERHEAD = 1 << 16  # bytes a multipart body may hold beyond the file (boundaries, headers, fields)
+# After refusing a body that outgrew the limit, up to this much more is read and dropped: closing a connection
+# with unread data resets it, and the client would lose the 413. Beyond it the connection is simply closed.
+_DRAIN_BYTES = 4 << 20
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
 
@@ -552,8 +555,9 @@ async def receive_upload(request: Request, folder: Path, limits: ServeLimits) ->
         },
     )
     received = 0
+    stream = request.stream()
     try:
-        async for chunk in request.stream():
+        async for chunk in stream:
             received += len(chunk)
             if received > most:
                 raise ApiError(413, too_big)
@@ -561,6 +565,13 @@ async def receive_upload(request: Request, folder: Path, limits: ServeLimits) ->
         parser.finalize()
     except ValueError as error:  # python-multipart's parse errors
         raise ApiError(400, f"malformed multipart body ({one_line(error)})") from None
+    except ApiError as error:
+        if error.status == 413:  # read (and drop) a little more, so the client is still listening for the answer
+            async for chunk in stream:
+                received += len(chunk)
+                if received > most + _DRAIN_BYTES:
+                    break
+        raise
     finally:
         if state["handle"] is not None:
             state["handle"].close()

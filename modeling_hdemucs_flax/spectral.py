@@ -23,7 +23,7 @@ def hann_window(n: int) -> Float32[np.ndarray, " n"]:
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
 
 
-def overlap_add(pieces: Shaped[Array, "*shape"], axis: int) -> Shaped[Array, "*shape"]:
+def overlap_add(pieces: Shaped[Array, "*pieces"], axis: int) -> Shaped[Array, "*summed"]:
     """Sum `pieces[..., l, j, ...]` into `out[..., l + j, ...]`.
 
     pieces: (..., L, m, ...) with `L` at `axis` and the m pieces per position at `axis + 1`.
