@@ -18,6 +18,8 @@ from .layer_plan import ATTN_DECAYS, ATTN_HEADS, DCONV_KERNEL, LSTM_LAYERS, LSTM
 from .spectral import overlap_add
 
 Dtype = Any
+# What the layers take: a jax array (a tracer under jit) or a numpy array (eager calls, the parity tests).
+ArrayIn = Array | np.ndarray
 
 
 _SUM_BLOCK = 64
@@ -92,7 +94,7 @@ class ConvTranspose(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "batch length *rest"]) -> Float[Array, "batch out *rest_out"]:
         k, s = self.kernel_size, self.stride
         shape = (k, 1, x.shape[-1], self.features) if self.two_d else (k, x.shape[-1], self.features)
         kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, jnp.float32)
@@ -120,7 +122,7 @@ class GroupNorm(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "*shape"]) -> Float[Array, "*shape"]:
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
@@ -138,7 +140,7 @@ class LayerScale(nn.Module):
     init: float
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "*shape"]) -> Float[Array, "*shape"]:
         scale = self.param("scale", nn.initializers.constant(self.init), (x.shape[-1],), jnp.float32)
         return x * scale.astype(x.dtype)
 
@@ -157,7 +159,7 @@ class LSTM(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "time batch channels"]) -> Float[Array, "time batch features"]:
         # x: (T, N, C) -> (T, N, 2H)
         h = self.hidden
         for layer in range(self.num_layers):
@@ -210,7 +212,7 @@ class BLSTM(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "batch time channels"]) -> Float[Array, "batch time channels"]:
         n, t, c = x.shape
         y = x
         width, hop = LSTM_MAX_STEPS, LSTM_MAX_STEPS // 2
@@ -238,7 +240,7 @@ class LocalState(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "batch time channels"]) -> Float[Array, "batch time channels"]:
         n, t, c = x.shape
         heads, ndecay = ATTN_HEADS, ATTN_DECAYS
 
@@ -274,7 +276,7 @@ class DConvBranch(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "batch time channels"]) -> Float[Array, "batch time channels"]:
         p = self.plan
         pad = self.dilation * (DCONV_KERNEL // 2)
         y = Conv(
@@ -297,7 +299,7 @@ class DConv(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "batch time channels"]) -> Float[Array, "batch time channels"]:
         for d in range(self.plan.depth):
             dilation = 2**d if self.plan.dilate else 1
             x = x + DConvBranch(self.plan, dilation, dtype=self.dtype, name=f"layers_{d}")(x)

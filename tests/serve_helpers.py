@@ -109,7 +109,7 @@ def files_in(folder: Path) -> list[str]:
 class ServeProcess:
     """`python -m modeling_hdemucs_flax serve ARGS` (or `command`) on a free port, stdout+stderr to `log`."""
 
-    def __init__(self, workdir: Path, args: list[str], env: dict[str, str], command: list[str] | None = None):
+    def __init__(self, workdir: Path, args: list[str], env: dict[str, str | None], command: list[str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "serve.log"
@@ -120,7 +120,8 @@ class ServeProcess:
             str(self.port),
         ]
         self.command += args
-        self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **env}
+        merged = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **env}
+        self.env = {key: value for key, value in merged.items() if value is not None}  # None: unset it
         self.workdir = workdir
         self.process: subprocess.Popen | None = None
 
