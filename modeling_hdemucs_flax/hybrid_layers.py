@@ -78,7 +78,7 @@ class HDecLayer(nn.Module):
     @nn.compact
     def __call__(
         self, x: Float[ArrayIn, " batch *rest"], skip: Float[ArrayIn, " batch *skip"] | None, length: int
-    ) -> tuple[Float[Array, " batch *out"], Float[Array, " batch *pre"]]:
+    ) -> tuple[Float[Array, " batch *out"], Float[ArrayIn, " batch *pre"]]:  # pre: x itself in an empty layer
         p = self.plan
         if p.freq and x.ndim == 3:  # output of a time-axis layer of the frequency branch: (B, T, C) -> (B, 1, T, C)
             x = x[:, None]

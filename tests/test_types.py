@@ -23,8 +23,8 @@ from .flows import REPO_ROOT, run_script
 PACKAGE = REPO_ROOT / "modeling_hdemucs_flax"
 
 # What the shape-checked run covers; tests that deliberately pass a wrongly shaped array to see the package's
-# own error (a TypeCheckError comes first under the hook) and the full-size model (minutes of checked tracing)
-# are left to the ordinary run.
+# own error (a TypeCheckError comes first under the hook), the full-size model, bfloat16 and the five-minute
+# song (minutes of checked tracing and compiling for no path the others miss) are left to the ordinary run.
 CHECKED_TESTS = [
     "tests/test_separation.py",
     "tests/test_parity_layers.py",
@@ -32,7 +32,7 @@ CHECKED_TESTS = [
     "tests/test_model_api.py::test_torchaudio_flax_torchaudio_is_bit_identical",
     "tests/test_serve.py::test_wav_and_mp3_come_back_as_zips_of_the_stems_separate_file_writes",
 ]
-CHECKED_DESELECT = "not high and not bad_arrays"
+CHECKED_DESELECT = "not high and not bad_arrays and not bfloat16 and not five_minute"
 
 
 def test_pyright_basic_mode_reports_no_errors():
@@ -108,4 +108,4 @@ def test_selected_tests_pass_with_every_shape_annotation_checked(tmp_path):
     assert result.returncode == 0, tail + result.stderr[-2000:]
     assert "shape checks: jaxtyping + beartype" in result.stdout
     counts = dict((word, int(n)) for n, word in re.findall(r"(\d+) (passed|failed|skipped|error)", tail))
-    assert counts.get("passed", 0) >= 30 and set(counts) == {"passed"}, counts
+    assert counts.get("passed", 0) >= 28 and set(counts) == {"passed"}, counts
