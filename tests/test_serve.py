@@ -493,3 +493,17 @@ def test_serve_command_with_a_token_separates_and_shuts_down_cleanly_on_sigterm(
     print(f"[serve] SIGTERM during a job: exited in {stopped:.1f} s")
     assert "Traceback" not in log and "ready on http://127.0.0.1:" in log, log[-3000:]
     assert files_in(temp) == [] and files_in(work) == [], (files_in(temp), files_in(work))
+
+
+def test_serve_command_exits_1_with_one_line_when_the_model_cannot_load(tmp_path):
+    """A model that cannot be loaded ends the server (it would never become healthy): one `error:` line, exit 1,
+    no traceback, no temporary file left."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {"TMPDIR": str(temp), "JAX_PLATFORMS": "cpu"}
+    with ServeProcess(tmp_path, ["--model", str(tmp_path / "no-model"), "-q"], env) as server:
+        assert server.process is not None
+        assert server.process.wait(300) == 1
+    errors = [line for line in server.log_text().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no-model: no such model folder" in errors[0], server.log_text()[-2000:]
+    assert "Traceback" not in server.log_text() and files_in(temp) == []
