@@ -22,6 +22,7 @@ _EXPORTS = {
     "write_audio": "audio_io",
     "HDemucsConfig": "configuration_hdemucs",
     "AudioError": "errors",
+    "AudioFormatError": "errors",
     "CheckpointError": "errors",
     "ConfigError": "errors",
     "DatasetError": "errors",
@@ -73,6 +74,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names lo
     from .dataset import Report, WorkerResources, separate_dataset
     from .errors import (
         AudioError,
+        AudioFormatError,
         CheckpointError,
         ConfigError,
         DatasetError,

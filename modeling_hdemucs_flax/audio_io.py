@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .errors import AudioError, OptionError, one_line
+from .errors import AudioError, AudioFormatError, OptionError, one_line
 
 # Extensions taken from a folder given on the command line (lower case, with the dot).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
@@ -109,7 +109,7 @@ def inspect_audio(path: str | os.PathLike) -> AudioInfo:
             info = AudioInfo(path, handle.frames, handle.samplerate, handle.channels, handle.format, handle.subtype)
             log = handle.extra_info
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioError(f"{path}: not a readable audio file ({_libsndfile_problem(error)})") from None
+        raise AudioFormatError(f"{path}: not a readable audio file ({_libsndfile_problem(error)})") from None
     for match in _SHORT_CHUNK.finditer(log):
         declared, present = int(match.group(2)), int(match.group(3))
         if present < declared:
@@ -268,7 +268,7 @@ class AtomicAudioWriter:
     def __enter__(self) -> AtomicAudioWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc_type is not None:
             self.abort()
 
@@ -317,7 +317,9 @@ class StemWriter:
         self.peak = max(self.peak, float(np.abs(block).max(initial=0.0)))
         if self._staging is not None:
             self._staging.write(block)
-        elif self.clip_mode == "clamp":
+            return
+        assert self._final is not None  # every mode but "rescale" writes the final file directly
+        if self.clip_mode == "clamp":
             self._final.write(np.clip(block, -_CLAMP, _CLAMP))
         else:
             self._final.write(block)

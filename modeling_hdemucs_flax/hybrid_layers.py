@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
 from .errors import ConfigError
 from .layer_plan import DecoderPlan, EncoderPlan
-from .layers import Conv, ConvTranspose, DConv, Dtype, GroupNorm, gelu, glu
+from .layers import ArrayIn, Conv, ConvTranspose, DConv, Dtype, GroupNorm, gelu, glu
 
 
 def _norm(enabled: bool, groups: int, dtype: Dtype, name: str):
@@ -25,7 +26,9 @@ class HEncLayer(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, inject: jnp.ndarray | None = None) -> jnp.ndarray:
+    def __call__(
+        self, x: Float[ArrayIn, " batch *rest"], inject: Float[ArrayIn, " batch *inject"] | None = None
+    ) -> Float[Array, " batch *out"]:
         p = self.plan
         if p.freq:
             conv = Conv(p.chout, (p.kernel_size, 1), (p.stride, 1), (p.pad, 0), dtype=self.dtype, name="conv")
@@ -73,7 +76,9 @@ class HDecLayer(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, skip: jnp.ndarray | None, length: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    def __call__(
+        self, x: Float[ArrayIn, " batch *rest"], skip: Float[ArrayIn, " batch *skip"] | None, length: int
+    ) -> tuple[Float[Array, " batch *out"], Float[ArrayIn, " batch *pre"]]:  # pre: x itself in an empty layer
         p = self.plan
         if p.freq and x.ndim == 3:  # output of a time-axis layer of the frequency branch: (B, T, C) -> (B, 1, T, C)
             x = x[:, None]
@@ -82,6 +87,7 @@ class HDecLayer(nn.Module):
                 raise ConfigError(f"{p.path}: an empty decoder layer takes no skip connection")
             y = x
         else:
+            assert skip is not None, f"{p.path}: a decoder layer needs its skip connection"
             x = x + skip
             k = 1 + 2 * p.context
             if p.freq:

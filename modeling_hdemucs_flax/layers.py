@@ -12,17 +12,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jaxtyping import Array, Float
 
 from .layer_plan import ATTN_DECAYS, ATTN_HEADS, DCONV_KERNEL, LSTM_LAYERS, LSTM_MAX_STEPS, DConvPlan
 from .spectral import overlap_add
 
 Dtype = Any
+# What the layers take: a jax array (a tracer under jit) or a numpy array (eager calls, the parity tests).
+ArrayIn = Array | np.ndarray
 
 
 _SUM_BLOCK = 64
 
 
-def accurate_sum(x: jnp.ndarray, axis: int) -> jnp.ndarray:
+def accurate_sum(x: Float[Array, "*shape"], axis: int) -> Float[Array, "*reduced"]:
     """Sum along `axis` in nested blocks of 64, so float32 rounding grows with log(n), not n.
 
     XLA:CPU accumulates a strided reduction axis sequentially; over the ~10^4-10^6 positions of a GroupNorm
@@ -38,12 +41,12 @@ def accurate_sum(x: jnp.ndarray, axis: int) -> jnp.ndarray:
     return x.sum(axis=axis)
 
 
-def gelu(x: jnp.ndarray) -> jnp.ndarray:
+def gelu(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
     """torch's `F.gelu` / `nn.GELU()`: the exact erf form (Flax's `nn.gelu` defaults to the tanh form)."""
     return jax.nn.gelu(x, approximate=False)
 
 
-def glu(x: jnp.ndarray) -> jnp.ndarray:
+def glu(x: Float[Array, "*batch channels"]) -> Float[Array, "*batch half"]:
     """torch's `F.glu(x, dim=channels)`: first half times sigmoid of the second half."""
     a, b = jnp.split(x, 2, axis=-1)
     return a * jax.nn.sigmoid(b)
@@ -91,7 +94,7 @@ class ConvTranspose(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "batch length *rest"]) -> Float[Array, "batch out *rest_out"]:
         k, s = self.kernel_size, self.stride
         shape = (k, 1, x.shape[-1], self.features) if self.two_d else (k, x.shape[-1], self.features)
         kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, jnp.float32)
@@ -119,7 +122,7 @@ class GroupNorm(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "*shape"]) -> Float[Array, "*shape"]:
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
@@ -137,7 +140,7 @@ class LayerScale(nn.Module):
     init: float
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "*shape"]) -> Float[Array, "*shape"]:
         scale = self.param("scale", nn.initializers.constant(self.init), (x.shape[-1],), jnp.float32)
         return x * scale.astype(x.dtype)
 
@@ -156,7 +159,7 @@ class LSTM(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "time batch channels"]) -> Float[Array, "time batch features"]:
         # x: (T, N, C) -> (T, N, 2H)
         h = self.hidden
         for layer in range(self.num_layers):
@@ -209,7 +212,7 @@ class BLSTM(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "batch time channels"]) -> Float[Array, "batch time channels"]:
         n, t, c = x.shape
         y = x
         width, hop = LSTM_MAX_STEPS, LSTM_MAX_STEPS // 2
@@ -237,7 +240,7 @@ class LocalState(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "batch time channels"]) -> Float[Array, "batch time channels"]:
         n, t, c = x.shape
         heads, ndecay = ATTN_HEADS, ATTN_DECAYS
 
@@ -273,7 +276,7 @@ class DConvBranch(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "batch time channels"]) -> Float[Array, "batch time channels"]:
         p = self.plan
         pad = self.dilation * (DCONV_KERNEL // 2)
         y = Conv(
@@ -296,7 +299,7 @@ class DConv(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: Float[ArrayIn, "batch time channels"]) -> Float[Array, "batch time channels"]:
         for d in range(self.plan.depth):
             dilation = 2**d if self.plan.dilate else 1
             x = x + DConvBranch(self.plan, dilation, dtype=self.dtype, name=f"layers_{d}")(x)

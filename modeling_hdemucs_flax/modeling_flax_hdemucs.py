@@ -1,22 +1,28 @@
-"""The HDemucs linen module and its thin `FlaxPreTrainedModel` wrapper, `FlaxHDemucs`."""
+"""The HDemucs linen module and its thin `FlaxPreTrainedModel` wrapper, `FlaxHDemucs`.
+
+Array shapes are jaxtyping annotations: documentation that the test suite checks (see tests/shape_checks.py);
+nothing is checked when a user runs the model.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, overload
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from flax.core.frozen_dict import FrozenDict, freeze, unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
+from jax.core import Tracer
+from jaxtyping import Array, Float, Float32, Real
 from transformers import FlaxAutoModel
 from transformers.modeling_flax_utils import FlaxPreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils.generic import ModelOutput
 
 from .configuration_hdemucs import HDemucsConfig
 from .errors import AudioError, CheckpointError
@@ -71,7 +77,9 @@ class HDemucsModule(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, waveform: jnp.ndarray) -> jnp.ndarray:
+    def __call__(
+        self, waveform: Float[Array, "batch channels samples"]
+    ) -> Float32[Array, "batch sources channels samples"]:
         p = self.plan
         if waveform.ndim != 3 or waveform.shape[1] != p.audio_channels:
             raise AudioError(
@@ -162,14 +170,14 @@ def _embedding_init(num: int, smooth: bool, scale: float):
     return init
 
 
-@flax.struct.dataclass
+@struct.dataclass
 class FlaxHDemucsOutput(ModelOutput):
     """Output of `FlaxHDemucs`.
 
     sources: float32 (batch, num_sources, audio_channels, samples), in the order of `config.sources`.
     """
 
-    sources: jnp.ndarray = None
+    sources: Float32[Array, "batch sources channels samples"] | None = None
 
 
 class FlaxHDemucs(FlaxPreTrainedModel):
@@ -217,7 +225,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         """
         if self._given_params is not None:
             return freeze(self._given_params)
-        if isinstance(rng, jax.core.Tracer):  # under jax.eval_shape (`_do_init=False`) only shapes matter
+        if isinstance(rng, Tracer):  # under jax.eval_shape (`_do_init=False`) only shapes matter
             return freeze(
                 jax.tree.map(
                     lambda shape: jnp.zeros(shape, jnp.float32),
@@ -230,7 +238,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         if params is None:
             return freeze(jax.tree.map(jnp.asarray, random_params))
         random_flat = flatten_dict(random_params)
-        given = flatten_dict(unfreeze(params))
+        given: dict = flatten_dict(unfreeze(params))
         for key in self._missing_keys:
             given[key] = jnp.asarray(random_flat[key])
         self._missing_keys = set()
@@ -265,11 +273,15 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         """transformers' `from_pretrained`, strict: a checkpoint whose parameters do not exactly match the
         config (missing, unexpected or wrongly shaped) is an error, never silently re-initialised."""
         if kwargs.get("_do_init", True) is False:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            # transformers returns a (model, params) pair here
+            return super().from_pretrained(  # pyright: ignore[reportReturnType]
+                pretrained_model_name_or_path, *model_args, **kwargs
+            )
         kwargs.pop("_do_init", None)
         cls._missing_keys = set()
         cls._loaded_keys = None
-        model, params = super().from_pretrained(pretrained_model_name_or_path, *model_args, _do_init=False, **kwargs)
+        loaded: Any = super().from_pretrained(pretrained_model_name_or_path, *model_args, _do_init=False, **kwargs)
+        model, params = loaded  # with _do_init=False: (model without parameters, parameters)
         missing = sorted("/".join(k) for k in cls._missing_keys)
         unexpected = sorted("/".join(k) for k in (cls._loaded_keys or set()) - model.required_params)
         cls._missing_keys, cls._loaded_keys = set(), None
@@ -289,9 +301,31 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         cls._loaded_keys = set(flatten_dict(state).keys())  # read by `from_pretrained` to reject extra keys
         return state
 
+    @overload
     def __call__(
-        self, waveform: Any, params: dict | None = None, return_dict: bool = True
-    ) -> FlaxHDemucsOutput | tuple:
+        self,
+        waveform: Real[np.ndarray | Array, "batch channels samples"],
+        params: Mapping[str, Any] | None = None,
+        return_dict: Literal[True] = True,
+    ) -> FlaxHDemucsOutput: ...
+
+    @overload
+    def __call__(
+        self,
+        waveform: Real[np.ndarray | Array, "batch channels samples"],
+        params: Mapping[str, Any] | None = None,
+        *,
+        return_dict: Literal[False],
+    ) -> tuple[Float32[Array, "batch sources channels samples"]]: ...
+
+    def __call__(
+        self,
+        waveform: Real[np.ndarray | Array, "batch channels samples"],
+        params: Mapping[str, Any] | None = None,
+        return_dict: bool = True,
+    ) -> FlaxHDemucsOutput | tuple[Float32[Array, "batch sources channels samples"]]:
+        """Separate `waveform` (batch, audio_channels, samples), any real dtype (computed as float32 in, the
+        model's dtype inside): `FlaxHDemucsOutput(sources=...)`, or `(sources,)` with `return_dict=False`."""
         params = self.params if params is None else params
         sources = self._forward(params, jnp.asarray(waveform, jnp.float32))
         return FlaxHDemucsOutput(sources=sources) if return_dict else (sources,)

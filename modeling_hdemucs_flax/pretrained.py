@@ -29,6 +29,7 @@ from huggingface_hub import constants as hf_constants
 
 from .downloads import BUNDLES, TorchaudioBundle, fetch_torchaudio_checkpoint, replace_directory
 from .errors import DownloadError, ModelLoadError, one_line
+from .layers import Dtype
 from .modeling_flax_hdemucs import FlaxHDemucs
 from .runtime import cache_dir
 
@@ -81,7 +82,7 @@ def _load_repo(repo_id: str, dtype, revision: str | None, *, local_files_only: b
 
 
 def load_model(
-    model: str | os.PathLike | None = None, *, dtype=jnp.float32, revision: str | None = None
+    model: str | os.PathLike | None = None, *, dtype: Dtype = jnp.float32, revision: str | None = None
 ) -> FlaxHDemucs:
     """Load `model`: a `save_pretrained` folder, a Hub repo id (downloaded once, then read from the Hugging
     Face cache, also offline), or None for the default HDEMUCS_HIGH_MUSDB_PLUS model (see the module doc).
@@ -104,7 +105,7 @@ def converted_model_dir(bundle: TorchaudioBundle = DEFAULT_BUNDLE) -> Path:
 
 def load_default_model(
     *,
-    dtype=jnp.float32,
+    dtype: Dtype = jnp.float32,
     revision: str | None = None,
     repo_id: str = DEFAULT_MODEL,
     bundle: TorchaudioBundle = DEFAULT_BUNDLE,

@@ -37,7 +37,8 @@ def compilation_cache_dir() -> Path | None:
         return None if env.strip().lower() in _DISABLED else Path(env).expanduser()
     import jax
 
-    return Path(jax.config.jax_compilation_cache_dir or cache_dir() / "jax-compilation-cache").expanduser()
+    given = jax.config.jax_compilation_cache_dir  # pyright: ignore[reportAttributeAccessIssue] (a dynamic flag)
+    return Path(given or cache_dir() / "jax-compilation-cache").expanduser()
 
 
 def hide_torch_from_transformers() -> None:
@@ -74,7 +75,7 @@ def configure_compilation_cache(folder: str | os.PathLike | bool | None = True) 
     import jax
     from jax.experimental.compilation_cache import compilation_cache
 
-    if jax.config.jax_compilation_cache_dir != str(path):
+    if jax.config.jax_compilation_cache_dir != str(path):  # pyright: ignore[reportAttributeAccessIssue]
         compilation_cache.set_cache_dir(str(path))
         # JAX decides once per process whether the cache is in use (at its first compile); start over so the
         # folder applies even if something was compiled before this call.

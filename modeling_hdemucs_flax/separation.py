@@ -17,7 +17,8 @@ the song's final, shorter chunk at its own length; here every chunk is `segment`
 zero-padded, because a shorter chunk would need a compilation per song length.
 
 This module opens no file: `file_output.separate_file` reads a song through `audio_io`, runs it through
-`Separator.stream` and writes the stems. Options are validated by `options.SeparationOptions`.
+`Separator.stream` and writes the stems. Options are validated by `options.SeparationOptions`. Array shapes are
+jaxtyping annotations, checked by the test suite (tests/shape_checks.py), never when a user separates.
 """
 
 from __future__ import annotations
@@ -29,14 +30,16 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import soxr
+from jaxtyping import Float, Float32
 
 from .errors import AudioError, OptionError
+from .layers import Dtype
 from .modeling_flax_hdemucs import FlaxHDemucs
 from .options import WEIGHTINGS, SeparationOptions
 
@@ -44,7 +47,7 @@ STD_EPS = 1e-8  # added to the mix's std (demucs's api.py) so silence normalises
 BLOCK = 1 << 16  # samples per block read from a file or handed between stages
 Progress = Callable[[int, int], None]  # (chunks_done, chunks_total)
 # float32 (batch, channels, segment) -> (batch, sources, channels, segment): one batch through the network
-Forward = Callable[[np.ndarray], np.ndarray]
+Forward = Callable[[Float32[np.ndarray, "batch channels segment"]], Float[np.ndarray, "batch sources channels segment"]]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -53,7 +56,7 @@ Forward = Callable[[np.ndarray], np.ndarray]
 
 def chunk_weight(
     segment: int, overlap_samples: int, weighting: str = "triangle", transition_power: float = 1.0
-) -> np.ndarray:
+) -> Float32[np.ndarray, " segment"]:
     """The overlap-add weight of one chunk: float32 (segment,), every value > 0, maximum 1.
 
     "triangle" is demucs's: a triangle peaking mid-chunk, normalised to 1, raised to `transition_power`
@@ -169,13 +172,13 @@ class OverlapAdd:
     bounded by the span of the chunks in flight.
     """
 
-    def __init__(self, length: int, n_shifts: int, weight: np.ndarray, out_shape: tuple[int, ...]):
+    def __init__(self, length: int, n_shifts: int, weight: Float[np.ndarray, " segment"], out_shape: tuple[int, ...]):
         self.length, self.weight = length, weight
         self.base = 0  # first sample not yet returned
         self._acc = np.zeros((n_shifts, *out_shape, 0), np.float64)
         self._wsum = np.zeros((n_shifts, 0), np.float64)
 
-    def add(self, shift: int, start: int, chunk: np.ndarray) -> None:
+    def add(self, shift: int, start: int, chunk: Float[np.ndarray, "*out segment"]) -> None:
         """Accumulate `chunk` (*out_shape, segment) for pass `shift`; only samples inside [0, length) count."""
         segment = chunk.shape[-1]
         lo, hi = max(start, self.base), min(start + segment, self.length)
@@ -190,7 +193,7 @@ class OverlapAdd:
         self._acc[shift, ..., lo - self.base : hi - self.base] += chunk[..., lo - start : hi - start] * w
         self._wsum[shift, lo - self.base : hi - self.base] += w
 
-    def pop(self, frontier: int) -> np.ndarray:
+    def pop(self, frontier: int) -> Float32[np.ndarray, "*out n"]:
         """Finished output for samples [base, min(frontier, length)): (*out_shape, n) float32."""
         n = max(0, min(frontier, self.length) - self.base)
         assert n <= self._acc.shape[-1], "popping samples no chunk has covered"
@@ -349,7 +352,7 @@ def _finish_batch(rows: list[tuple[int, _Song, Chunk]], future: Future, failed: 
 
 
 def overlap_add_stream(
-    blocks: Iterable[np.ndarray],
+    blocks: Iterable[Float[np.ndarray, "channels n"]],
     length: int,
     forward: Forward,
     *,
@@ -357,10 +360,10 @@ def overlap_add_stream(
     segment: int,
     stride: int,
     batch_size: int,
-    weight: np.ndarray,
+    weight: Float[np.ndarray, " segment"],
     delays: tuple[int, ...] = (0,),
     progress: Progress | None = None,
-) -> Iterator[np.ndarray]:
+) -> Iterator[Float32[np.ndarray, "sources channels n"]]:
     """Separate one signal streamed as (channels, n) blocks totalling `length` samples (`run_schedule` with a
     single song).
 
@@ -397,7 +400,7 @@ class MixStats:
         return self.std + STD_EPS
 
 
-def mix_statistics(blocks: Iterable[np.ndarray], name: str = "<array>") -> MixStats:
+def mix_statistics(blocks: Iterable[Float[np.ndarray, "channels n"]], name: str = "<array>") -> MixStats:
     """Stats of the mono mix (mean over channels) of (channels, n) blocks, one pass, float64 (Chan et al.'s
     pairwise update, which keeps a loud DC offset from cancelling the variance). Non-finite samples raise
     `AudioError` naming `name`."""
@@ -614,7 +617,12 @@ class Separator:
 
     @classmethod
     def from_pretrained(
-        cls, model: str | os.PathLike | None = None, *, revision: str | None = None, dtype=jnp.float32, **options
+        cls,
+        model: str | os.PathLike | None = None,
+        *,
+        revision: str | None = None,
+        dtype: Dtype = jnp.float32,
+        **options: Any,
     ) -> Separator:
         """Load `model` (a local folder or Hub repo id; None: the default model) with
         `pretrained.load_model`, computing in `dtype`, and wrap it. Raises `ModelLoadError`."""
@@ -747,13 +755,13 @@ class Separator:
 
     def stream(
         self,
-        blocks: Callable[[], Iterable[np.ndarray]],
+        blocks: Callable[[], Iterable[Float[np.ndarray, "channels n"]]],
         channels: int,
         sample_rate: int,
         *,
         name: str = "<stream>",
         progress: Progress | None = None,
-    ) -> Iterator[np.ndarray]:
+    ) -> Iterator[Float32[np.ndarray, "sources channels n"]]:
         """Separate one signal given as a re-iterable source of float (channels, n) blocks at `sample_rate` Hz
         (see `Signal`). Yields float32 (sources, channels, n) blocks at `sample_rate`, as many samples in total as
         the input; raises what reading it raised. Memory is bounded by the segment and batch size, not by the
@@ -765,7 +773,9 @@ class Separator:
             if event.kind == "block":
                 yield event.value
 
-    def separate(self, audio: np.ndarray, sample_rate: int, progress: Progress | None = None) -> dict[str, np.ndarray]:
+    def separate(
+        self, audio: Float[np.ndarray, "*channels samples"], sample_rate: int, progress: Progress | None = None
+    ) -> dict[str, Float32[np.ndarray, "*channels samples"]]:
         """Separate float audio (channels, samples) — or (samples,) for mono — at `sample_rate` Hz.
 
         Returns {source: float32 array shaped like `audio`} at the input's rate and channel count. `audio` is

@@ -6,6 +6,7 @@ run code); anything else is refused with a clear error.
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -78,7 +79,7 @@ class _Unpickler(pickle.Unpickler):
         return self._storages[key]
 
 
-def load_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Load a state dict written by `torch.save(model.state_dict(), path)` as {key: numpy array}."""
     path = Path(path)
     if not zipfile.is_zipfile(path):
