@@ -39,8 +39,12 @@ def accurate_sum(x: jnp.ndarray, axis: int) -> jnp.ndarray:
 
 
 def gelu(x: jnp.ndarray) -> jnp.ndarray:
-    """torch's `F.gelu` / `nn.GELU()`: the exact erf form (Flax's `nn.gelu` defaults to the tanh form)."""
-    return jax.nn.gelu(x, approximate=False)
+    """torch's `F.gelu` / `nn.GELU()`, exact: `0.5 * x * (1 + erf(x / sqrt(2)))`, torch's own formula.
+
+    Flax's `nn.gelu` defaults to the tanh approximation; `jax.nn.gelu(approximate=False)` is exact too but is
+    built on `erfc`, which XLA:CPU expands to about 5x the work of `erf`.
+    """
+    return (0.5 * x * (1 + lax.erf(x * np.float32(0.5**0.5)))).astype(x.dtype)
 
 
 def glu(x: jnp.ndarray) -> jnp.ndarray:
