@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from .errors import ConfigError
 from .layer_plan import DecoderPlan, EncoderPlan
-from .layers import Conv, ConvTranspose, DConv, Dtype, GroupNorm, gelu, glu
+from .layers import Conv, ConvTranspose, DConv, Dtype, GroupNorm, SquareConv, gelu, glu
 
 
 def _norm(enabled: bool, groups: int, dtype: Dtype, name: str):
@@ -57,7 +57,7 @@ class HEncLayer(nn.Module):
                 y = DConv(p.dconv, dtype=self.dtype, name="dconv")(y)
         k = 1 + 2 * p.context
         if p.freq:
-            rewrite = Conv(2 * p.chout, (k, k), padding=(p.context, p.context), dtype=self.dtype, name="rewrite")
+            rewrite = SquareConv(2 * p.chout, k, dtype=self.dtype, name="rewrite")
         else:
             rewrite = Conv(2 * p.chout, (k,), padding=(p.context,), dtype=self.dtype, name="rewrite")
         return glu(_norm(p.norm, p.norm_groups, self.dtype, "norm2")(rewrite(y)))
@@ -85,7 +85,7 @@ class HDecLayer(nn.Module):
             x = x + skip
             k = 1 + 2 * p.context
             if p.freq:
-                rewrite = Conv(2 * p.chin, (k, k), padding=(p.context, p.context), dtype=self.dtype, name="rewrite")
+                rewrite = SquareConv(2 * p.chin, k, dtype=self.dtype, name="rewrite")
             else:
                 rewrite = Conv(2 * p.chin, (k,), padding=(p.context,), dtype=self.dtype, name="rewrite")
             y = glu(_norm(p.norm, p.norm_groups, self.dtype, "norm1")(rewrite(x)))

@@ -14,7 +14,6 @@ import numpy as np
 from jax import lax
 
 from .layer_plan import ATTN_DECAYS, ATTN_HEADS, DCONV_KERNEL, LSTM_LAYERS, LSTM_MAX_STEPS, DConvPlan
-from .spectral import overlap_add
 
 Dtype = Any
 
@@ -79,13 +78,41 @@ def Conv(
     )
 
 
+class SquareConv(nn.Module):
+    """torch `Conv2d(in, features, k, padding=k // 2)` (k odd) over (batch, freq, time, channels); kernel
+    (k, k, in, out) like `Conv`'s. On a map with a single frequency bin, only the kernel's middle row meets
+    anything but zero padding, so only that row is computed (a 1-D convolution over time): the same products,
+    without the k - 1 rows that multiply zeros."""
+
+    features: int
+    kernel_size: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        k, pad = self.kernel_size, self.kernel_size // 2
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        if x.shape[1] == 1:
+            lhs, rhs, dims, padding = x[:, 0], kernel[pad], ("NWC", "WIO", "NWC"), [(pad, pad)]
+        else:
+            lhs, rhs, dims, padding = x, kernel, ("NHWC", "HWIO", "NHWC"), [(pad, pad), (pad, pad)]
+        y = lax.conv_general_dilated(
+            lhs.astype(self.dtype), rhs.astype(self.dtype), (1,) * rhs[..., 0, 0].ndim, padding, dimension_numbers=dims
+        )
+        y = y + bias.astype(self.dtype)
+        return y[:, None] if x.shape[1] == 1 else y
+
+
 class ConvTranspose(nn.Module):
     """torch `ConvTranspose1d` / `ConvTranspose2d` with kernel (k, 1), stride s, no padding, along axis 1.
 
     Output length (L - 1) * s + k. kernel: (k, in, out) or (k, 1, in, out), i.e. torch's (in, out, k[, 1])
     moved to Flax's order and *not* flipped: input step l adds `x[l] @ kernel[j]` to output step l * s + j.
-    Computed as one matmul followed by an overlap-add of k / s blocks, which is exact (it performs the same
-    products as the scatter definition) and avoids convolving a zero-dilated input.
+    Computed as one 2-D matmul, (positions, in) x (in, m * s * out), followed by an overlap-add of m = k / s
+    blocks, which is exact (it performs the same products as the scatter definition) and avoids convolving a
+    zero-dilated input. The matmul's weight comes from `prepare` (run once at load time when the model is
+    given a "prepared" collection, see `modeling_flax_hdemucs.prepare_params`; else inside the call).
     """
 
     features: int
@@ -94,22 +121,39 @@ class ConvTranspose(nn.Module):
     two_d: bool  # kernel (k, 1) over (batch, freq, time, channels) instead of k over (batch, time, channels)
     dtype: Dtype = jnp.float32
 
+    @staticmethod
+    def prepare(kernel: Any, stride: int, dtype: Dtype, xp: Any = jnp) -> Any:
+        """kernel (k, [1,] in, out) -> (in, m * s * out) in `dtype`, zero taps appended up to m * s = k rounded
+        up to whole strides. `xp`: numpy for concrete arrays at load time, jax.numpy under a trace."""
+        k, cin, cout = kernel.shape[0], kernel.shape[-2], kernel.shape[-1]
+        m = -(-k // stride)
+        kernel = kernel.reshape(k, cin, cout)
+        if m * stride != k:
+            kernel = xp.pad(kernel, [(0, m * stride - k), (0, 0), (0, 0)])
+        return xp.transpose(kernel, (1, 0, 2)).reshape(cin, m * stride * cout).astype(dtype)
+
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         k, s = self.kernel_size, self.stride
         shape = (k, 1, x.shape[-1], self.features) if self.two_d else (k, x.shape[-1], self.features)
         kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        kernel = kernel.reshape(k, x.shape[-1], self.features).astype(self.dtype)
+        if self.has_variable("prepared", "matrix"):
+            matrix = self.get_variable("prepared", "matrix")
+        else:
+            matrix = self.prepare(kernel, s, self.dtype)
         m = -(-k // s)
-        if m * s != k:  # zero taps make the kernel a whole number of strides; the extra tail is cut below
-            kernel = jnp.pad(kernel, [(0, m * s - k), (0, 0), (0, 0)])
-        length = x.shape[1]
-        # (batch, L, *rest, in) x (m*s, in, out) -> (batch, L, m, s, *rest, out)
-        blocks = jnp.einsum("bl...i,jio->blj...o", x.astype(self.dtype), kernel)
-        blocks = blocks.reshape(x.shape[0], length, m, s, *x.shape[2:-1], self.features)
-        y = overlap_add(blocks, axis=1)  # (batch, L + m - 1, s, *rest, out)
-        y = y.reshape(x.shape[0], (length + m - 1) * s, *x.shape[2:-1], self.features)
+        batch, length, rest = x.shape[0], x.shape[1], x.shape[2:-1]
+        blocks = jnp.dot(x.astype(self.dtype).reshape(-1, x.shape[-1]), matrix)  # (positions, m * s * out)
+        blocks = blocks.reshape(batch, length, *rest, m, s, self.features)
+        # Overlap-add over the input steps: output block q (of s steps) sums piece j of input step q - j.
+        y = None
+        for j in range(m):
+            piece = jnp.pad(blocks[..., j, :, :], [(0, 0), (j, m - 1 - j)] + [(0, 0)] * (len(rest) + 2))
+            y = piece if y is None else y + piece
+        if rest:  # (batch, L + m - 1, T, s, out) -> (batch, L + m - 1, s, T, out)
+            y = jnp.moveaxis(y, -2, 2)
+        y = y.reshape(batch, (length + m - 1) * s, *rest, self.features)
         y = y[:, : (length - 1) * s + k]
         return y + bias.astype(self.dtype)
 
@@ -152,37 +196,49 @@ class LSTM(nn.Module):
     Parameters per layer l and direction (suffix "" or "_reverse", as torch names them):
     `kernel_ih_l{l}` (in, 4H), `kernel_hh_l{l}` (H, 4H), `bias_ih_l{l}`, `bias_hh_l{l}` (4H,). Gates are
     stacked i, f, g, o like torch; both biases are kept (so conversion round-trips) and added together.
-    Both directions advance in one `lax.scan`, so a layer costs T sequential steps, not 2T.
+    Both directions advance in one `lax.scan`, so a layer costs T sequential steps, not 2T. The directions'
+    weights are stacked by `prepare` (once at load time when a "prepared" collection is given).
     """
 
     hidden: int
     num_layers: int
     dtype: Dtype = jnp.float32
 
+    @staticmethod
+    def prepare(params: Any, layer: int, dtype: Dtype, xp: Any = jnp) -> dict:
+        """The stored parameters of `layer` -> {"ih": (2, in, 4H), "hh": (2, H, 4H)} in `dtype` and
+        {"bias": (2, 4H)} float32 (bias_ih + bias_hh), directions forward then reverse."""
+        suffixes = ("", "_reverse")
+        return {
+            "ih": xp.stack([params[f"kernel_ih_l{layer}{d}"] for d in suffixes]).astype(dtype),
+            "hh": xp.stack([params[f"kernel_hh_l{layer}{d}"] for d in suffixes]).astype(dtype),
+            "bias": xp.stack([params[f"bias_ih_l{layer}{d}"] + params[f"bias_hh_l{layer}{d}"] for d in suffixes]),
+        }
+
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         # x: (T, N, C) -> (T, N, 2H)
         h = self.hidden
         for layer in range(self.num_layers):
-            w_ih, w_hh, bias = [], [], []
+            params = {}
             for suffix in ("", "_reverse"):
-                w_ih.append(
-                    self.param(
-                        f"kernel_ih_l{layer}{suffix}", nn.initializers.lecun_normal(), (x.shape[-1], 4 * h), jnp.float32
-                    )
-                )
-                w_hh.append(
-                    self.param(f"kernel_hh_l{layer}{suffix}", nn.initializers.orthogonal(), (h, 4 * h), jnp.float32)
-                )
-                b_ih = self.param(f"bias_ih_l{layer}{suffix}", nn.initializers.zeros, (4 * h,), jnp.float32)
-                b_hh = self.param(f"bias_hh_l{layer}{suffix}", nn.initializers.zeros, (4 * h,), jnp.float32)
-                bias.append(b_ih + b_hh)
+                for name, init, shape in (
+                    ("kernel_ih", nn.initializers.lecun_normal(), (x.shape[-1], 4 * h)),
+                    ("kernel_hh", nn.initializers.orthogonal(), (h, 4 * h)),
+                    ("bias_ih", nn.initializers.zeros, (4 * h,)),
+                    ("bias_hh", nn.initializers.zeros, (4 * h,)),
+                ):
+                    key = f"{name}_l{layer}{suffix}"
+                    params[key] = self.param(key, init, shape, jnp.float32)
+            if self.has_variable("prepared", f"l{layer}"):
+                weights = self.get_variable("prepared", f"l{layer}")
+            else:
+                weights = self.prepare(params, layer, self.dtype)
             both = jnp.stack([x, x[::-1]], axis=1).astype(self.dtype)  # (T, 2, N, C): reverse reads backwards
-            inputs = jnp.einsum("tdnc,dcg->tdng", both, jnp.stack(w_ih).astype(self.dtype))
-            inputs = inputs.astype(jnp.float32) + jnp.stack(bias)[None, :, None, :]
-            recurrent = jnp.stack(w_hh).astype(self.dtype)
+            inputs = jnp.einsum("tdnc,dcg->tdng", both, weights["ih"])
+            inputs = inputs.astype(jnp.float32) + weights["bias"][None, :, None, :]
             zeros = jnp.zeros((2, x.shape[1], h), jnp.float32)
-            _, out = lax.scan(_lstm_step(recurrent, self.dtype), (zeros, zeros), inputs)  # (T, 2, N, H)
+            _, out = lax.scan(_lstm_step(weights["hh"], self.dtype), (zeros, zeros), inputs)  # (T, 2, N, H)
             x = jnp.concatenate([out[:, 0], out[::-1, 1]], axis=-1).astype(self.dtype)
         return x
 

@@ -21,8 +21,8 @@ from transformers.utils import ModelOutput
 from .configuration_hdemucs import HDemucsConfig
 from .errors import AudioError, CheckpointError
 from .hybrid_layers import HDecLayer, HEncLayer
-from .layer_plan import HDemucsPlan, flax_name, plan_layers
-from .layers import Dtype, accurate_sum
+from .layer_plan import LSTM_LAYERS, HDemucsPlan, flax_name, plan_layers
+from .layers import LSTM, ConvTranspose, Dtype, accurate_sum
 from .spectral import hdemucs_ispec, hdemucs_spec
 from .torch_checkpoint import load_torch_state_dict
 from .weight_conversion import (
@@ -149,6 +149,41 @@ class HDemucsModule(nn.Module):
         return xt + spec_out
 
 
+def prepare_params(params: Mapping[str, Any], plan: HDemucsPlan, dtype: Dtype = jnp.float32, xp: Any = jnp) -> dict:
+    """The "prepared" collection of `HDemucsModule`: weights re-laid out once instead of in every forward pass.
+
+    params: the stored parameter tree (torchaudio-mirrored names, the checkpoint format). Returns a tree with
+    the modules' paths holding each LSTM layer's stacked directions (`LSTM.prepare`) and each transposed
+    convolution's matmul weight (`ConvTranspose.prepare`), in the compute dtype. Pure data movement (the one
+    sum, bias_ih + bias_hh, is the one the module performs otherwise), so a forward pass gives the same
+    result with or without it. `xp`: numpy for concrete arrays (no compilation), jax.numpy under a trace.
+    """
+    prepared: dict = {}
+
+    def put(path: tuple[str, ...], value: Any) -> None:
+        node = prepared
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+
+    for layer in (*plan.freq_encoder, *plan.time_encoder):
+        d = layer.dconv
+        if layer.empty or d is None or not d.lstm:
+            continue
+        for branch in range(d.depth):
+            path = (flax_name(layer.path), "dconv", f"layers_{branch}", "lstm", "lstm")
+            node = params
+            for key in path:
+                node = node[key]
+            for index in range(LSTM_LAYERS):
+                put((*path, f"l{index}"), LSTM.prepare(node, index, dtype, xp))
+    for layer in (*plan.freq_decoder, *plan.time_decoder):
+        name = flax_name(layer.path)
+        kernel = params[name]["conv_tr"]["kernel"]
+        put((name, "conv_tr", "matrix"), ConvTranspose.prepare(kernel, layer.stride, dtype, xp))
+    return prepared
+
+
 def _embedding_init(num: int, smooth: bool, scale: float):
     """torchaudio `_ScaledEmbedding` initialisation: N(0, 1), optionally smoothed along frequency by a
     cumulative sum / sqrt(n), divided by `scale`."""
@@ -200,13 +235,40 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         if input_shape is None:
             input_shape = (1, config.audio_channels, config.nfft)
         self._given_params = params
+        self._prepared = None  # prepare_params(self.params), computed at the first call that uses self.params
 
-        def hdemucs_forward(params, waveform):  # the name JAX's compile logs, events and cache entries show
-            return module.apply({"params": params}, waveform)
+        def hdemucs_forward(params, prepared, waveform):  # the name JAX's compile logs, events and cache entries show
+            return module.apply({"params": params, "prepared": prepared}, waveform)
+
+        def hdemucs_prepare(params):
+            return prepare_params(params, module.plan, dtype)
 
         self._forward = jax.jit(hdemucs_forward)
+        self._prepare = jax.jit(hdemucs_prepare)
         super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
         self._given_params = None
+
+    @property
+    def params(self) -> dict | FrozenDict:
+        """The parameters in the stored (checkpoint) layout; assigning new ones drops the prepared copy."""
+        return FlaxPreTrainedModel.params.fget(self)
+
+    @params.setter
+    def params(self, params: dict | FrozenDict) -> None:
+        FlaxPreTrainedModel.params.fset(self, params)
+        self._prepared = None
+
+    def prepared_params(self, params: Mapping[str, Any] | None = None) -> dict:
+        """`prepare_params` of `params` (default: `self.params`, prepared once in numpy and kept until the
+        parameters are replaced by assignment; a tree changed in place must be assigned again). Other trees are
+        prepared by a jitted function, which also traces (for `jax.jit(lambda p, x: model(x, params=p))`)."""
+        if params is None or params is getattr(self, "_params", None):
+            if self._prepared is None:
+                host = jax.tree.map(np.asarray, unfreeze(self._params))
+                prepared = prepare_params(host, self.module.plan, self.dtype, xp=np)
+                self._prepared = jax.tree.map(jnp.asarray, prepared)
+            return self._prepared
+        return self._prepare(params)
 
     def init_weights(
         self, rng: jax.Array, input_shape: tuple[int, ...], params: FrozenDict | None = None
@@ -293,7 +355,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         self, waveform: Any, params: dict | None = None, return_dict: bool = True
     ) -> FlaxHDemucsOutput | tuple:
         params = self.params if params is None else params
-        sources = self._forward(params, jnp.asarray(waveform, jnp.float32))
+        sources = self._forward(params, self.prepared_params(params), jnp.asarray(waveform, jnp.float32))
         return FlaxHDemucsOutput(sources=sources) if return_dict else (sources,)
 
     @property
