@@ -24,6 +24,7 @@ from modeling_hdemucs_flax import (
     to_torchaudio_state_dict,
 )
 from modeling_hdemucs_flax.layer_plan import plan_layers
+from modeling_hdemucs_flax.metrics import relative_error_db
 from modeling_hdemucs_flax.torch_checkpoint import load_torch_state_dict
 from modeling_hdemucs_flax.weight_conversion import param_shapes
 
@@ -211,6 +212,26 @@ def test_jit_matches_eager_and_does_not_recompile(tiny_pair):
         eager = np.asarray(model.module.apply({"params": model.params}, jnp.asarray(x)))
     _, db = error_report("jit vs eager", first, eager, -120)
     assert db < -120
+
+
+def test_prepared_params_equal_preparing_in_the_call_and_follow_new_params(tiny_pair):
+    """The prepared collection (LSTM stacks, transposed-conv matrices, made once in numpy) gives the same output
+    as the modules preparing their weights inside the call; assigning new params drops the old prepared copy."""
+    config, _, model = tiny_pair
+    x = music_like(30001, seed=11)[None]
+    inline = jax.jit(lambda p, w: model.module.apply({"params": p}, w))  # no prepared collection given
+    _, db = error_report("prepared vs inline", np.asarray(model(x).sources), np.asarray(inline(model.params, x)), -120)
+    assert db < -120
+    assert model.prepared_params() is model.prepared_params()  # made once
+
+    other = FlaxHDemucs.from_torchaudio(torch_model(config, seed=5).state_dict(), config)
+    copy = FlaxHDemucs(config, params=jax.tree.map(jnp.asarray, model.params))
+    want_before = np.asarray(copy(x).sources)
+    copy.params = other.params
+    got = np.asarray(copy(x).sources)
+    np.testing.assert_array_equal(got, np.asarray(other(x).sources))
+    assert relative_error_db(got, want_before) > -20  # really different weights
+    np.testing.assert_array_equal(np.asarray(copy(x, params=model.params).sources), want_before)
 
 
 @pytest.mark.parametrize(
