@@ -46,6 +46,29 @@ def gelu(x: jnp.ndarray) -> jnp.ndarray:
     return (0.5 * x * (1 + lax.erf(x * np.float32(0.5**0.5)))).astype(x.dtype)
 
 
+def mixed_dot(x: jnp.ndarray, w: jnp.ndarray, dot_dtype: Dtype) -> jnp.ndarray:
+    """x (..., in) @ w (in, out) with both inputs in `dot_dtype` and float32 accumulation and output.
+
+    Always one 2-D dot: XLA:CPU runs bfloat16 x bfloat16 -> float32 fast only there (batched dots with these
+    types are unimplemented in its DotThunk).
+    """
+    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(dot_dtype), w.astype(dot_dtype), preferred_element_type=jnp.float32)
+    return y.reshape(*x.shape[:-1], w.shape[-1])
+
+
+class Conv1x1(nn.Module):
+    """torch `Conv1d(in, features, 1)` as `mixed_dot`; kernel (1, in, out) like `Conv`'s (same parameters)."""
+
+    features: int
+    dot_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return mixed_dot(x, kernel[0], self.dot_dtype) + bias
+
+
 def glu(x: jnp.ndarray) -> jnp.ndarray:
     """torch's `F.glu(x, dim=channels)`: first half times sigmoid of the second half."""
     a, b = jnp.split(x, 2, axis=-1)
@@ -120,6 +143,7 @@ class ConvTranspose(nn.Module):
     stride: int
     two_d: bool  # kernel (k, 1) over (batch, freq, time, channels) instead of k over (batch, time, channels)
     dtype: Dtype = jnp.float32
+    dot_dtype: Dtype | None = None  # mixed precision: matmul inputs in this dtype, float32 accumulation and output
 
     @staticmethod
     def prepare(kernel: Any, stride: int, dtype: Dtype, xp: Any = jnp) -> Any:
@@ -141,10 +165,13 @@ class ConvTranspose(nn.Module):
         if self.has_variable("prepared", "matrix"):
             matrix = self.get_variable("prepared", "matrix")
         else:
-            matrix = self.prepare(kernel, s, self.dtype)
+            matrix = self.prepare(kernel, s, self.dot_dtype or self.dtype)
         m = -(-k // s)
         batch, length, rest = x.shape[0], x.shape[1], x.shape[2:-1]
-        blocks = jnp.dot(x.astype(self.dtype).reshape(-1, x.shape[-1]), matrix)  # (positions, m * s * out)
+        if self.dot_dtype is None:
+            blocks = jnp.dot(x.astype(self.dtype).reshape(-1, x.shape[-1]), matrix)  # (positions, m * s * out)
+        else:
+            blocks = mixed_dot(x, matrix, self.dot_dtype).astype(self.dtype)
         blocks = blocks.reshape(batch, length, *rest, m, s, self.features)
         # Overlap-add over the input steps: output block q (of s steps) sums piece j of input step q - j.
         y = None
@@ -203,6 +230,7 @@ class LSTM(nn.Module):
     hidden: int
     num_layers: int
     dtype: Dtype = jnp.float32
+    dot_dtype: Dtype | None = None  # mixed precision: see `mixed_dot`
 
     @staticmethod
     def prepare(params: Any, layer: int, dtype: Dtype, xp: Any = jnp) -> dict:
@@ -233,23 +261,30 @@ class LSTM(nn.Module):
             if self.has_variable("prepared", f"l{layer}"):
                 weights = self.get_variable("prepared", f"l{layer}")
             else:
-                weights = self.prepare(params, layer, self.dtype)
+                weights = self.prepare(params, layer, self.dot_dtype or self.dtype)
             both = jnp.stack([x, x[::-1]], axis=1).astype(self.dtype)  # (T, 2, N, C): reverse reads backwards
-            inputs = jnp.einsum("tdnc,dcg->tdng", both, weights["ih"])
+            if self.dot_dtype is None:
+                inputs = jnp.einsum("tdnc,dcg->tdng", both, weights["ih"])
+            else:
+                inputs = jnp.stack([mixed_dot(both[:, d], weights["ih"][d], self.dot_dtype) for d in range(2)], 1)
             inputs = inputs.astype(jnp.float32) + weights["bias"][None, :, None, :]
             zeros = jnp.zeros((2, x.shape[1], h), jnp.float32)
-            _, out = lax.scan(_lstm_step(weights["hh"], self.dtype), (zeros, zeros), inputs)  # (T, 2, N, H)
+            step = _lstm_step(weights["hh"], self.dtype, self.dot_dtype)
+            _, out = lax.scan(step, (zeros, zeros), inputs)  # (T, 2, N, H)
             x = jnp.concatenate([out[:, 0], out[::-1, 1]], axis=-1).astype(self.dtype)
         return x
 
 
-def _lstm_step(recurrent: jnp.ndarray, dtype: Dtype):
+def _lstm_step(recurrent: jnp.ndarray, dtype: Dtype, dot_dtype: Dtype | None):
     """One time step of both LSTM directions for `lax.scan`: carry (hidden, cell), each (2, N, H) float32;
     input the precomputed input projection plus biases, (2, N, 4H); `recurrent` (2, H, 4H)."""
 
     def step(carry, gates_in):
         hid, cell = carry
-        gates = gates_in + jnp.einsum("dnh,dhg->dng", hid.astype(dtype), recurrent).astype(jnp.float32)
+        if dot_dtype is None:
+            gates = gates_in + jnp.einsum("dnh,dhg->dng", hid.astype(dtype), recurrent).astype(jnp.float32)
+        else:
+            gates = gates_in + jnp.stack([mixed_dot(hid[d], recurrent[d], dot_dtype) for d in range(2)])
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         cell = jax.nn.sigmoid(f) * cell + jax.nn.sigmoid(i) * jnp.tanh(g)
         hid = jax.nn.sigmoid(o) * jnp.tanh(cell)
@@ -267,6 +302,7 @@ class BLSTM(nn.Module):
 
     dim: int
     dtype: Dtype = jnp.float32
+    dot_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -279,7 +315,9 @@ class BLSTM(nn.Module):
             x = jnp.pad(x, [(0, 0), (0, (nframes - 1) * hop + width - t), (0, 0)])
             index = np.arange(nframes)[:, None] * hop + np.arange(width)[None, :]
             x = x[:, index].reshape(n * nframes, width, c)
-        out = LSTM(self.dim, LSTM_LAYERS, dtype=self.dtype, name="lstm")(jnp.swapaxes(x, 0, 1))
+        out = LSTM(self.dim, LSTM_LAYERS, dtype=self.dtype, dot_dtype=self.dot_dtype, name="lstm")(
+            jnp.swapaxes(x, 0, 1)
+        )
         out = nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32, name="linear")(jnp.swapaxes(out, 0, 1))
         if framed:
             frames = out.reshape(n, nframes, width, c)
@@ -331,6 +369,7 @@ class DConvBranch(nn.Module):
     plan: DConvPlan
     dilation: int
     dtype: Dtype = jnp.float32
+    dot_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -341,10 +380,13 @@ class DConvBranch(nn.Module):
         )(x)
         y = gelu(GroupNorm(1, dtype=self.dtype, name="norm_in")(y))
         if p.lstm:
-            y = BLSTM(p.hidden, dtype=self.dtype, name="lstm")(y)
+            y = BLSTM(p.hidden, dtype=self.dtype, dot_dtype=self.dot_dtype, name="lstm")(y)
         if p.attn:
             y = LocalState(p.hidden, dtype=self.dtype, name="attn")(y)
-        y = Conv(2 * p.channels, (1,), dtype=self.dtype, name="conv_out")(y)
+        if self.dot_dtype is None:
+            y = Conv(2 * p.channels, (1,), dtype=self.dtype, name="conv_out")(y)
+        else:
+            y = Conv1x1(2 * p.channels, self.dot_dtype, name="conv_out")(y).astype(self.dtype)
         y = glu(GroupNorm(1, dtype=self.dtype, name="norm_out")(y))
         return LayerScale(p.init, name="layer_scale")(y)
 
@@ -354,10 +396,11 @@ class DConv(nn.Module):
 
     plan: DConvPlan
     dtype: Dtype = jnp.float32
+    dot_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         for d in range(self.plan.depth):
             dilation = 2**d if self.plan.dilate else 1
-            x = x + DConvBranch(self.plan, dilation, dtype=self.dtype, name=f"layers_{d}")(x)
+            x = x + DConvBranch(self.plan, dilation, dtype=self.dtype, dot_dtype=self.dot_dtype, name=f"layers_{d}")(x)
         return x

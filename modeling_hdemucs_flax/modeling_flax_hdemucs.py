@@ -69,6 +69,9 @@ class HDemucsModule(nn.Module):
 
     plan: HDemucsPlan
     dtype: Dtype = jnp.float32
+    # Mixed precision: the matmul-shaped layers (LSTMs, transposed and 1x1 convolutions) take their inputs in
+    # this dtype and accumulate in float32; everything else computes in `dtype`. None: `dtype` everywhere.
+    dot_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, waveform: jnp.ndarray) -> jnp.ndarray:
@@ -95,14 +98,18 @@ class HDemucsModule(nn.Module):
             if idx < len(p.time_encoder):  # the branches have not merged yet
                 tenc_plan = p.time_encoder[idx]
                 lengths_t.append(xt.shape[1])
-                xt = HEncLayer(tenc_plan, dtype=self.dtype, name=flax_name(tenc_plan.path))(xt)
+                xt = HEncLayer(tenc_plan, dtype=self.dtype, dot_dtype=self.dot_dtype, name=flax_name(tenc_plan.path))(
+                    xt
+                )
                 if tenc_plan.empty:
                     # The empty time layer is only its first convolution, which brings the time branch to the
                     # frequency branch's shape: it is added into the frequency encoder, and the branches merge.
                     inject = xt
                 else:
                     saved_t.append(xt)  # for the skip connection
-            x = HEncLayer(enc_plan, dtype=self.dtype, name=flax_name(enc_plan.path))(x, inject)
+            x = HEncLayer(enc_plan, dtype=self.dtype, dot_dtype=self.dot_dtype, name=flax_name(enc_plan.path))(
+                x, inject
+            )
             if idx == 0 and p.freq_emb is not None:
                 e = p.freq_emb
                 table = self.param(
@@ -125,17 +132,19 @@ class HDemucsModule(nn.Module):
         for idx, dec_plan in enumerate(p.freq_decoder):
             # `pre` is the decoder layer's output just before its transposed convolution: where the branches
             # split, the time branch continues from it.
-            x, pre = HDecLayer(dec_plan, dtype=self.dtype, name=flax_name(dec_plan.path))(x, saved.pop(), lengths.pop())
+            x, pre = HDecLayer(dec_plan, dtype=self.dtype, dot_dtype=self.dot_dtype, name=flax_name(dec_plan.path))(
+                x, saved.pop(), lengths.pop()
+            )
             if idx >= offset:
                 tdec_plan = p.time_decoder[idx - offset]
                 if tdec_plan.empty:  # takes the frequency branch's last single-bin features
-                    xt, _ = HDecLayer(tdec_plan, dtype=self.dtype, name=flax_name(tdec_plan.path))(
-                        pre[:, 0], None, lengths_t.pop()
-                    )
+                    xt, _ = HDecLayer(
+                        tdec_plan, dtype=self.dtype, dot_dtype=self.dot_dtype, name=flax_name(tdec_plan.path)
+                    )(pre[:, 0], None, lengths_t.pop())
                 else:
-                    xt, _ = HDecLayer(tdec_plan, dtype=self.dtype, name=flax_name(tdec_plan.path))(
-                        xt, saved_t.pop(), lengths_t.pop()
-                    )
+                    xt, _ = HDecLayer(
+                        tdec_plan, dtype=self.dtype, dot_dtype=self.dot_dtype, name=flax_name(tdec_plan.path)
+                    )(xt, saved_t.pop(), lengths_t.pop())
 
         sources = p.num_sources
         # Frequency branch: (B, F, T, S * C * 2) -> complex (B, S, C, T, F), denormalised in float32.
@@ -214,6 +223,8 @@ class FlaxHDemucs(FlaxPreTrainedModel):
     and returns `FlaxHDemucsOutput(sources=(batch, num_sources, audio_channels, samples))`. The forward pass
     is jit-compiled once per input shape and reused. `dtype=jnp.bfloat16` computes the network in bfloat16;
     the STFT/iSTFT, normalisation statistics and outputs stay float32. Parameters are float32.
+    `dot_dtype=jnp.bfloat16` (with float32 `dtype`) is mixed precision: only the LSTMs, transposed and 1x1
+    convolutions take bfloat16 inputs, accumulating in float32 (the fastest mode on XLA:CPU; see the README).
     """
 
     config_class = HDemucsConfig
@@ -241,7 +252,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
             return module.apply({"params": params, "prepared": prepared}, waveform)
 
         def hdemucs_prepare(params):
-            return prepare_params(params, module.plan, dtype)
+            return prepare_params(params, module.plan, module.dot_dtype or dtype)
 
         self._forward = jax.jit(hdemucs_forward)
         self._prepare = jax.jit(hdemucs_prepare)
@@ -265,7 +276,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         if params is None or params is getattr(self, "_params", None):
             if self._prepared is None:
                 host = jax.tree.map(np.asarray, unfreeze(self._params))
-                prepared = prepare_params(host, self.module.plan, self.dtype, xp=np)
+                prepared = prepare_params(host, self.module.plan, self.module.dot_dtype or self.dtype, xp=np)
                 self._prepared = jax.tree.map(jnp.asarray, prepared)
             return self._prepared
         return self._prepare(params)
@@ -304,6 +315,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         state_dict_or_checkpoint_path: Mapping[str, Any] | str | os.PathLike,
         config: HDemucsConfig | None = None,
         dtype: Dtype = jnp.float32,
+        **kwargs: Any,
     ) -> FlaxHDemucs:
         """Build a model from torchaudio HDemucs weights: a state dict (torch tensors or numpy arrays) or a
         checkpoint file written by `torch.save(model.state_dict(), path)` (read without torch).
@@ -314,7 +326,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         if isinstance(state_dict, (str, os.PathLike)):
             state_dict = load_torch_state_dict(state_dict)
         params = convert_torchaudio_state_dict(state_dict, config)
-        return cls(config, dtype=dtype, params=jax.tree.map(jnp.asarray, params))
+        return cls(config, dtype=dtype, params=jax.tree.map(jnp.asarray, params), **kwargs)
 
     def to_torchaudio(self) -> dict[str, np.ndarray]:
         """The weights as a torchaudio `HDemucs` state dict of float32 numpy arrays."""
@@ -343,7 +355,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         # Parameters are always float32 (a checkpoint may store bfloat16 to halve its size); `dtype` is the
         # compute dtype and is applied per layer.
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
-        return cls(model.config, dtype=model.dtype, params=params)
+        return cls(model.config, dtype=model.dtype, params=params, dot_dtype=model.module.dot_dtype)
 
     @classmethod
     def load_flax_weights(cls, resolved_archive_file: str) -> dict:
