@@ -45,6 +45,7 @@ _EXPORTS = {
     "load_model": "pretrained",
     "cache_dir": "runtime",
     "configure_compilation_cache": "runtime",
+    "configure_xla": "runtime",
     "hide_torch_from_transformers": "runtime",
     "Separator": "separation",
     "synth_song": "synthetic",
@@ -90,7 +91,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names lo
     from .modeling_flax_hdemucs import FlaxHDemucs, FlaxHDemucsOutput, HDemucsModule
     from .options import SeparationOptions
     from .pretrained import load_model
-    from .runtime import cache_dir, configure_compilation_cache, hide_torch_from_transformers
+    from .runtime import cache_dir, configure_compilation_cache, configure_xla, hide_torch_from_transformers
     from .separation import Separator
     from .synthetic import synth_song
     from .weight_conversion import convert_torchaudio_state_dict, to_torchaudio_state_dict

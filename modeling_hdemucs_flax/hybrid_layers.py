@@ -12,7 +12,7 @@ from jaxtyping import Array, Float
 
 from .errors import ConfigError
 from .layer_plan import DecoderPlan, EncoderPlan
-from .layers import ArrayIn, Conv, ConvTranspose, DConv, Dtype, GroupNorm, gelu, glu
+from .layers import ArrayIn, Conv, ConvTranspose, DConv, Dtype, GroupNorm, SquareConv, gelu, glu
 
 
 def _norm(enabled: bool, groups: int, dtype: Dtype, name: str):
@@ -24,6 +24,7 @@ class HEncLayer(nn.Module):
 
     plan: EncoderPlan
     dtype: Dtype = jnp.float32
+    dot_dtype: Dtype | None = None  # mixed precision (see `layers.mixed_dot`): LSTMs and 1x1 convolutions
 
     @nn.compact
     def __call__(
@@ -55,12 +56,14 @@ class HEncLayer(nn.Module):
         if p.dconv is not None:
             if p.freq:  # DConv runs over time for every frequency bin
                 b, f, t, c = y.shape
-                y = DConv(p.dconv, dtype=self.dtype, name="dconv")(y.reshape(b * f, t, c)).reshape(b, f, t, c)
+                y = DConv(p.dconv, dtype=self.dtype, dot_dtype=self.dot_dtype, name="dconv")(
+                    y.reshape(b * f, t, c)
+                ).reshape(b, f, t, c)
             else:
-                y = DConv(p.dconv, dtype=self.dtype, name="dconv")(y)
+                y = DConv(p.dconv, dtype=self.dtype, dot_dtype=self.dot_dtype, name="dconv")(y)
         k = 1 + 2 * p.context
         if p.freq:
-            rewrite = Conv(2 * p.chout, (k, k), padding=(p.context, p.context), dtype=self.dtype, name="rewrite")
+            rewrite = SquareConv(2 * p.chout, k, dtype=self.dtype, name="rewrite")
         else:
             rewrite = Conv(2 * p.chout, (k,), padding=(p.context,), dtype=self.dtype, name="rewrite")
         return glu(_norm(p.norm, p.norm_groups, self.dtype, "norm2")(rewrite(y)))
@@ -74,6 +77,7 @@ class HDecLayer(nn.Module):
 
     plan: DecoderPlan
     dtype: Dtype = jnp.float32
+    dot_dtype: Dtype | None = None  # mixed precision (see `layers.mixed_dot`): the transposed convolution
 
     @nn.compact
     def __call__(
@@ -91,11 +95,13 @@ class HDecLayer(nn.Module):
             x = x + skip
             k = 1 + 2 * p.context
             if p.freq:
-                rewrite = Conv(2 * p.chin, (k, k), padding=(p.context, p.context), dtype=self.dtype, name="rewrite")
+                rewrite = SquareConv(2 * p.chin, k, dtype=self.dtype, name="rewrite")
             else:
                 rewrite = Conv(2 * p.chin, (k,), padding=(p.context,), dtype=self.dtype, name="rewrite")
             y = glu(_norm(p.norm, p.norm_groups, self.dtype, "norm1")(rewrite(x)))
-        z = ConvTranspose(p.chout, p.kernel_size, p.stride, two_d=p.freq, dtype=self.dtype, name="conv_tr")(y)
+        z = ConvTranspose(
+            p.chout, p.kernel_size, p.stride, two_d=p.freq, dtype=self.dtype, dot_dtype=self.dot_dtype, name="conv_tr"
+        )(y)
         z = _norm(p.norm, p.norm_groups, self.dtype, "norm2")(z)
         if p.freq:
             if p.pad:

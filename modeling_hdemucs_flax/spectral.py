@@ -27,8 +27,8 @@ def overlap_add(pieces: Shaped[Array, "*pieces"], axis: int) -> Shaped[Array, "*
     """Sum `pieces[..., l, j, ...]` into `out[..., l + j, ...]`.
 
     pieces: (..., L, m, ...) with `L` at `axis` and the m pieces per position at `axis + 1`.
-    Returns (..., L + m - 1, ...). Used by the iSTFT and by transposed convolutions whose kernel is a
-    multiple of their stride (each output block of `stride` samples sums m shifted inputs).
+    Returns (..., L + m - 1, ...). Used by the iSTFT (each output block of `hop` samples sums m shifted
+    frames).
     """
     axis = axis % pieces.ndim
     m = pieces.shape[axis + 1]
