@@ -22,14 +22,19 @@ _EXPORTS = {
     "write_audio": "audio_io",
     "HDemucsConfig": "configuration_hdemucs",
     "AudioError": "errors",
+    "AudioFormatError": "errors",
     "CheckpointError": "errors",
     "ConfigError": "errors",
+    "DatasetError": "errors",
     "DownloadError": "errors",
     "HDemucsFlaxError": "errors",
     "ModelLoadError": "errors",
     "ModelOutputError": "errors",
     "OptionError": "errors",
     "one_line": "errors",
+    "Report": "dataset",
+    "WorkerResources": "dataset",
+    "separate_dataset": "dataset",
     "OutputOptions": "file_output",
     "Track": "file_output",
     "find_tracks": "file_output",
@@ -44,6 +49,7 @@ _EXPORTS = {
     "load_model": "pretrained",
     "cache_dir": "runtime",
     "configure_compilation_cache": "runtime",
+    "configure_xla": "runtime",
     "hide_torch_from_transformers": "runtime",
     "Separator": "separation",
     "synth_song": "synthetic",
@@ -70,10 +76,13 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names load lazily
     from .audio_io import AUDIO_EXTENSIONS, AudioInfo, inspect_audio, read_audio, write_audio
     from .configuration_hdemucs import HDemucsConfig
+    from .dataset import Report, WorkerResources, separate_dataset
     from .errors import (
         AudioError,
+        AudioFormatError,
         CheckpointError,
         ConfigError,
+        DatasetError,
         DownloadError,
         HDemucsFlaxError,
         ModelLoadError,
@@ -87,7 +96,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names lo
     from .modeling_flax_hdemucs import FlaxHDemucs, FlaxHDemucsOutput, HDemucsModule
     from .options import SeparationOptions
     from .pretrained import load_model
-    from .runtime import cache_dir, configure_compilation_cache, hide_torch_from_transformers
+    from .runtime import cache_dir, configure_compilation_cache, configure_xla, hide_torch_from_transformers
     from .separation import Separator
     from .synthetic import synth_song
     from .weight_conversion import convert_torchaudio_state_dict, to_torchaudio_state_dict

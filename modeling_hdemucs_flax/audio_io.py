@@ -29,7 +29,7 @@ import numpy as np
 import soundfile as sf
 
 from . import tempfiles
-from .errors import AudioError, OptionError, one_line
+from .errors import AudioError, AudioFormatError, OptionError, one_line
 
 # Extensions taken from a folder given on the command line (lower case, with the dot): what libsndfile reads,
 # then what FFmpeg (PyAV) reads when libsndfile cannot: AAC/ALAC in MP4, WMA, WebM/Matroska, video containers.
@@ -157,7 +157,7 @@ def inspect_audio(path: str | os.PathLike) -> AudioInfo:
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         info = _inspect_with_pyav(path)
         if info is None:
-            raise AudioError(f"{path}: not a readable audio file ({_libsndfile_problem(error)})") from None
+            raise AudioFormatError(f"{path}: not a readable audio file ({_libsndfile_problem(error)})") from None
         log = ""
     if info.subtype == "OPUS":
         # libsndfile 1.2.2 decodes Ogg Opus wrongly: samples depend on the read size (errors of 0.7 after the
@@ -184,7 +184,7 @@ def _inspect_with_pyav(path: Path) -> AudioInfo | None:
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
-                raise AudioError(f"{path}: no audio stream in this {container.format.name} file")
+                raise AudioFormatError(f"{path}: no audio stream in this {container.format.name} file")
             stream = container.streams.audio[0]
             context = stream.codec_context
             rate, channels = int(context.sample_rate or 0), int(context.layout.nb_channels if context.layout else 0)
@@ -481,7 +481,7 @@ class AtomicAudioWriter:
     def __enter__(self) -> AtomicAudioWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc_type is not None:
             self.abort()
 
@@ -535,7 +535,9 @@ class StemWriter:
         self.peak = max(self.peak, float(np.abs(block).max(initial=0.0)))
         if self._staging is not None:
             self._staging.write(block)
-        elif self.clip_mode == "clamp":
+            return
+        assert self._final is not None  # every mode but "rescale" writes the final file directly
+        if self.clip_mode == "clamp":
             self._final.write(np.clip(block, -_CLAMP, _CLAMP))
         else:
             self._final.write(block)

@@ -47,7 +47,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=("float32", "bfloat16"),
         default="float32",
-        help="network compute precision (default: %(default)s)",
+        help="network compute precision (default: %(default)s). On CPU keep float32: bfloat16 runs slower there "
+        "(XLA:CPU converts bf16 convolutions to float32 and back); it pays on GPUs",
     )
     parser.add_argument(
         "--compilation-cache",
@@ -166,9 +167,78 @@ def _add_models_command(commands: argparse._SubParsersAction) -> None:
     models_command.register(commands)
 
 
+def _add_separate_dataset_command(commands: argparse._SubParsersAction) -> None:
+    from .dataset_cli import register  # argparse only; the work is imported by its handler
+
+    register(commands)
+
+
+def _add_serve_command(commands: argparse._SubParsersAction) -> None:
+    srv = commands.add_parser(
+        "serve",
+        help="separate over HTTP: an API server (needs the [serve] extra)",
+        description="Serve separation over HTTP (FastAPI + uvicorn). The model is loaded and compiled once; "
+        "/v1/health answers 503 until then. Set HDEMUCS_API_TOKEN to require 'Authorization: Bearer <token>'. "
+        "The model, schedule and output options below are the defaults of every request; a request may set "
+        "two_stems, format, shifts and overlap.",
+    )
+    add_model_arguments(srv)
+    add_output_arguments(srv)
+    add_separation_arguments(srv)
+    server = srv.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    server.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    server.add_argument(
+        "--max-upload",
+        default=None,
+        metavar="SIZE",
+        help="largest upload, in bytes or like 200mb (default: $HDEMUCS_API_MAX_UPLOAD or 200mb)",
+    )
+    server.add_argument(
+        "--max-duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="longest song (default: $HDEMUCS_API_MAX_DURATION or 600)",
+    )
+    server.add_argument(
+        "--queue-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests waiting while one runs; more get 429 (default: $HDEMUCS_API_QUEUE_SIZE or 8)",
+    )
+    server.add_argument(
+        "--job-ttl",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long a finished job's result is kept (default: $HDEMUCS_API_JOB_TTL or 3600)",
+    )
+    server.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="folder under which uploads and results are kept while needed (default: the system temp folder)",
+    )
+    server.add_argument(
+        "--preload",
+        action="store_true",
+        help="only load (download and cache) the model, then exit: for building a container image",
+    )
+    srv.add_argument("-q", "--quiet", action="store_true", help="no status lines or access log")
+    srv.set_defaults(handler=serve_command, command_parser=srv)
+
+
 # Each subcommand registers its parser with `handler` (args -> exit status) and `command_parser` (for usage
 # errors) as defaults. Subcommands with their own module import it inside their handler, keeping --help light.
-COMMANDS = (_add_separate_command, _add_convert_command, _add_models_command)
+COMMANDS = (
+    _add_separate_command,
+    _add_separate_dataset_command,
+    _add_serve_command,
+    _add_convert_command,
+    _add_models_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -366,6 +436,63 @@ def separate_command(args: argparse.Namespace) -> int:
     return EXIT_OK if failed == 0 else EXIT_FAILED
 
 
+_LIMIT_FLAGS = {
+    "max_upload_bytes": "--max-upload",
+    "max_duration": "--max-duration",
+    "queue_size": "--queue-size",
+    "job_ttl": "--job-ttl",
+}
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    schedule, output = options_from(args)
+    args.model = args.model or os.environ.get("HDEMUCS_MODEL") or None  # the container's build argument
+    if args.preload:
+        from . import ModelLoadError, load_model
+
+        try:
+            load_model(args.model, revision=args.revision)
+        except ModelLoadError as error:
+            _error(error)
+            return EXIT_FAILED
+        return EXIT_OK
+    try:
+        from . import serve
+    except ModuleNotFoundError as error:
+        _error(f"hdemucs-flax serve needs the [serve] extra: pip install 'hdemucs-flax[serve]' ({error})")
+        return EXIT_FAILED
+    from . import OptionError
+
+    try:
+        limits = serve.ServeLimits.from_env(
+            max_upload_bytes=args.max_upload,
+            max_duration=args.max_duration,
+            queue_size=args.queue_size,
+            job_ttl=args.job_ttl,
+        )
+    except OptionError as error:
+        flag = _LIMIT_FLAGS.get(error.option)
+        where = f"{flag} {shlex.quote(str(error.value))}" if flag else f"{error.option}={error.value!r}"
+        args.command_parser.error(f"{where}: {error.rule}")
+    token = os.environ.get(serve.ENV_TOKEN) or None
+    if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: listening on {args.host} without {serve.ENV_TOKEN}: anyone who reaches the port can use it",
+            file=sys.stderr,
+            flush=True,
+        )
+    return serve.serve(
+        lambda: load_separator(args, schedule, output),
+        host=args.host,
+        port=args.port,
+        limits=limits,
+        token=token,
+        workdir=args.workdir,
+        model_id=serve.model_label(args.model, args.revision),
+        quiet=args.quiet,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line `argv` (default: `sys.argv[1:]`); returns the exit status."""
     parser = build_parser()
@@ -390,12 +517,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry_point(argv: Sequence[str] | None = None) -> int:
     """The `hdemucs-flax` program (console script and `python -m modeling_hdemucs_flax`): `main` in a process
     that runs nothing else, so it may also keep transformers from importing torch (see
-    `hide_torch_from_transformers`) and turn SIGTERM/SIGHUP into the interrupt Ctrl-C is (so `timeout`,
-    `docker stop` and systemd leave no temporary files). Library callers use `main`, which changes no
-    process-wide setting of its own."""
-    from .runtime import hide_torch_from_transformers, interrupt_on_termination
+    `hide_torch_from_transformers`), add the package's XLA flags (`configure_xla`) and turn SIGTERM/SIGHUP
+    into the interrupt Ctrl-C is (so `timeout`, `docker stop` and systemd leave no temporary files). Library
+    callers use `main`, which changes no process-wide setting of its own."""
+    from .runtime import configure_xla, hide_torch_from_transformers, interrupt_on_termination
 
     hide_torch_from_transformers()
+    configure_xla()
     interrupt_on_termination()
     return main(argv)
 

@@ -31,6 +31,11 @@ class AudioError(HDemucsFlaxError, ValueError):
     """An audio file or array that cannot be used; the message is one line: `name: problem`."""
 
 
+class AudioFormatError(AudioError):
+    """A file that no audio reader recognises (not audio, or a format libsndfile cannot read), as opposed to
+    audio that is damaged; a server answers it with 415 Unsupported Media Type instead of 400."""
+
+
 class CheckpointError(HDemucsFlaxError, ValueError):
     """Weights that cannot be read or do not match the architecture; the message names the keys or the file."""
 
@@ -46,6 +51,11 @@ class ModelOutputError(HDemucsFlaxError, RuntimeError):
 
 class DownloadError(HDemucsFlaxError, RuntimeError):
     """A download failed or its content did not match the expected sha256."""
+
+
+class DatasetError(HDemucsFlaxError, ValueError):
+    """A dataset job that cannot start as asked (an input that yields nothing, two inputs with one key, outputs
+    made with other options); the message names the inputs or outputs and the fix. A usage error."""
 
 
 def one_line(error: BaseException | str) -> str:

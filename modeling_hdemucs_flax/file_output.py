@@ -15,9 +15,10 @@ plans before JAX is loaded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +40,7 @@ from .audio_io import (
     output_subtype,
     remove_empty_folders,
 )
-from .errors import OptionError
+from .errors import HDemucsFlaxError, OptionError
 
 if TYPE_CHECKING:
     from .separation import Progress, Separator
@@ -308,6 +309,129 @@ def commit_all(writers: Mapping[str, StemWriter]) -> dict[str, Path]:
     return {name: writer.path for name, writer in writers.items()}
 
 
+class _FileJob:
+    """One input file's stems: what they are called and how they are written. The checks that need no
+    separation (the file's header, its channels, the stems' names and formats) run when the job is made; the
+    stem files are created when the first separated samples arrive, and committed all together."""
+
+    def __init__(
+        self,
+        separator: Separator,
+        track: Track,
+        paths: dict[str, Path],
+        options: OutputOptions,
+        progress: Progress | None,
+    ):
+        from .separation import Signal  # the schedule's type; imported here so this module stays light
+
+        self.info = info = inspect_audio(track.path)
+        separator.check_channels(info.channels, str(info.path))
+        self.sources, self.options = list(separator.sources), options
+        self.subtype = output_subtype(options.ext, info.subtype, options.subtype)
+        self.paths = paths  # planned by `plan_outputs` with every other track's
+        for target in self.paths.values():
+            check_output_format(target, options.ext, self.subtype, info.sample_rate, info.channels)
+        self.writers: dict[str, StemWriter] = {}
+        self._created: list[Path] = []  # folders made for these stems, removed again if they fail
+        # "minus" needs the mix beside each output block: a second reader follows the output.
+        self._mix = _Reader(iter_audio_blocks(info)) if options.needs_mix else None
+        self.signal = Signal(lambda: iter_audio_blocks(info), info.channels, info.sample_rate, str(info.path), progress)
+
+    def write(self, block: np.ndarray) -> None:
+        """Append separated (sources, channels, n) samples to every stem."""
+        if not self.writers:
+            info, options = self.info, self.options
+            for folder in dict.fromkeys(target.parent for target in self.paths.values()):
+                self._created += make_folders(folder)
+            for name, target in self.paths.items():
+                self.writers[name] = StemWriter(
+                    target,
+                    info.sample_rate,
+                    info.channels,
+                    self.subtype,
+                    options.ext,
+                    options.clip_mode,
+                    mp3_bitrate=options.mp3_bitrate,
+                    mp3_preset=options.mp3_preset,
+                )
+        piece = self._mix.take(block.shape[-1]) if self._mix is not None else None
+        for name, stem in self.options.select(block, self.sources, piece).items():
+            self.writers[name].write(stem)
+
+    def commit(self) -> dict[str, Path]:
+        return commit_all(self.writers)
+
+    def abort(self) -> None:
+        """Remove every temporary, and the folders made for this track (an interrupted track leaves no empty
+        track folder behind)."""
+        for writer in self.writers.values():
+            writer.abort()
+        remove_empty_folders(self._created)
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What became of one input of `separate_files`: its stems ({stem: path}) or the error that stopped it."""
+
+    path: Path
+    stems: dict[str, Path] | None = None
+    error: BaseException | None = None
+
+
+def separate_files(
+    separator: Separator,
+    paths: Iterable[Track | str | os.PathLike],
+    output_dir: str | os.PathLike = "separated",
+    options: OutputOptions | None = None,
+    *,
+    progress: Callable[[Path, int, int], None] | None = None,
+) -> Iterator[FileResult]:
+    """Separate audio files into stem files through one schedule (`Separator.stream_many`): a batch of chunks
+    spans the end of one file and the start of the next, so short files still fill large batches.
+
+    `paths` are files or `Track`s; every stem path is planned (`plan_outputs`) before anything is written, so a
+    plan that would lose data raises `OptionError` first. Yields a `FileResult` per file, in order, as soon as
+    its stems are committed (all together, atomically) or it failed; a file that fails leaves no stem file and
+    does not stop the others. An error of the network itself (not of a file) ends the whole run, leaving no
+    partial stems. `progress(path, done, total)` follows each file's chunks. Files are opened one after
+    another, as the schedule reaches them.
+    """
+    options = options or OutputOptions()
+    tracks = [p if isinstance(p, Track) else Track(Path(p)) for p in paths]
+    plan = plan_outputs(tracks, output_dir, options, separator.sources)
+    paths = [track.path for track in tracks]
+    jobs: dict[int, _FileJob] = {}
+
+    def opener(index: int):
+        def open_signal():
+            follow = functools.partial(progress, paths[index]) if progress is not None else None
+            jobs[index] = _FileJob(separator, tracks[index], plan[tracks[index]], options, follow)
+            return jobs[index].signal
+
+        return open_signal
+
+    try:
+        for event in separator.stream_many(opener(index) for index in range(len(paths))):
+            job = jobs.get(event.index)
+            if event.kind == "block":
+                job.write(event.value)
+                continue
+            jobs.pop(event.index, None)
+            if event.kind == "failed":
+                if job is not None:
+                    job.abort()
+                yield FileResult(paths[event.index], error=event.value)
+                continue
+            try:
+                yield FileResult(paths[event.index], stems=job.commit())
+            except HDemucsFlaxError as error:  # committing failed: commit_all removed every stem
+                job.abort()
+                yield FileResult(paths[event.index], error=error)
+    finally:
+        for job in jobs.values():  # a network failure, or the consumer stopped early: nothing half-written
+            job.abort()
+
+
 def separate_file(
     separator: Separator,
     path: Track | str | os.PathLike,
@@ -329,42 +453,8 @@ def separate_file(
     options = options or OutputOptions()
     if changes:
         options = options.replace(**changes)
-    track = path if isinstance(path, Track) else Track(Path(path))
-    info = inspect_audio(track.path)
-    separator.check_channels(info.channels, str(info.path))
-    subtype = output_subtype(options.ext, info.subtype, options.subtype)
-    paths = plan_outputs([track], output_dir, options, separator.sources)[track]
-    for target in paths.values():
-        check_output_format(target, options.ext, subtype, info.sample_rate, info.channels)
-
-    writers: dict[str, StemWriter] = {}
-    created: list[Path] = []
-    try:
-        for folder in dict.fromkeys(target.parent for target in paths.values()):
-            created += make_folders(folder)
-        for name, target in paths.items():
-            writers[name] = StemWriter(
-                target,
-                info.sample_rate,
-                info.channels,
-                subtype,
-                options.ext,
-                options.clip_mode,
-                mp3_bitrate=options.mp3_bitrate,
-                mp3_preset=options.mp3_preset,
-            )
-        # "minus" needs the mix beside each output block: a second reader follows the output.
-        mix = _Reader(iter_audio_blocks(info)) if options.needs_mix else None
-        blocks = separator.stream(
-            lambda: iter_audio_blocks(info), info.channels, info.sample_rate, name=str(info.path), progress=progress
-        )
-        for block in blocks:
-            piece = mix.take(block.shape[-1]) if mix is not None else None
-            for name, stem in options.select(block, separator.sources, piece).items():
-                writers[name].write(stem)
-        return commit_all(writers)
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        remove_empty_folders(created)  # an interrupted track leaves no empty track folder behind
-        raise
+    follow = (lambda _path, done, total: progress(done, total)) if progress is not None else None
+    [result] = separate_files(separator, [path], output_dir, options, progress=follow)
+    if result.error is not None:
+        raise result.error
+    return result.stems

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
 from .errors import ConfigError
 from .layer_plan import DecoderPlan, EncoderPlan
-from .layers import Conv, ConvTranspose, DConv, Dtype, GroupNorm, gelu, glu
+from .layers import ArrayIn, Conv, ConvTranspose, DConv, Dtype, GroupNorm, SquareConv, gelu, glu
 
 
 def _norm(enabled: bool, groups: int, dtype: Dtype, name: str):
@@ -23,9 +24,12 @@ class HEncLayer(nn.Module):
 
     plan: EncoderPlan
     dtype: Dtype = jnp.float32
+    dot_dtype: Dtype | None = None  # mixed precision (see `layers.mixed_dot`): LSTMs and 1x1 convolutions
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, inject: jnp.ndarray | None = None) -> jnp.ndarray:
+    def __call__(
+        self, x: Float[ArrayIn, " batch *rest"], inject: Float[ArrayIn, " batch *inject"] | None = None
+    ) -> Float[Array, " batch *out"]:
         p = self.plan
         if p.freq:
             conv = Conv(p.chout, (p.kernel_size, 1), (p.stride, 1), (p.pad, 0), dtype=self.dtype, name="conv")
@@ -52,12 +56,14 @@ class HEncLayer(nn.Module):
         if p.dconv is not None:
             if p.freq:  # DConv runs over time for every frequency bin
                 b, f, t, c = y.shape
-                y = DConv(p.dconv, dtype=self.dtype, name="dconv")(y.reshape(b * f, t, c)).reshape(b, f, t, c)
+                y = DConv(p.dconv, dtype=self.dtype, dot_dtype=self.dot_dtype, name="dconv")(
+                    y.reshape(b * f, t, c)
+                ).reshape(b, f, t, c)
             else:
-                y = DConv(p.dconv, dtype=self.dtype, name="dconv")(y)
+                y = DConv(p.dconv, dtype=self.dtype, dot_dtype=self.dot_dtype, name="dconv")(y)
         k = 1 + 2 * p.context
         if p.freq:
-            rewrite = Conv(2 * p.chout, (k, k), padding=(p.context, p.context), dtype=self.dtype, name="rewrite")
+            rewrite = SquareConv(2 * p.chout, k, dtype=self.dtype, name="rewrite")
         else:
             rewrite = Conv(2 * p.chout, (k,), padding=(p.context,), dtype=self.dtype, name="rewrite")
         return glu(_norm(p.norm, p.norm_groups, self.dtype, "norm2")(rewrite(y)))
@@ -71,9 +77,12 @@ class HDecLayer(nn.Module):
 
     plan: DecoderPlan
     dtype: Dtype = jnp.float32
+    dot_dtype: Dtype | None = None  # mixed precision (see `layers.mixed_dot`): the transposed convolution
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, skip: jnp.ndarray | None, length: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    def __call__(
+        self, x: Float[ArrayIn, " batch *rest"], skip: Float[ArrayIn, " batch *skip"] | None, length: int
+    ) -> tuple[Float[Array, " batch *out"], Float[ArrayIn, " batch *pre"]]:  # pre: x itself in an empty layer
         p = self.plan
         if p.freq and x.ndim == 3:  # output of a time-axis layer of the frequency branch: (B, T, C) -> (B, 1, T, C)
             x = x[:, None]
@@ -82,14 +91,17 @@ class HDecLayer(nn.Module):
                 raise ConfigError(f"{p.path}: an empty decoder layer takes no skip connection")
             y = x
         else:
+            assert skip is not None, f"{p.path}: a decoder layer needs its skip connection"
             x = x + skip
             k = 1 + 2 * p.context
             if p.freq:
-                rewrite = Conv(2 * p.chin, (k, k), padding=(p.context, p.context), dtype=self.dtype, name="rewrite")
+                rewrite = SquareConv(2 * p.chin, k, dtype=self.dtype, name="rewrite")
             else:
                 rewrite = Conv(2 * p.chin, (k,), padding=(p.context,), dtype=self.dtype, name="rewrite")
             y = glu(_norm(p.norm, p.norm_groups, self.dtype, "norm1")(rewrite(x)))
-        z = ConvTranspose(p.chout, p.kernel_size, p.stride, two_d=p.freq, dtype=self.dtype, name="conv_tr")(y)
+        z = ConvTranspose(
+            p.chout, p.kernel_size, p.stride, two_d=p.freq, dtype=self.dtype, dot_dtype=self.dot_dtype, name="conv_tr"
+        )(y)
         z = _norm(p.norm, p.norm_groups, self.dtype, "norm2")(z)
         if p.freq:
             if p.pad:

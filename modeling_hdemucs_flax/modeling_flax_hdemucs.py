@@ -1,28 +1,34 @@
-"""The HDemucs linen module and its thin `FlaxPreTrainedModel` wrapper, `FlaxHDemucs`."""
+"""The HDemucs linen module and its thin `FlaxPreTrainedModel` wrapper, `FlaxHDemucs`.
+
+Array shapes are jaxtyping annotations: documentation that the test suite checks (see tests/shape_checks.py);
+nothing is checked when a user runs the model.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, overload
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from flax.core.frozen_dict import FrozenDict, freeze, unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
+from jax.core import Tracer
+from jaxtyping import Array, Float, Float32, Real
 from transformers import FlaxAutoModel
 from transformers.modeling_flax_utils import FlaxPreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils.generic import ModelOutput
 
 from .configuration_hdemucs import HDemucsConfig
 from .errors import AudioError, CheckpointError
 from .hybrid_layers import HDecLayer, HEncLayer
-from .layer_plan import HDemucsPlan, flax_name, plan_layers
-from .layers import Dtype, accurate_sum
+from .layer_plan import LSTM_LAYERS, HDemucsPlan, flax_name, plan_layers
+from .layers import LSTM, ConvTranspose, Dtype, accurate_sum
 from .spectral import hdemucs_ispec, hdemucs_spec
 from .torch_checkpoint import load_torch_state_dict
 from .weight_conversion import (
@@ -69,9 +75,14 @@ class HDemucsModule(nn.Module):
 
     plan: HDemucsPlan
     dtype: Dtype = jnp.float32
+    # Mixed precision: the matmul-shaped layers (LSTMs, transposed and 1x1 convolutions) take their inputs in
+    # this dtype and accumulate in float32; everything else computes in `dtype`. None: `dtype` everywhere.
+    dot_dtype: Dtype | None = None
 
     @nn.compact
-    def __call__(self, waveform: jnp.ndarray) -> jnp.ndarray:
+    def __call__(
+        self, waveform: Float[Array, "batch channels samples"]
+    ) -> Float32[Array, "batch sources channels samples"]:
         p = self.plan
         if waveform.ndim != 3 or waveform.shape[1] != p.audio_channels:
             raise AudioError(
@@ -95,14 +106,18 @@ class HDemucsModule(nn.Module):
             if idx < len(p.time_encoder):  # the branches have not merged yet
                 tenc_plan = p.time_encoder[idx]
                 lengths_t.append(xt.shape[1])
-                xt = HEncLayer(tenc_plan, dtype=self.dtype, name=flax_name(tenc_plan.path))(xt)
+                xt = HEncLayer(tenc_plan, dtype=self.dtype, dot_dtype=self.dot_dtype, name=flax_name(tenc_plan.path))(
+                    xt
+                )
                 if tenc_plan.empty:
                     # The empty time layer is only its first convolution, which brings the time branch to the
                     # frequency branch's shape: it is added into the frequency encoder, and the branches merge.
                     inject = xt
                 else:
                     saved_t.append(xt)  # for the skip connection
-            x = HEncLayer(enc_plan, dtype=self.dtype, name=flax_name(enc_plan.path))(x, inject)
+            x = HEncLayer(enc_plan, dtype=self.dtype, dot_dtype=self.dot_dtype, name=flax_name(enc_plan.path))(
+                x, inject
+            )
             if idx == 0 and p.freq_emb is not None:
                 e = p.freq_emb
                 table = self.param(
@@ -125,17 +140,19 @@ class HDemucsModule(nn.Module):
         for idx, dec_plan in enumerate(p.freq_decoder):
             # `pre` is the decoder layer's output just before its transposed convolution: where the branches
             # split, the time branch continues from it.
-            x, pre = HDecLayer(dec_plan, dtype=self.dtype, name=flax_name(dec_plan.path))(x, saved.pop(), lengths.pop())
+            x, pre = HDecLayer(dec_plan, dtype=self.dtype, dot_dtype=self.dot_dtype, name=flax_name(dec_plan.path))(
+                x, saved.pop(), lengths.pop()
+            )
             if idx >= offset:
                 tdec_plan = p.time_decoder[idx - offset]
                 if tdec_plan.empty:  # takes the frequency branch's last single-bin features
-                    xt, _ = HDecLayer(tdec_plan, dtype=self.dtype, name=flax_name(tdec_plan.path))(
-                        pre[:, 0], None, lengths_t.pop()
-                    )
+                    xt, _ = HDecLayer(
+                        tdec_plan, dtype=self.dtype, dot_dtype=self.dot_dtype, name=flax_name(tdec_plan.path)
+                    )(pre[:, 0], None, lengths_t.pop())
                 else:
-                    xt, _ = HDecLayer(tdec_plan, dtype=self.dtype, name=flax_name(tdec_plan.path))(
-                        xt, saved_t.pop(), lengths_t.pop()
-                    )
+                    xt, _ = HDecLayer(
+                        tdec_plan, dtype=self.dtype, dot_dtype=self.dot_dtype, name=flax_name(tdec_plan.path)
+                    )(xt, saved_t.pop(), lengths_t.pop())
 
         sources = p.num_sources
         # Frequency branch: (B, F, T, S * C * 2) -> complex (B, S, C, T, F), denormalised in float32.
@@ -147,6 +164,41 @@ class HDemucsModule(nn.Module):
         xt = xt.astype(jnp.float32) * stdt + meant
         xt = xt.reshape(batch, length, sources, channels).transpose(0, 2, 3, 1)
         return xt + spec_out
+
+
+def prepare_params(params: Mapping[str, Any], plan: HDemucsPlan, dtype: Dtype = jnp.float32, xp: Any = jnp) -> dict:
+    """The "prepared" collection of `HDemucsModule`: weights re-laid out once instead of in every forward pass.
+
+    params: the stored parameter tree (torchaudio-mirrored names, the checkpoint format). Returns a tree with
+    the modules' paths holding each LSTM layer's stacked directions (`LSTM.prepare`) and each transposed
+    convolution's matmul weight (`ConvTranspose.prepare`), in the compute dtype. Pure data movement (the one
+    sum, bias_ih + bias_hh, is the one the module performs otherwise), so a forward pass gives the same
+    result with or without it. `xp`: numpy for concrete arrays (no compilation), jax.numpy under a trace.
+    """
+    prepared: dict = {}
+
+    def put(path: tuple[str, ...], value: Any) -> None:
+        node = prepared
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+
+    for layer in (*plan.freq_encoder, *plan.time_encoder):
+        d = layer.dconv
+        if layer.empty or d is None or not d.lstm:
+            continue
+        for branch in range(d.depth):
+            path = (flax_name(layer.path), "dconv", f"layers_{branch}", "lstm", "lstm")
+            node = params
+            for key in path:
+                node = node[key]
+            for index in range(LSTM_LAYERS):
+                put((*path, f"l{index}"), LSTM.prepare(node, index, dtype, xp))
+    for layer in (*plan.freq_decoder, *plan.time_decoder):
+        name = flax_name(layer.path)
+        kernel = params[name]["conv_tr"]["kernel"]
+        put((name, "conv_tr", "matrix"), ConvTranspose.prepare(kernel, layer.stride, dtype, xp))
+    return prepared
 
 
 def _embedding_init(num: int, smooth: bool, scale: float):
@@ -162,14 +214,14 @@ def _embedding_init(num: int, smooth: bool, scale: float):
     return init
 
 
-@flax.struct.dataclass
+@struct.dataclass
 class FlaxHDemucsOutput(ModelOutput):
     """Output of `FlaxHDemucs`.
 
     sources: float32 (batch, num_sources, audio_channels, samples), in the order of `config.sources`.
     """
 
-    sources: jnp.ndarray = None
+    sources: Float32[Array, "batch sources channels samples"] | None = None
 
 
 class FlaxHDemucs(FlaxPreTrainedModel):
@@ -179,6 +231,8 @@ class FlaxHDemucs(FlaxPreTrainedModel):
     and returns `FlaxHDemucsOutput(sources=(batch, num_sources, audio_channels, samples))`. The forward pass
     is jit-compiled once per input shape and reused. `dtype=jnp.bfloat16` computes the network in bfloat16;
     the STFT/iSTFT, normalisation statistics and outputs stay float32. Parameters are float32.
+    `dot_dtype=jnp.bfloat16` (with float32 `dtype`) is mixed precision: only the LSTMs, transposed and 1x1
+    convolutions take bfloat16 inputs, accumulating in float32 (its speed and error: README, "Speed").
     """
 
     config_class = HDemucsConfig
@@ -200,13 +254,40 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         if input_shape is None:
             input_shape = (1, config.audio_channels, config.nfft)
         self._given_params = params
+        self._prepared = None  # prepare_params(self.params), computed at the first call that uses self.params
 
-        def hdemucs_forward(params, waveform):  # the name JAX's compile logs, events and cache entries show
-            return module.apply({"params": params}, waveform)
+        def hdemucs_forward(params, prepared, waveform):  # the name JAX's compile logs, events and cache entries show
+            return module.apply({"params": params, "prepared": prepared}, waveform)
+
+        def hdemucs_prepare(params):
+            return prepare_params(params, module.plan, module.dot_dtype or dtype)
 
         self._forward = jax.jit(hdemucs_forward)
+        self._prepare = jax.jit(hdemucs_prepare)
         super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
         self._given_params = None
+
+    @property
+    def params(self) -> dict | FrozenDict:
+        """The parameters in the stored (checkpoint) layout; assigning new ones drops the prepared copy."""
+        return FlaxPreTrainedModel.params.fget(self)
+
+    @params.setter
+    def params(self, params: dict | FrozenDict) -> None:
+        FlaxPreTrainedModel.params.fset(self, params)
+        self._prepared = None
+
+    def prepared_params(self, params: Mapping[str, Any] | None = None) -> dict:
+        """`prepare_params` of `params` (default: `self.params`, prepared once in numpy and kept until the
+        parameters are replaced by assignment; a tree changed in place must be assigned again). Other trees are
+        prepared by a jitted function, which also traces (for `jax.jit(lambda p, x: model(x, params=p))`)."""
+        if params is None or params is getattr(self, "_params", None):
+            if self._prepared is None:
+                host = jax.tree.map(np.asarray, unfreeze(self._params))
+                prepared = prepare_params(host, self.module.plan, self.module.dot_dtype or self.dtype, xp=np)
+                self._prepared = jax.tree.map(jnp.asarray, prepared)
+            return self._prepared
+        return self._prepare(params)
 
     def init_weights(
         self, rng: jax.Array, input_shape: tuple[int, ...], params: FrozenDict | None = None
@@ -217,7 +298,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         """
         if self._given_params is not None:
             return freeze(self._given_params)
-        if isinstance(rng, jax.core.Tracer):  # under jax.eval_shape (`_do_init=False`) only shapes matter
+        if isinstance(rng, Tracer):  # under jax.eval_shape (`_do_init=False`) only shapes matter
             return freeze(
                 jax.tree.map(
                     lambda shape: jnp.zeros(shape, jnp.float32),
@@ -230,7 +311,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         if params is None:
             return freeze(jax.tree.map(jnp.asarray, random_params))
         random_flat = flatten_dict(random_params)
-        given = flatten_dict(unfreeze(params))
+        given: dict = flatten_dict(unfreeze(params))
         for key in self._missing_keys:
             given[key] = jnp.asarray(random_flat[key])
         self._missing_keys = set()
@@ -242,6 +323,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         state_dict_or_checkpoint_path: Mapping[str, Any] | str | os.PathLike,
         config: HDemucsConfig | None = None,
         dtype: Dtype = jnp.float32,
+        **kwargs: Any,
     ) -> FlaxHDemucs:
         """Build a model from torchaudio HDemucs weights: a state dict (torch tensors or numpy arrays) or a
         checkpoint file written by `torch.save(model.state_dict(), path)` (read without torch).
@@ -252,7 +334,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         if isinstance(state_dict, (str, os.PathLike)):
             state_dict = load_torch_state_dict(state_dict)
         params = convert_torchaudio_state_dict(state_dict, config)
-        return cls(config, dtype=dtype, params=jax.tree.map(jnp.asarray, params))
+        return cls(config, dtype=dtype, params=jax.tree.map(jnp.asarray, params), **kwargs)
 
     def to_torchaudio(self) -> dict[str, np.ndarray]:
         """The weights as a torchaudio `HDemucs` state dict of float32 numpy arrays."""
@@ -265,11 +347,15 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         """transformers' `from_pretrained`, strict: a checkpoint whose parameters do not exactly match the
         config (missing, unexpected or wrongly shaped) is an error, never silently re-initialised."""
         if kwargs.get("_do_init", True) is False:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            # transformers returns a (model, params) pair here
+            return super().from_pretrained(  # pyright: ignore[reportReturnType]
+                pretrained_model_name_or_path, *model_args, **kwargs
+            )
         kwargs.pop("_do_init", None)
         cls._missing_keys = set()
         cls._loaded_keys = None
-        model, params = super().from_pretrained(pretrained_model_name_or_path, *model_args, _do_init=False, **kwargs)
+        loaded: Any = super().from_pretrained(pretrained_model_name_or_path, *model_args, _do_init=False, **kwargs)
+        model, params = loaded  # with _do_init=False: (model without parameters, parameters)
         missing = sorted("/".join(k) for k in cls._missing_keys)
         unexpected = sorted("/".join(k) for k in (cls._loaded_keys or set()) - model.required_params)
         cls._missing_keys, cls._loaded_keys = set(), None
@@ -282,7 +368,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         # compute dtype and is applied per layer.
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
         model.config.name_or_path = str(pretrained_model_name_or_path)  # how errors name the model
-        return cls(model.config, dtype=model.dtype, params=params)
+        return cls(model.config, dtype=model.dtype, params=params, dot_dtype=model.module.dot_dtype)
 
     @classmethod
     def load_flax_weights(cls, resolved_archive_file: str) -> dict:
@@ -290,11 +376,33 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         cls._loaded_keys = set(flatten_dict(state).keys())  # read by `from_pretrained` to reject extra keys
         return state
 
+    @overload
     def __call__(
-        self, waveform: Any, params: dict | None = None, return_dict: bool = True
-    ) -> FlaxHDemucsOutput | tuple:
+        self,
+        waveform: Real[np.ndarray | Array, "batch channels samples"],
+        params: Mapping[str, Any] | None = None,
+        return_dict: Literal[True] = True,
+    ) -> FlaxHDemucsOutput: ...
+
+    @overload
+    def __call__(
+        self,
+        waveform: Real[np.ndarray | Array, "batch channels samples"],
+        params: Mapping[str, Any] | None = None,
+        *,
+        return_dict: Literal[False],
+    ) -> tuple[Float32[Array, "batch sources channels samples"]]: ...
+
+    def __call__(
+        self,
+        waveform: Real[np.ndarray | Array, "batch channels samples"],
+        params: Mapping[str, Any] | None = None,
+        return_dict: bool = True,
+    ) -> FlaxHDemucsOutput | tuple[Float32[Array, "batch sources channels samples"]]:
+        """Separate `waveform` (batch, audio_channels, samples), any real dtype (computed as float32 in, the
+        model's dtype inside): `FlaxHDemucsOutput(sources=...)`, or `(sources,)` with `return_dict=False`."""
         params = self.params if params is None else params
-        sources = self._forward(params, jnp.asarray(waveform, jnp.float32))
+        sources = self._forward(params, self.prepared_params(params), jnp.asarray(waveform, jnp.float32))
         return FlaxHDemucsOutput(sources=sources) if return_dict else (sources,)
 
     @property

@@ -38,6 +38,7 @@ from .downloads import (
     torchaudio_url,
 )
 from .errors import DownloadError, HDemucsFlaxError, ModelLoadError, one_line
+from .layers import Dtype
 from .modeling_flax_hdemucs import FlaxHDemucs
 from .runtime import cache_dir
 
@@ -111,7 +112,7 @@ def _load_repo(repo_id: str, dtype, revision: str | None, option: str, *, local_
 def load_model(
     model: str | os.PathLike | None = None,
     *,
-    dtype=jnp.float32,
+    dtype: Dtype = jnp.float32,
     revision: str | None = None,
     option: str = "--model",
 ) -> FlaxHDemucs:
@@ -138,7 +139,7 @@ def converted_model_dir(bundle: TorchaudioBundle = DEFAULT_BUNDLE) -> Path:
 
 def load_default_model(
     *,
-    dtype=jnp.float32,
+    dtype: Dtype = jnp.float32,
     revision: str | None = None,
     repo_id: str = DEFAULT_MODEL,
     bundle: TorchaudioBundle = DEFAULT_BUNDLE,

@@ -17,23 +17,29 @@ the song's final, shorter chunk at its own length; here every chunk is `segment`
 zero-padded, because a shorter chunk would need a compilation per song length.
 
 This module opens no file: `file_output.separate_file` reads a song through `audio_io`, runs it through
-`Separator.stream` and writes the stems. Options are validated by `options.SeparationOptions`.
+`Separator.stream` and writes the stems. Options are validated by `options.SeparationOptions`. Array shapes are
+jaxtyping annotations, checked by the test suite (tests/shape_checks.py), never when a user separates.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import soxr
+from jaxtyping import Float, Float32
 
 from .errors import AudioError, ModelOutputError, OptionError
+from .layers import Dtype
 from .modeling_flax_hdemucs import FlaxHDemucs
 from .options import WEIGHTINGS, SeparationOptions
 from .runtime import describe_devices
@@ -41,6 +47,8 @@ from .runtime import describe_devices
 STD_EPS = 1e-8  # added to the mix's std (demucs's api.py) so silence normalises to silence, not NaN
 BLOCK = 1 << 16  # samples per block read from a file or handed between stages
 Progress = Callable[[int, int], None]  # (chunks_done, chunks_total)
+# float32 (batch, channels, segment) -> (batch, sources, channels, segment): one batch through the network
+Forward = Callable[[Float32[np.ndarray, "batch channels segment"]], Float[np.ndarray, "batch sources channels segment"]]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -49,7 +57,7 @@ Progress = Callable[[int, int], None]  # (chunks_done, chunks_total)
 
 def chunk_weight(
     segment: int, overlap_samples: int, weighting: str = "triangle", transition_power: float = 1.0
-) -> np.ndarray:
+) -> Float32[np.ndarray, " segment"]:
     """The overlap-add weight of one chunk: float32 (segment,), every value > 0, maximum 1.
 
     "triangle" is demucs's: a triangle peaking mid-chunk, normalised to 1, raised to `transition_power`
@@ -165,13 +173,13 @@ class OverlapAdd:
     bounded by the span of the chunks in flight.
     """
 
-    def __init__(self, length: int, n_shifts: int, weight: np.ndarray, out_shape: tuple[int, ...]):
+    def __init__(self, length: int, n_shifts: int, weight: Float[np.ndarray, " segment"], out_shape: tuple[int, ...]):
         self.length, self.weight = length, weight
         self.base = 0  # first sample not yet returned
         self._acc = np.zeros((n_shifts, *out_shape, 0), np.float64)
         self._wsum = np.zeros((n_shifts, 0), np.float64)
 
-    def add(self, shift: int, start: int, chunk: np.ndarray) -> None:
+    def add(self, shift: int, start: int, chunk: Float[np.ndarray, "*out segment"]) -> None:
         """Accumulate `chunk` (*out_shape, segment) for pass `shift`; only samples inside [0, length) count."""
         segment = chunk.shape[-1]
         lo, hi = max(start, self.base), min(start + segment, self.length)
@@ -186,7 +194,7 @@ class OverlapAdd:
         self._acc[shift, ..., lo - self.base : hi - self.base] += chunk[..., lo - start : hi - start] * w
         self._wsum[shift, lo - self.base : hi - self.base] += w
 
-    def pop(self, frontier: int) -> np.ndarray:
+    def pop(self, frontier: int) -> Float32[np.ndarray, "*out n"]:
         """Finished output for samples [base, min(frontier, length)): (*out_shape, n) float32."""
         n = max(0, min(frontier, self.length) - self.base)
         assert n <= self._acc.shape[-1], "popping samples no chunk has covered"
@@ -200,48 +208,180 @@ class OverlapAdd:
         return out
 
 
+class _Song:
+    """One signal's way through the schedule: its chunk plan, the window of input the next chunks need, and the
+    overlap-add of its outputs. Chunks are handed out (`take`) and their outputs added back (`add`) in plan
+    order; `pop` returns the samples no later chunk covers."""
+
+    def __init__(
+        self,
+        blocks: Iterable[np.ndarray],
+        length: int,
+        *,
+        channels: int,
+        segment: int,
+        stride: int,
+        weight: np.ndarray,
+        delays: tuple[int, ...],
+        progress: Progress | None = None,
+    ):
+        self.chunks = plan_chunks(length, segment, stride, delays)
+        self.length, self.segment, self.weight, self.shifts = length, segment, weight, len(delays)
+        self.window = _Window(iter(blocks), channels, length)
+        self.taken = self.added = 0
+        self.progress = progress
+        self._ola: OverlapAdd | None = None
+        if progress is not None:
+            progress(0, len(self.chunks))
+
+    @property
+    def exhausted(self) -> bool:
+        """Every chunk has been handed out."""
+        return self.taken == len(self.chunks)
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk's output has been added."""
+        return self.added == len(self.chunks)
+
+    def _start(self, index: int) -> int:
+        return self.chunks[index].start if index < len(self.chunks) else self.length
+
+    def take(self) -> tuple[Chunk, np.ndarray]:
+        """The next chunk and its input, float32 (channels, segment); reads the signal as far as it needs."""
+        chunk = self.chunks[self.taken]
+        self.window.fill_to(chunk.start + self.segment)
+        data = self.window.chunk(chunk.start, self.segment)
+        self.taken += 1
+        self.window.drop_before(self._start(self.taken))
+        return chunk, data
+
+    def add(self, chunk: Chunk, output: np.ndarray) -> None:
+        """Accumulate the network's output (*out_shape, segment) for `chunk` (the next one in plan order)."""
+        if self._ola is None:
+            self._ola = OverlapAdd(self.length, self.shifts, self.weight, output.shape[:-1])
+        self._ola.add(chunk.shift, chunk.start, output)
+        self.added += 1
+
+    def pop(self) -> np.ndarray:
+        """The finished output since the last pop: (*out_shape, n), n possibly 0."""
+        assert self._ola is not None, "pop before any output was added"
+        if self.progress is not None:  # before the samples leave: a consumer may stop once it has the last ones
+            self.progress(self.added, len(self.chunks))
+        return self._ola.pop(self._start(self.added))
+
+
+class Event(NamedTuple):
+    """What `run_schedule` reports about the signal at position `index` of its input: `kind` "block" (`value`:
+    float32 (*out_shape, n) finished output, in order), "done" (its last block was reported) or "failed"
+    (`value`: the exception raised while opening or reading it; nothing more comes for it)."""
+
+    index: int
+    kind: str
+    value: object = None
+
+
+def _run_network(forward: Forward, inputs: np.ndarray) -> np.ndarray:
+    return np.asarray(forward(inputs), np.float32)
+
+
+def run_schedule(
+    songs: Iterable[Callable[[], _Song]], forward: Forward, *, batch_size: int, channels: int, segment: int
+) -> Iterator[Event]:
+    """Separate a sequence of signals with batches of exactly (batch_size, channels, segment), filled with the
+    next chunks whatever signal they belong to: a batch spans a song's end and the next song's start, so short
+    songs still fill a batch (rows past the last chunk are zeros, their outputs dropped).
+
+    `songs` opens each signal when its first chunk is needed (an exception there, or while reading it, fails
+    that signal only: an "failed" event). The network runs in a worker thread, one batch at a time, while this
+    thread reads and chunks the next batch's input and overlap-adds and hands on the previous batch's output:
+    decoding, resampling, blending and the consumer's own work (writing stems) overlap with the network. An
+    exception from `forward` ends the whole schedule.
+    """
+    openers = enumerate(songs)
+    current: tuple[int, _Song] | None = None
+    failed: set[int] = set()
+    in_flight: tuple[list[tuple[int, _Song, Chunk]], Future] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hdemucs-network") as network:
+        while True:
+            rows: list[tuple[int, _Song, Chunk]] = []
+            inputs = np.zeros((batch_size, channels, segment), np.float32)
+            pending: list[Event] = []
+            while len(rows) < batch_size:
+                if current is None or current[1].exhausted:
+                    index, opener = next(openers, (None, None))
+                    if opener is None:
+                        current = None
+                        break
+                    try:
+                        current = (index, opener())
+                    except Exception as error:  # this signal only: the others go on
+                        current = None
+                        pending.append(Event(index, "failed", error))
+                        continue
+                index, song = current
+                try:
+                    chunk, inputs[len(rows)] = song.take()
+                except Exception as error:
+                    failed.add(index)
+                    current = None
+                    pending.append(Event(index, "failed", error))
+                    continue
+                rows.append((index, song, chunk))
+            future = network.submit(_run_network, forward, inputs) if rows else None
+            if in_flight is not None:  # the previous batch, while this one runs
+                yield from _finish_batch(*in_flight, failed)
+            yield from pending
+            if future is None:
+                return
+            in_flight = (rows, future)
+
+
+def _finish_batch(rows: list[tuple[int, _Song, Chunk]], future: Future, failed: set[int]) -> Iterator[Event]:
+    outputs = future.result()
+    touched: dict[int, _Song] = {}
+    for row, (index, song, chunk) in enumerate(rows):
+        if index not in failed:
+            song.add(chunk, outputs[row])
+            touched[index] = song
+    for index, song in touched.items():
+        block = song.pop()
+        if block.shape[-1]:
+            yield Event(index, "block", block)
+        if song.complete:
+            yield Event(index, "done")
+
+
 def overlap_add_stream(
-    blocks: Iterable[np.ndarray],
+    blocks: Iterable[Float[np.ndarray, "channels n"]],
     length: int,
-    forward: Callable[[np.ndarray], np.ndarray],
+    forward: Forward,
     *,
     channels: int,
     segment: int,
     stride: int,
     batch_size: int,
-    weight: np.ndarray,
+    weight: Float[np.ndarray, " segment"],
     delays: tuple[int, ...] = (0,),
     progress: Progress | None = None,
-) -> Iterator[np.ndarray]:
-    """Separate a signal streamed as (channels, n) blocks totalling `length` samples.
+) -> Iterator[Float32[np.ndarray, "sources channels n"]]:
+    """Separate one signal streamed as (channels, n) blocks totalling `length` samples (`run_schedule` with a
+    single song).
 
     `forward` maps float32 (batch_size, channels, segment) to (batch_size, sources, channels, segment); it
     always sees exactly that shape (the last batch is padded with zero rows, whose outputs are dropped).
     Yields float32 (sources, channels, n) blocks that together hold exactly `length` samples.
     """
-    chunks = plan_chunks(length, segment, stride, delays)
-    window = _Window(iter(blocks), channels, length)
-    ola: OverlapAdd | None = None
-    if progress is not None:
-        progress(0, len(chunks))
-    for first in range(0, len(chunks), batch_size):
-        batch = chunks[first : first + batch_size]
-        window.fill_to(max(c.start for c in batch) + segment)
-        inputs = np.zeros((batch_size, channels, segment), np.float32)
-        for row, c in enumerate(batch):
-            inputs[row] = window.chunk(c.start, segment)
-        outputs = np.asarray(forward(inputs), np.float32)
-        if ola is None:
-            ola = OverlapAdd(length, len(delays), weight, outputs.shape[1:-1])
-        for row, c in enumerate(batch):
-            ola.add(c.shift, c.start, outputs[row])
-        following = chunks[first + batch_size].start if first + batch_size < len(chunks) else length
-        window.drop_before(following)
-        finished = ola.pop(following)
-        if progress is not None:  # before yielding: a consumer may stop once it has the last samples
-            progress(min(first + batch_size, len(chunks)), len(chunks))
-        if finished.shape[-1]:
-            yield finished
+
+    def song() -> _Song:
+        options = dict(channels=channels, segment=segment, stride=stride, weight=weight, delays=delays)
+        return _Song(blocks, length, progress=progress, **options)
+
+    for event in run_schedule([song], forward, batch_size=batch_size, channels=channels, segment=segment):
+        if event.kind == "failed":
+            raise event.value
+        if event.kind == "block":
+            yield event.value
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -261,7 +401,7 @@ class MixStats:
         return self.std + STD_EPS
 
 
-def mix_statistics(blocks: Iterable[np.ndarray], name: str = "<array>") -> MixStats:
+def mix_statistics(blocks: Iterable[Float[np.ndarray, "channels n"]], name: str = "<array>") -> MixStats:
     """Stats of the mono mix (mean over channels) of (channels, n) blocks, one pass, float64 (Chan et al.'s
     pairwise update, which keeps a loud DC offset from cancelling the variance). Non-finite samples raise
     `AudioError` naming `name`."""
@@ -290,36 +430,50 @@ def resampled_length(frames: int, rate_in: int, rate_out: int) -> int:
     return (2 * frames * rate_out + rate_in) // (2 * rate_in)
 
 
+class _Resampler:
+    """soxr's streamed resampling (HQ quality) of (channels, n) float32 blocks pushed one at a time; `flush()`
+    returns the tail once the input has ended. The identity when the rates are equal."""
+
+    def __init__(self, rate_in: int, rate_out: int, channels: int):
+        self._stream = None
+        if rate_in != rate_out:
+            self._stream = soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="HQ")
+        self._channels = channels
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        if self._stream is None:
+            return block
+        return np.ascontiguousarray(self._stream.resample_chunk(np.ascontiguousarray(block.T)).T)
+
+    def flush(self) -> np.ndarray:
+        if self._stream is None:
+            return np.zeros((self._channels, 0), np.float32)
+        # An empty final chunk drains soxr exactly as flagging the last block would (checked: identical output).
+        tail = self._stream.resample_chunk(np.zeros((0, self._channels), np.float32), last=True)
+        return np.ascontiguousarray(tail.T)
+
+
 def _bounded_pieces(blocks: Iterable[np.ndarray], rate_in: int, rate_out: int) -> Iterator[np.ndarray]:
     """Split blocks so that none resamples to more than about `BLOCK` output samples: memory is bounded by
     model-rate samples, whatever the input rate (a 65,536-frame block of a 1 Hz file would otherwise ask
-    soxr for 2.9e9 samples in one call)."""
+    soxr for 2.9e9 samples, 23 GB, in one call)."""
     most = max(1, BLOCK * rate_in // rate_out)
     for block in blocks:
         for start in range(0, block.shape[-1], most):
             yield block[..., start : start + most]
 
 
-def _resample_stream(blocks: Iterable[np.ndarray], rate_in: int, rate_out: int) -> Iterator[np.ndarray]:
-    """(channels, n) blocks -> the same signal at `rate_out`, streamed through soxr (HQ quality); every output
-    block holds at most about `BLOCK` samples."""
-    if rate_in == rate_out:
-        yield from blocks
-        return
-    stream = None
-    previous = None
-    for block in _bounded_pieces(blocks, rate_in, rate_out):  # one piece of look-ahead: the last is flagged
-        if previous is not None:
-            stream = stream or soxr.ResampleStream(rate_in, rate_out, previous.shape[0], dtype="float32", quality="HQ")
-            out = stream.resample_chunk(np.ascontiguousarray(previous.T))
-            if out.shape[0]:
-                yield np.ascontiguousarray(out.T)
-        previous = block
-    if previous is not None:
-        stream = stream or soxr.ResampleStream(rate_in, rate_out, previous.shape[0], dtype="float32", quality="HQ")
-        out = stream.resample_chunk(np.ascontiguousarray(previous.T), last=True)
-        if out.shape[0]:
-            yield np.ascontiguousarray(out.T)
+def _resample_stream(blocks: Iterable[np.ndarray], rate_in: int, rate_out: int, channels: int) -> Iterator[np.ndarray]:
+    """(channels, n) blocks -> the same signal at `rate_out`, streamed (see `_Resampler`); every output block
+    holds at most about `BLOCK` samples."""
+    resampler = _Resampler(rate_in, rate_out, channels)
+    for block in _bounded_pieces(blocks, rate_in, rate_out):
+        out = resampler.push(block)
+        if out.shape[-1]:
+            yield out
+    tail = resampler.flush()
+    if tail.shape[-1]:
+        yield tail
 
 
 def _exact_length(blocks: Iterable[np.ndarray], length: int, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
@@ -349,18 +503,75 @@ def _adapt_channels_out(stems: np.ndarray, channels: int) -> np.ndarray:
     return stems.mean(axis=1, keepdims=True) if channels == 1 and stems.shape[1] > 1 else stems
 
 
-# float32 (batch, channels, segment) -> (batch, sources, channels, segment): one batch through the network
-Forward = Callable[[np.ndarray], np.ndarray]
-
-
-def network_forward(model: FlaxHDemucs) -> Forward:
+def network_forward(model: FlaxHDemucs, devices: Sequence[jax.Device] | None = None) -> Forward:
     """The model's own jitted forward pass (compiled once per shape, in the model's compute dtype) on numpy
-    batches, with the parameters the model holds at call time."""
+    batches, with the parameters the model holds at call time.
 
-    def forward(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(model(batch).sources)
+    `devices` (more than one): each batch is split over them along its first axis (`NamedSharding` over a
+    one-axis mesh "batch"; the batch size must be a multiple of their number) and the parameters are
+    replicated on every one. XLA partitions the same program with no communication between the devices, so
+    the results equal one device's (float32 round-off aside) and the program is compiled once.
+    """
+    if devices is None or len(devices) <= 1:
+        device = devices[0] if devices else None
 
-    return forward
+        def forward(batch: np.ndarray) -> np.ndarray:
+            return np.asarray(model(batch if device is None else jax.device_put(batch, device)).sources)
+
+        return forward
+
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.asarray(devices), ("batch",))
+    rows, replicated = NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
+    placed: dict[str, object] = {}  # the replicated copy of the parameters the model holds (made once per set)
+
+    def sharded(batch: np.ndarray) -> np.ndarray:
+        if placed.get("source") is not model.params:
+            placed.update(source=model.params, params=jax.device_put(model.params, replicated))
+        return np.asarray(model(jax.device_put(batch, rows), params=placed["params"]).sources)
+
+    return sharded
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A signal to separate: `blocks()` yields its float (channels, n) blocks at `sample_rate` Hz and starts again
+    from the first sample at every call (it is read twice: once for the mix statistics, once to separate);
+    `name` names it in error messages; `progress(done, total)` follows its chunks."""
+
+    blocks: Callable[[], Iterable[np.ndarray]]
+    channels: int
+    sample_rate: int
+    name: str = "<stream>"
+    progress: Progress | None = None
+
+
+class _SongOutput:
+    """The output side of one signal, fed its network-rate (sources, model_channels, n) blocks in order: back to
+    the input's channels and rate, exactly `frames` samples, the normalisation undone (demucs adds the mix's
+    mean to every source)."""
+
+    def __init__(self, sources: int, channels: int, rates: tuple[int, int], frames: int, mean, scale, name: str):
+        self.sources, self.channels, self.remaining, self.name = sources, channels, frames, name
+        self.mean, self.scale = mean, scale
+        self._resampler = _Resampler(*rates, sources * channels)
+
+    def _finish(self, flat: np.ndarray) -> np.ndarray:
+        flat = flat[:, : self.remaining]
+        self.remaining -= flat.shape[-1]
+        return flat.reshape(self.sources, self.channels, -1) * self.scale + self.mean
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        flat = _adapt_channels_out(block, self.channels).reshape(self.sources * self.channels, -1)
+        return self._finish(self._resampler.push(flat))
+
+    def close(self) -> np.ndarray:
+        """The rest: the resampler's tail, then zeros for what rounding left short."""
+        tail = self._finish(self._resampler.flush())
+        short = np.zeros((self.sources, self.channels, self.remaining), np.float32) + self.mean
+        self.remaining = 0
+        return np.concatenate([tail, short], axis=-1)
 
 
 class Separator:
@@ -374,8 +585,10 @@ class Separator:
         progress: default callback (chunks_done, chunks_total) for `separate` / `stream`.
         forward: what runs one batch of chunks, float32 (batch_size, audio_channels, segment samples) ->
             (batch_size, sources, audio_channels, segment samples), always called with exactly that shape.
-            None: `network_forward(model)`. Another callable (a stand-in network, a wrapper that records or
-            fails) changes the network and nothing else.
+            None: `network_forward(model, devices)`. Another callable (a stand-in network, a wrapper that
+            records or fails) changes the network and nothing else.
+        devices: JAX devices to split every batch over (e.g. `jax.local_devices()`); `batch_size` must be a
+            multiple of their number. None: JAX's default device.
     """
 
     def __init__(
@@ -391,6 +604,7 @@ class Separator:
         transition_power: float = 1.0,
         progress: Progress | None = None,
         forward: Forward | None = None,
+        devices: Sequence[jax.Device] | None = None,
     ):
         self.model = model
         # how errors name the model: the folder or repo it was loaded from (transformers records it)
@@ -399,8 +613,13 @@ class Separator:
         self.sources = list(model.config.sources)
         self.audio_channels = int(model.config.audio_channels)
         self.progress = progress
-        self.forward = forward or network_forward(model)
         self._set_options(SeparationOptions(segment, overlap, shifts, seed, batch_size, weighting, transition_power))
+        self.devices = tuple(devices) if devices else None
+        if self.devices and batch_size % len(self.devices):
+            raise OptionError(
+                "batch_size", batch_size, f"must be a multiple of the {len(self.devices)} devices a batch is split over"
+            )
+        self.forward = forward or network_forward(model, self.devices)
 
     def _set_options(self, options: SeparationOptions) -> None:
         self.options = options
@@ -412,7 +631,12 @@ class Separator:
 
     @classmethod
     def from_pretrained(
-        cls, model: str | os.PathLike | None = None, *, revision: str | None = None, dtype=jnp.float32, **options
+        cls,
+        model: str | os.PathLike | None = None,
+        *,
+        revision: str | None = None,
+        dtype: Dtype = jnp.float32,
+        **options: Any,
     ) -> Separator:
         """Load `model` (a local folder or Hub repo id; None: the default model) with
         `pretrained.load_model`, computing in `dtype`, and wrap it. Raises `ModelLoadError`."""
@@ -491,64 +715,99 @@ class Separator:
     def _delays(self) -> tuple[int, ...]:
         return draw_shift_delays(self.shifts, int(0.5 * self.sample_rate), self.seed)
 
+    def _open(self, signal: Signal | Callable[[], Signal], outputs: dict[int, _SongOutput], index: int) -> _Song:
+        """Check `signal` (made now if it is a function), take its mix statistics (its first pass) and set up both
+        sides of its schedule."""
+        if not isinstance(signal, Signal):
+            signal = signal()
+        self.check_channels(signal.channels, signal.name)
+        stats = mix_statistics(signal.blocks(), signal.name)
+        if stats.frames == 0:
+            raise AudioError(f"{signal.name}: no audio samples (0 frames)")
+        mean, scale = np.float32(stats.mean), np.float32(stats.scale())
+        # at least one model-rate sample: 1 sample at 96 kHz rounds to 0 at 44.1 kHz, and comes back as 1
+        length = max(1, resampled_length(stats.frames, signal.sample_rate, self.sample_rate))
+        normalised = (_adapt_channels_in((b - mean) / scale, self.audio_channels) for b in signal.blocks())
+        at_model_rate = _resample_stream(normalised, signal.sample_rate, self.sample_rate, self.audio_channels)
+        rates = (self.sample_rate, signal.sample_rate)
+        outputs[index] = _SongOutput(len(self.sources), signal.channels, rates, stats.frames, mean, scale, signal.name)
+        return _Song(
+            _exact_length(at_model_rate, length, (self.audio_channels,)),
+            length,
+            channels=self.audio_channels,
+            segment=self.segment_samples,
+            stride=self.stride,
+            weight=self.weight,
+            delays=self._delays(),
+            progress=signal.progress or self.progress,
+        )
+
+    def stream_many(self, signals: Iterable[Signal | Callable[[], Signal]]) -> Iterator[Event]:
+        """Separate several signals through one schedule whose batches span song boundaries (`run_schedule`):
+        the next song's first chunks fill the batch in which the previous one ends, so many short songs keep a
+        large batch (many devices) full. Signals are opened one after another, when their chunks are needed;
+        a function in place of a `Signal` is called then, and what it raises fails that signal only.
+
+        Yields `Event`s: ("block", float32 (sources, channels, n) at the signal's own rate, in order), then
+        ("done") after a signal's last block — its blocks total exactly its length — or ("failed", error) for a
+        signal that could not be read (its earlier blocks are then void). Memory is bounded by the segment and
+        batch size (and the songs a batch spans), not by the songs' lengths.
+        """
+        outputs: dict[int, _SongOutput] = {}
+        openers = (functools.partial(self._open, signal, outputs, index) for index, signal in enumerate(signals))
+        schedule = run_schedule(
+            openers,
+            self.forward,
+            batch_size=self.batch_size,
+            channels=self.audio_channels,
+            segment=self.segment_samples,
+        )
+        for event in schedule:
+            if event.kind == "block":
+                self._check_finite(event.value, outputs[event.index].name)
+                block = outputs[event.index].push(event.value)
+                if block.shape[-1]:
+                    yield Event(event.index, "block", block)
+                continue
+            output = outputs.pop(event.index, None)
+            if event.kind == "done" and output is not None:
+                tail = output.close()
+                if tail.shape[-1]:
+                    yield Event(event.index, "block", tail)
+            yield event
+
+    def _check_finite(self, block: np.ndarray, name: str) -> None:
+        """The network's (blended) output, checked once: NaN or infinity means broken weights or config, never
+        audio to write (a rescale would turn it into full-scale DC). Ends the whole run: every song would fail."""
+        if not np.isfinite(block).all():
+            raise ModelOutputError(
+                f"{name}: the model {self.model_name} produced NaN or infinite output; its weights or config are "
+                "broken (re-download or re-convert it)"
+            )
+
     def stream(
         self,
-        blocks: Callable[[], Iterable[np.ndarray]],
+        blocks: Callable[[], Iterable[Float[np.ndarray, "channels n"]]],
         channels: int,
         sample_rate: int,
         *,
         name: str = "<stream>",
         progress: Progress | None = None,
-    ) -> Iterator[np.ndarray]:
-        """Separate a signal given as a re-iterable source of float (channels, n) blocks at `sample_rate` Hz:
-        `blocks()` starts again from the first sample. It is read twice: once for the mix statistics
-        (`mix_statistics`), once to separate. `name` is the signal's name in error messages.
-
-        Yields float32 (sources, channels, n) blocks at `sample_rate`, as many samples in total as the input.
-        Memory is bounded by the segment and batch size, not by the signal's length.
+    ) -> Iterator[Float32[np.ndarray, "sources channels n"]]:
+        """Separate one signal given as a re-iterable source of float (channels, n) blocks at `sample_rate` Hz
+        (see `Signal`). Yields float32 (sources, channels, n) blocks at `sample_rate`, as many samples in total as
+        the input; raises what reading it raised. Memory is bounded by the segment and batch size, not by the
+        signal's length.
         """
-        self.check_channels(channels, name)
-        stats = mix_statistics(blocks(), name)
-        frames = stats.frames
-        if frames == 0:
-            raise AudioError(f"{name}: no audio samples (0 frames)")
-        mean, scale = np.float32(stats.mean), np.float32(stats.scale())
-        # at least one model-rate sample: 1 sample at 96 kHz rounds to 0 at 44.1 kHz, and comes back as 1
-        length = max(1, resampled_length(frames, sample_rate, self.sample_rate))
+        for event in self.stream_many([Signal(blocks, channels, sample_rate, name, progress)]):
+            if event.kind == "failed":
+                raise event.value
+            if event.kind == "block":
+                yield event.value
 
-        normalised = (_adapt_channels_in((b - mean) / scale, self.audio_channels) for b in blocks())
-        at_model_rate = _resample_stream(normalised, sample_rate, self.sample_rate)
-        separated = overlap_add_stream(
-            _exact_length(at_model_rate, length, (self.audio_channels,)),
-            length,
-            self.forward,
-            channels=self.audio_channels,
-            segment=self.segment_samples,
-            stride=self.stride,
-            batch_size=self.batch_size,
-            weight=self.weight,
-            delays=self._delays(),
-            progress=progress or self.progress,
-        )
-        sources = len(self.sources)
-        flat = (_adapt_channels_out(s, channels).reshape(sources * channels, -1) for s in self._finite(separated, name))
-        back = _resample_stream(flat, self.sample_rate, sample_rate)
-        for block in _exact_length(back, frames, (sources * channels,)):
-            # demucs undoes the normalisation on every source, so each one receives the mix's mean.
-            yield block.reshape(sources, channels, -1) * scale + mean
-
-    def _finite(self, blocks: Iterable[np.ndarray], name: str) -> Iterator[np.ndarray]:
-        """The network's (blended) output, checked once: NaN or infinity means broken weights or config, never
-        audio to write (a rescale would turn it into full-scale DC)."""
-        for block in blocks:
-            if not np.isfinite(block).all():
-                raise ModelOutputError(
-                    f"{name}: the model {self.model_name} produced NaN or infinite output; its weights or config "
-                    "are broken (re-download or re-convert it)"
-                )
-            yield block
-
-    def separate(self, audio: np.ndarray, sample_rate: int, progress: Progress | None = None) -> dict[str, np.ndarray]:
+    def separate(
+        self, audio: Float[np.ndarray, "*channels samples"], sample_rate: int, progress: Progress | None = None
+    ) -> dict[str, Float32[np.ndarray, "*channels samples"]]:
         """Separate float audio (channels, samples) — or (samples,) for mono — at `sample_rate` Hz.
 
         Returns {source: float32 array shaped like `audio`} at the input's rate and channel count. `audio` is

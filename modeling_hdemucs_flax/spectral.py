@@ -3,7 +3,8 @@
 torch's settings reproduced here: periodic Hann window of length nfft, `center=True` with reflect padding,
 `normalized=True` (spectrum scaled by nfft**-0.5, undone by the inverse), `onesided`, and the inverse's
 division by the overlap-added squared window. All shapes are static per input length, so everything jits.
-Always computed in float32, whatever the model's compute dtype.
+Always computed in float32, whatever the model's compute dtype. Shapes are jaxtyping annotations (checked by
+the test suite, not at run time).
 """
 
 from __future__ import annotations
@@ -12,35 +13,37 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Complex, Complex64, Float, Float32, Shaped
 
 from .errors import ConfigError
 
 
-def hann_window(n: int) -> np.ndarray:
+def hann_window(n: int) -> Float32[np.ndarray, " n"]:
     """`torch.hann_window(n)` (periodic), float32."""
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
 
 
-def overlap_add(pieces: jnp.ndarray, axis: int) -> jnp.ndarray:
+def overlap_add(pieces: Shaped[Array, "*pieces"], axis: int) -> Shaped[Array, "*summed"]:
     """Sum `pieces[..., l, j, ...]` into `out[..., l + j, ...]`.
 
     pieces: (..., L, m, ...) with `L` at `axis` and the m pieces per position at `axis + 1`.
-    Returns (..., L + m - 1, ...). Used by the iSTFT and by transposed convolutions whose kernel is a
-    multiple of their stride (each output block of `stride` samples sums m shifted inputs).
+    Returns (..., L + m - 1, ...). Used by the iSTFT (each output block of `hop` samples sums m shifted
+    frames).
     """
     axis = axis % pieces.ndim
     m = pieces.shape[axis + 1]
-    out = None
+    out: Array | None = None
     for j in range(m):
         piece = jnp.take(pieces, j, axis=axis + 1)
         widths = [(0, 0)] * piece.ndim
         widths[axis] = (j, m - 1 - j)
         piece = jnp.pad(piece, widths)
         out = piece if out is None else out + piece
+    assert out is not None, "overlap_add: no pieces (m = 0)"
     return out
 
 
-def stft(x: jnp.ndarray, nfft: int, hop: int) -> jnp.ndarray:
+def stft(x: Float[Array | np.ndarray, "*batch samples"], nfft: int, hop: int) -> Complex64[Array, "*batch frames bins"]:
     """`torch.stft(x, nfft, hop, window=hann(nfft), normalized=True, center=True, pad_mode="reflect")`.
 
     x: (..., samples) float. Returns complex64 (..., frames, nfft // 2 + 1) with frames = 1 + samples // hop
@@ -56,7 +59,9 @@ def stft(x: jnp.ndarray, nfft: int, hop: int) -> jnp.ndarray:
     return jnp.fft.rfft(windowed, axis=-1) * np.float32(nfft**-0.5)
 
 
-def istft(z: jnp.ndarray, hop: int, length: int) -> jnp.ndarray:
+def istft(
+    z: Complex[Array | np.ndarray, "*batch frames bins"], hop: int, length: int
+) -> Float32[Array, "*batch length"]:
     """`torch.istft(z, nfft, hop, window=hann(nfft), normalized=True, center=True, length=length)`.
 
     z: complex (..., frames, nfft // 2 + 1). Returns float32 (..., length).
@@ -84,7 +89,9 @@ def istft(z: jnp.ndarray, hop: int, length: int) -> jnp.ndarray:
     return signal
 
 
-def pad1d_reflect(x: jnp.ndarray, left: int, right: int) -> jnp.ndarray:
+def pad1d_reflect(
+    x: Shaped[Array | np.ndarray, "*batch samples"], left: int, right: int
+) -> Shaped[Array, "*batch padded"]:
     """Reflect-pad the last axis by (left, right), also when the signal is shorter than the padding.
 
     Reflection needs more samples than the pad. For shorter signals this follows demucs's `pad1d`: zeros
@@ -104,7 +111,7 @@ def pad1d_reflect(x: jnp.ndarray, left: int, right: int) -> jnp.ndarray:
     return jnp.pad(x, widths + [(left, right)], mode="reflect")
 
 
-def hdemucs_spec(x: jnp.ndarray, nfft: int) -> jnp.ndarray:
+def hdemucs_spec(x: Float[Array | np.ndarray, "*batch samples"], nfft: int) -> Complex64[Array, "*batch frames bins"]:
     """`HDemucs._spec`: x (..., samples) -> complex (..., frames, nfft // 2), frames = ceil(samples / hop).
 
     Padding, dropped Nyquist bin and dropped outer frames (two on each side) as in torchaudio.
@@ -118,7 +125,9 @@ def hdemucs_spec(x: jnp.ndarray, nfft: int) -> jnp.ndarray:
     return z[..., 2 : 2 + frames, :]
 
 
-def hdemucs_ispec(z: jnp.ndarray, nfft: int, length: int) -> jnp.ndarray:
+def hdemucs_ispec(
+    z: Complex[Array | np.ndarray, "*batch frames bins"], nfft: int, length: int
+) -> Float32[Array, "*batch length"]:
     """`HDemucs._ispec`: complex (..., frames, nfft // 2) -> float32 (..., length)."""
     hop = nfft // 4
     widths = [(0, 0)] * (z.ndim - 2)

@@ -17,6 +17,7 @@ A checkpoint is untrusted input (it may come from anywhere), so the reader is de
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -237,7 +238,7 @@ def _load(path: Path) -> dict[str, np.ndarray]:
     return dict(state)
 
 
-def load_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Load a state dict written by `torch.save(model.state_dict(), path)` as {key: numpy array}. Raises
     `CheckpointError` (one line) for anything else: a malformed, truncated, hostile or oversized file."""
     path = Path(path)

@@ -113,8 +113,11 @@ def conversion_table(config: Any) -> list[Entry]:
         if layer.norm:
             norm(f"{key}.norm2", (*path, "norm2"), 2 * layer.chout)
         d = layer.dconv
+        assert d is not None, f"{key}: a non-empty encoder layer has a DConv"
         for branch in range(d.depth):
             for index, name in enumerate(_dconv_names(d.lstm, d.attn)):
+                if name is None:  # parameter-free (GELU, GLU)
+                    continue
                 sub_key, sub_path = f"{key}.dconv.layers.{branch}.{index}", (*path, "dconv", f"layers_{branch}", name)
                 hidden, channels = d.hidden, d.channels
                 if name == "conv_in":
@@ -278,6 +281,7 @@ def random_torchaudio_state_dict(config: Any, seed: int = 0) -> dict[str, np.nda
         elif e.role == "scale":
             out[e.torch_key] = np.full(e.torch_shape, float(config.dconv_init))
         elif e.role == "embedding":
+            assert emb is not None, "an embedding weight without a frequency embedding in the plan"
             w = rng.standard_normal(e.torch_shape)
             if emb.smooth:
                 w = np.cumsum(w, axis=0) / np.sqrt(np.arange(1, e.torch_shape[0] + 1))[:, None]

@@ -24,9 +24,10 @@ import os
 # Before gradio is imported: with analytics on, gradio looks up remote hosts at import and launch.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from modeling_hdemucs_flax import hide_torch_from_transformers  # noqa: E402 (the package face is light)
+from modeling_hdemucs_flax import configure_xla, hide_torch_from_transformers  # noqa: E402 (the face is light)
 
 hide_torch_from_transformers()  # before transformers is imported: a Space process runs nothing else
+configure_xla()  # before JAX starts a backend
 
 import atexit  # noqa: E402
 import logging  # noqa: E402

@@ -8,6 +8,8 @@ compilation cache per session, which subprocess flows share through `HDEMUCS_FLA
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -54,3 +56,42 @@ def reference_sources(tiny_pair):
     _, reference, _ = tiny_pair
     with torch.no_grad():
         return reference(torch.from_numpy(probe())[None]).numpy()[0]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """An S3 server (moto's, in a thread of this process) on 127.0.0.1: its URL. Clients reach it through
+    fsspec/s3fs with `dataset_helpers.s3_options(endpoint)`."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The session's one local Ray cluster (2 CPUs, no dashboard, auth disabled), held by its own process
+    (`scripts/ray_cluster.py`) that started before any JAX existed in it; tests' drivers join it with
+    `--ray-address`. Returns (address, environment for drivers)."""
+    import subprocess
+    import sys
+
+    from .flows import REPO_ROOT, SCRIPTS
+
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT))
+    holder = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "ray_cluster.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    line = holder.stdout.readline()
+    assert line.startswith("RAY_ADDRESS "), f"the Ray cluster did not start: {line!r}"
+    yield line.split()[1], env
+    holder.stdin.close()  # the holder shuts its cluster down
+    holder.wait(timeout=60)

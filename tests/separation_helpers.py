@@ -116,3 +116,17 @@ def demucs_reference(
             offset += stride
         total = total + (out / weight_sum)[..., d:]
     return total / len(delays) * (std + 1e-8) + mean
+
+
+class FailingForward:
+    """A stand-in forward pass (identity-like, `AffineStandIn` without poison) that raises
+    `RuntimeError("device lost")` on its `fail_at`-th call, as a device failing mid-song would."""
+
+    def __init__(self, fail_at: int = 3):
+        self.fail_at, self.calls = fail_at, 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("device lost")
+        return AffineStandIn([1, 1, 1, 1], [0, 0, 0, 0], batch.shape, poison=False)(batch)

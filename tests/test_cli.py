@@ -26,7 +26,7 @@ from modeling_hdemucs_flax.cli import build_parser, main
 from .audio_files import bad_files, write_song
 from .conftest import SEGMENT_SECONDS, SOURCES
 from .flows import REPO_ROOT, run_script
-from .separation_helpers import AffineStandIn
+from .separation_helpers import FailingForward
 
 # input file kind -> (soundfile keyword arguments, extension, subtype a default (WAV) stem gets)
 INPUT_KINDS = {
@@ -203,18 +203,9 @@ def test_failure_midway_leaves_no_stem_files(tiny_pair, tmp_path):
     """An error after some stems' samples were written (here: the forward pass failing on its third call)
     leaves no file at all, neither final nor temporary."""
     _, _, model = tiny_pair
-    calls = []
-
-    def failing(batch):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("device lost")
-        return AffineStandIn([1, 1, 1, 1], [0, 0, 0, 0], batch.shape, poison=False)(batch)
-
-    separator = Separator(model, segment=SEGMENT_SECONDS, forward=failing)
     song = write_song(tmp_path / "song.wav", 1.0, 44100, 2, subtype="PCM_16")
     for mode in ("none", "rescale"):
-        calls.clear()
+        separator = Separator(model, segment=SEGMENT_SECONDS, forward=FailingForward(fail_at=3))
         with pytest.raises(RuntimeError, match="device lost"):
             separate_file(separator, song, tmp_path / "out", clip_mode=mode)
         assert files_under(tmp_path) == ["song.wav"]

@@ -1,0 +1,390 @@
+"""The dataset core without Ray (`separate_dataset`, engine "local"), on a local folder and on S3 (moto's server
+on 127.0.0.1 through fsspec/s3fs): planning (keys, collisions, list / CSV / parquet inputs, markers listed once,
+options-hash mismatch), publishing all stems or none, the staging sweep, the attempts limit for inputs that
+kill their worker, manifest and summary contents, and the command's exit codes.
+
+The tiny random-weight model runs every separation (compiled once per session); songs are a quarter second.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from modeling_hdemucs_flax import DatasetError, OptionError, OutputOptions, Separator, separate_dataset
+from modeling_hdemucs_flax.cli import main
+from modeling_hdemucs_flax.dataset import MARKERS
+from modeling_hdemucs_flax.dataset_plan import plan_tracks
+from modeling_hdemucs_flax.storage import LocalStore, ObjectStore
+
+from .audio_files import write_song
+from .conftest import SEGMENT_SECONDS, SOURCES
+from .dataset_helpers import Place, sha256
+from .flows import REPO_ROOT, run_script
+from .separation_helpers import FailingForward
+
+KEYS = ["pop/song", "rock/song", "solo"]
+
+
+@pytest.fixture(scope="module")
+def separator(tiny_pair):
+    _, _, model = tiny_pair
+    return Separator(model, segment=SEGMENT_SECONDS)
+
+
+@pytest.fixture(params=["local", "s3"])
+def place(request, tmp_path):
+    if request.param == "local":
+        return Place("local", tmp_path)
+    return Place("s3", tmp_path, request.getfixturevalue("s3_endpoint"))
+
+
+def library(place: Place) -> dict[str, str]:
+    """Three songs under in/ (two named `song` in different folders; a mono 22.05 kHz one): {key: URL}."""
+    return {
+        "pop/song": place.song("in/pop/song.flac", channels=2),
+        "rock/song": place.song("in/rock/song.wav", subtype="PCM_16"),
+        "solo": place.song("in/solo.wav", rate=22050, channels=1, subtype="PCM_16"),
+    }
+
+
+def run(place: Place, separator, inputs=None, **kwargs):
+    kwargs.setdefault("scratch_dir", place.scratch)
+    return separate_dataset(
+        inputs or [place.url("in")], place.url("out"), model=separator, storage_options=place.storage_options, **kwargs
+    )
+
+
+def manifest(place: Place) -> list[dict]:
+    return [json.loads(line) for line in place.read("out/manifest.jsonl").decode().splitlines()]
+
+
+def outputs(place: Place) -> list[str]:
+    """Every file under out/ except the run records (manifest, summary and the archive of earlier runs)."""
+    return sorted(
+        rel
+        for rel in place.files("out")
+        if rel not in ("manifest.jsonl", "summary.json") and not rel.startswith("_hdemucs/runs/")
+    )
+
+
+def stems(keys, names=SOURCES) -> list[str]:
+    return [f"{key}/{name}.flac" for key in keys for name in names]
+
+
+def test_plan_keys_for_every_kind_of_input(place, tmp_path):
+    """Keys are paths relative to the input root without extension: a folder, a glob's fixed part, a file's
+    folder, the common folder of a list's paths (relative rows resolved beside the list), a CSV `key` column."""
+    urls = library(place)
+    assert [(t.key, t.source) for t in plan_tracks([place.url("in")], place.storage_options)] == list(urls.items())
+    glob = plan_tracks([place.url("in/*/song.*")], place.storage_options)
+    assert [t.key for t in glob] == ["pop/song", "rock/song"]
+    assert [t.key for t in plan_tracks([place.url("in/solo.wav")], place.storage_options)] == ["solo"]
+
+    place.write_bytes("lists/songs.txt", b"# a comment\n../in/rock/song.wav\n\n../in/pop/song.flac\n")
+    listed = plan_tracks([place.url("lists/songs.txt")], place.storage_options)
+    assert [(t.key, t.source) for t in listed] == [("pop/song", urls["pop/song"]), ("rock/song", urls["rock/song"])]
+
+    rows = tmp_path / "catalogue.csv"
+    with open(rows, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "key"])
+        writer.writerow([urls["solo"], "artists/solo/take1"])
+        writer.writerow([urls["rock/song"], ""])  # no key: relative to the paths' common folder
+    place.put("lists/catalogue.csv", rows)
+    catalogue = plan_tracks([place.url("lists/catalogue.csv")], place.storage_options)
+    expected = [("artists/solo/take1", urls["solo"]), ("rock/song", urls["rock/song"])]
+    assert [(t.key, t.source) for t in catalogue] == expected
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"path": [urls["pop/song"], urls["solo"]], "year": [1999, 2001]}), tmp_path / "c.parquet")
+    place.put("lists/catalogue.parquet", tmp_path / "c.parquet")
+    parquet = plan_tracks([place.url("lists/catalogue.parquet")], place.storage_options)
+    assert [(t.key, t.source) for t in parquet] == [("pop/song", urls["pop/song"]), ("solo", urls["solo"])]
+
+
+def test_planning_errors_name_the_inputs(place, tmp_path):
+    """Two inputs with one key are a usage error naming both (never one overwriting the other); so are an input
+    that yields nothing and a catalogue without a `path` column."""
+    urls = library(place)
+    with pytest.raises(DatasetError, match="two inputs have the key 'song'") as error:
+        plan_tracks([place.url("in/pop"), place.url("in/rock")], place.storage_options)
+    assert urls["pop/song"] in str(error.value) and urls["rock/song"] in str(error.value)
+    twin = place.song("in/solo.flac")
+    with pytest.raises(DatasetError, match="'solo'") as error:
+        plan_tracks([place.url("in")], place.storage_options)
+    assert urls["solo"] in str(error.value) and twin in str(error.value)
+    with pytest.raises(DatasetError, match="no such file"):
+        plan_tracks([place.url("missing/thing.wav")], place.storage_options)
+    with pytest.raises(DatasetError, match="matches no audio files"):
+        plan_tracks([place.url("in/*.mp3")], place.storage_options)
+    place.write_bytes("bad.csv", b"file\nx.wav\n")
+    with pytest.raises(DatasetError, match=r"no 'path' column \(columns: file\)"):
+        plan_tracks([place.url("bad.csv")], place.storage_options)
+
+
+def test_separate_resume_manifest_and_summary(place, separator, monkeypatch):
+    """A run publishes every stem, one completion marker per track (sizes and sha256 of the stems as stored, the
+    options hash), one manifest row per input and the summary. A second run lists the markers once, skips
+    everything and modifies no output file."""
+    urls = library(place)
+    report = run(place, separator)
+    assert (report.ok, report.skipped, report.failed, report.exit_status) == (3, 0, 0, 0)
+    digest = report.summary["options_hash"]
+    expected = sorted(stems(KEYS) + [f"{MARKERS}/{key}.{digest}.done.json" for key in KEYS])
+    assert outputs(place) == expected
+
+    rows = manifest(place)
+    assert [(r["key"], r["source"], r["status"], r["error"]) for r in rows] == [(k, urls[k], "ok", None) for k in KEYS]
+    for row in rows:
+        assert sorted(row["stems"]) == sorted(SOURCES)
+        for stem in row["stems"].values():
+            data = place.read(f"out/{stem['path']}")
+            assert (stem["bytes"], stem["sha256"]) == (len(data), sha256(data))
+        marker = json.loads(place.read(f"out/{MARKERS}/{row['key']}.{digest}.done.json"))
+        assert marker["stems"] == row["stems"] and marker["options_hash"] == digest
+        assert marker["options"]["separation"]["segment"] == SEGMENT_SECONDS
+        assert set(marker["timings"]) == {"fetch_s", "separate_s", "publish_s", "wall_s"}
+        assert row["worker"] == f"{socket.gethostname()}:{os.getpid()}" and row["device"].startswith("cpu:0")
+    solo = place.audio_info("out/solo/vocals.flac")
+    assert (solo.samplerate, solo.channels, solo.frames, solo.format) == (22050, 1, int(0.25 * 22050), "FLAC")
+    seconds = [0.25, 0.25, int(0.25 * 22050) / 22050]  # each song's frames / its rate
+    assert [r["audio_seconds"] for r in rows] == pytest.approx(seconds, abs=1e-6)
+
+    summary = json.loads(place.read("out/summary.json"))
+    assert summary["counts"] == {"ok": 3, "skipped": 0, "failed": 0, "total": 3}
+    assert summary["audio_hours"] == pytest.approx(sum(seconds) / 3600, abs=1e-6)
+    (worker,) = summary["workers"].values()
+    assert worker["tracks"] == 3 and worker["audio_s"] == pytest.approx(sum(seconds), abs=1e-3)
+    assert worker["realtime"] == pytest.approx(sum(seconds) / worker["busy_s"], rel=1e-2)
+    assert summary["model_load_s"] is not None and summary["compile_s"] is not None
+    assert summary["realtime"] == pytest.approx(sum(seconds) / summary["wall_s"], rel=1e-2)
+
+    before = {rel: stamp for rel, stamp in place.files("out").items() if rel not in ("manifest.jsonl", "summary.json")}
+    listings = []
+    for cls in (LocalStore, ObjectStore):
+        original = cls.find
+        monkeypatch.setattr(cls, "find", lambda self, rel, _f=original: listings.append(rel) or _f(self, rel))
+    again = run(place, separator)
+    assert (again.ok, again.skipped, again.failed, again.exit_status) == (0, 3, 0, 0)
+    assert listings == [MARKERS]  # one recursive listing, no request per track
+    after = place.files("out")
+    assert {rel: after[rel] for rel in before} == before  # no output file touched
+    assert [r["status"] for r in manifest(place)] == ["skipped"] * 3
+    first_run = report.summary["run_id"]
+    assert f"_hdemucs/runs/{first_run}/manifest.jsonl" in after  # the earlier run's records are kept
+
+
+def test_other_options_need_overwrite(place, separator):
+    """Outputs made with other options are a usage error naming the difference; with `overwrite` they are
+    separated again, their old markers and the stems the new options no longer write removed."""
+    library(place)
+    first = run(place, separator)
+    two = OutputOptions(ext="flac", two_stems="vocals")
+    with pytest.raises(DatasetError, match=r"3 input\(s\) were separated .* with other options .*two_stems None"):
+        run(place, separator, output_options=two)
+    report = run(place, separator, output_options=two, overwrite=True)
+    assert (report.ok, report.failed) == (3, 0)
+    digest = report.summary["options_hash"]
+    assert digest != first.summary["options_hash"]
+    expected = stems(KEYS, ["no_vocals", "vocals"]) + [f"{MARKERS}/{key}.{digest}.done.json" for key in KEYS]
+    assert outputs(place) == sorted(expected)
+
+
+def test_bad_inputs_become_failed_rows_and_retry_failed(place, separator):
+    """An empty file and a non-audio file become failed rows with the command line's one-line messages (the job
+    goes on); later runs skip them until `retry_failed`, which runs only them."""
+    urls = library(place)
+    empty = place.write_bytes("in/empty.wav", b"")
+    text = place.write_bytes("in/notes.wav", b"not audio\n" * 50)
+    report = run(place, separator)
+    assert (report.ok, report.failed, report.exit_status) == (3, 2, 1)
+    assert report.failures == [
+        {"key": "empty", "source": empty, "error": f"{empty}: empty file (0 bytes)"},
+        {"key": "notes", "source": text, "error": f"{text}: not a readable audio file (Format not recognised.)"},
+    ]
+    rows = {r["key"]: r for r in manifest(place)}
+    assert len(rows) == 5 and rows["empty"]["status"] == "failed" and rows["empty"]["stems"] is None
+
+    again = run(place, separator)
+    assert (again.ok, again.skipped, again.failed, again.failed_before, again.exit_status) == (0, 5, 0, 2, 0)
+    assert {r["key"]: r["error"] for r in manifest(place)}["empty"].startswith("failed in an earlier run")
+
+    place.song("in/empty.wav", subtype="PCM_16")  # the user repairs one of them
+    retried = run(place, separator, retry_failed=True)
+    assert (retried.ok, retried.skipped, retried.failed) == (1, 3, 1)
+    assert {r["key"]: r["status"] for r in manifest(place)} == {
+        "empty": "ok",
+        "notes": "failed",
+        **dict.fromkeys(urls, "skipped"),
+    }
+    assert "in/empty/vocals.flac" not in outputs(place) and "empty/vocals.flac" in outputs(place)
+
+
+def test_a_failure_between_stems_leaves_no_marker_and_no_output(place, separator, tiny_pair, monkeypatch):
+    """A network failure after some stems' samples were written, or an upload/rename failing after the first
+    stem was published: no marker, no stem visible, nothing staged; the input is a failed row."""
+    library(place)
+    _, _, model = tiny_pair
+    place.song("in/long.wav", seconds=1.0, subtype="PCM_16")  # several chunks: the failure comes mid-song
+    broken = Separator(model, segment=SEGMENT_SECONDS, forward=FailingForward(fail_at=3))
+    report = run(place, broken, inputs=[place.url("in/long.wav")])
+    assert report.failures[0]["error"].endswith("RuntimeError: device lost")
+    digest = report.summary["options_hash"]
+    assert outputs(place) == [f"{MARKERS}/long.{digest}.failed.json"]
+    assert not list(place.scratch.glob("hdemucs-flax-work/*/*/*"))  # the worker's scratch is empty
+
+    published = []
+    store_class = LocalStore if place.kind == "local" else ObjectStore
+    original = store_class.publish
+
+    def publish_once(self, local, rel):
+        if published:
+            raise OSError("connection reset")
+        published.append(rel)
+        original(self, local, rel)
+
+    monkeypatch.setattr(store_class, "publish", publish_once)
+    report = run(place, separator, inputs=[place.url("in/rock")])
+    assert report.failures[0]["error"] == f"{place.url('in/rock/song.wav')}: OSError: connection reset"
+    assert published == ["song/drums.flac"]
+    assert [rel for rel in outputs(place) if not rel.endswith("failed.json")] == []
+
+
+def test_stale_staging_and_scratch_are_swept(tmp_path, separator):
+    """Staging a killed run left in the output, and the scratch folder of a dead worker process, are removed
+    when the next run starts; a live process's scratch is left alone."""
+    place = Place("local", tmp_path)
+    library(place)
+    stale = tmp_path / "place" / "out" / "_hdemucs" / "staging" / "0123456789ab-deadbeef" / "song"
+    stale.mkdir(parents=True)
+    (stale / ".drums.flac.x.partial").write_bytes(b"half a stem")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    dead_scratch = place.scratch / "hdemucs-flax-work" / f"{host}@{int(dead.stdout)}-abcdef12"
+    live_scratch = place.scratch / "hdemucs-flax-work" / f"{host}@{os.getppid()}-abcdef12"
+    for folder in (dead_scratch, live_scratch):
+        (folder / "inputs").mkdir(parents=True)
+    assert run(place, separator).ok == 3
+    assert not stale.parent.exists()
+    assert [p for p in (tmp_path / "place" / "out" / "_hdemucs" / "staging").rglob("*") if p.is_file()] == []
+    assert not dead_scratch.exists() and live_scratch.exists()
+
+
+class Killed(BaseException):
+    """Stands in for the process dying: nothing in the job catches it."""
+
+
+def test_an_input_that_kills_its_worker_fails_after_max_attempts(place, separator, monkeypatch):
+    """The test hook kills the worker mid-file (here `os._exit` raises instead, so the test process lives); each
+    death leaves its attempt counted in the store, and once `max_attempts` are used up the input is a failed
+    row without being tried again, while the other inputs are done."""
+    library(place)
+    monkeypatch.setenv("HDEMUCS_FLAX_TEST_EXIT_ON", json.dumps({"solo": 99}))
+
+    def exit_(code):
+        raise Killed(code)
+
+    monkeypatch.setattr(os, "_exit", exit_)
+    for attempt in (1, 2):
+        with pytest.raises(Killed):
+            run(place, separator, max_attempts=2)
+        assert json.loads(place.read("out/_hdemucs/attempts/solo.json"))["attempts"] == attempt
+    report = run(place, separator, max_attempts=2)
+    assert (report.ok, report.skipped, report.failed) == (0, 2, 1)
+    (row,) = [r for r in manifest(place) if r["status"] == "failed"]
+    assert row["key"] == "solo" and "its worker died on each of 2 attempts" in row["error"]
+    assert "--max-attempts 2" in row["error"]
+    assert "_hdemucs/attempts/solo.json" not in outputs(place)
+    assert run(place, separator, max_attempts=2).failed_before == 1
+
+
+def test_command_exit_codes_and_messages(tiny_checkpoint_dir, jax_cache, tmp_path, capsys):
+    """`separate-dataset`: 0 when every input is separated or skipped, 1 when any fails (one `error:` line
+    each, naming the file), 2 for usage errors worded with the flag, before any work."""
+    songs = tmp_path / "in"
+    write_song(songs / "a" / "song.wav", 0.25, 44100, 2, subtype="PCM_16")
+    write_song(songs / "b" / "song.flac", 0.25, 44100, 2)
+    (songs / "empty.wav").write_bytes(b"")
+    out = tmp_path / "out"
+    common = ["--model", str(tiny_checkpoint_dir), "--segment", str(SEGMENT_SECONDS)]
+    common += ["--compilation-cache", str(jax_cache), "--scratch-dir", str(tmp_path / "scratch")]
+
+    assert main(["separate-dataset", str(songs), "-o", str(out), *common]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"error: {songs / 'empty.wav'}: empty file (0 bytes)"]
+    assert captured.out.startswith(f"{out}: 2 separated, 0 skipped, 1 failed;")
+    assert sorted(p.name for p in (out / "a" / "song").iterdir()) == [f"{s}.flac" for s in sorted(SOURCES)]
+
+    assert main(["separate-dataset", str(songs), "-o", str(out), *common]) == 0
+    assert "note: 1 input(s) that failed in an earlier run were skipped" in capsys.readouterr().err
+
+    usage = {
+        ("--max-attempts", "0"): "--max-attempts 0: must be an integer >= 1",
+        ("--workers", "2"): "--workers 2: the local engine runs one worker; use the ray engine",
+        ("--filename", "{track}.{ext}"): "--filename '{track}.{ext}': must contain {stem}",
+        ("--overlap", "0.5"): "were separated into",
+        ("--limit", "0"): "--limit 0: must be an integer >= 1",
+    }
+    for flags, message in usage.items():
+        assert main(["separate-dataset", str(songs), "-o", str(out), *common, *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert main(["separate-dataset", str(songs / "a"), str(songs / "b"), "-o", str(out), *common]) == 2
+    assert "two inputs have the key 'song'" in capsys.readouterr().err
+    assert main(["separate-dataset", str(tmp_path / "nothing"), "-o", str(out), *common]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["separate-dataset", str(songs), "-o", str(out), "--flac", "--float32"])
+    assert stop.value.code == 2
+    assert "--float32: flac files cannot hold it" in capsys.readouterr().err
+
+    (tmp_path / "no_model").mkdir()
+    fresh = ["separate-dataset", str(songs / "a"), "-o", str(tmp_path / "fresh"), "--model", str(tmp_path / "no_model")]
+    assert main(fresh) == 1
+    assert "no_model: not a model folder (no config.json)" in capsys.readouterr().err
+
+
+def test_help_imports_neither_jax_nor_ray(tmp_path):
+    """`separate-dataset --help` is answered without JAX, Ray or torch."""
+    result = run_script("dataset_cli", {**os.environ, "PYTHONPATH": str(REPO_ROOT)}, "separate-dataset", "--help")
+    assert "exit status: 0" in result.stdout and "--retry-failed" in result.stdout
+    for name in ("jax", "ray", "torch", "transformers"):
+        assert f"loaded {name}: False" in result.stdout
+
+
+def test_option_errors_are_raised_before_any_work(tmp_path, separator):
+    """The Python API raises `OptionError` for engine settings, before planning."""
+    with pytest.raises(OptionError, match="engine='spark'"):
+        separate_dataset([str(tmp_path)], str(tmp_path / "out"), engine="spark")
+    with pytest.raises(OptionError, match="a ready Separator works with the local engine only"):
+        separate_dataset([str(tmp_path)], str(tmp_path / "out"), engine="ray", model=separator)
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_on_s3(tiny_checkpoint_dir, jax_cache, s3_endpoint, tmp_path, capsys):
+    """The command on S3 URLs with `--storage-option`s: stems and markers land in the bucket, a bad input is one
+    `error:` line naming its URL (exit 1), and the re-run skips everything (exit 0)."""
+    place = Place("s3", tmp_path, s3_endpoint)
+    song = place.song("in/album/song.wav", subtype="PCM_16")
+    bad = place.write_bytes("in/album/bad.wav", b"")
+    options = [f"--storage-option={key}={value}" for key, value in place.storage_options.items()]
+    argv = ["separate-dataset", place.url("in"), "-o", place.url("out"), *options, "--model", str(tiny_checkpoint_dir)]
+    argv += ["--segment", str(SEGMENT_SECONDS), "--compilation-cache", str(jax_cache), "--mp3"]
+    argv += ["--scratch-dir", str(tmp_path / "scratch")]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.splitlines() == [f"error: {bad}: empty file (0 bytes)"]
+    assert sorted(rel for rel in outputs(place) if rel.endswith(".mp3")) == [
+        f"album/song/{s}.mp3" for s in sorted(SOURCES)
+    ]
+    assert [r["source"] for r in manifest(place)] == [bad, song]
+    assert main(argv) == 0
+    assert [r["status"] for r in manifest(place)] == ["skipped", "skipped"]

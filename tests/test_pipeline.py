@@ -1,0 +1,198 @@
+"""The schedule as a pipeline: reading, chunking, blending and the consumer's work overlap with the network
+(shown by the order of events, not by timing); batches span song boundaries without changing any song's
+stems; a song that cannot be read fails alone; several devices give one device's stems and one compile."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from modeling_hdemucs_flax import AudioError, OptionError, OutputOptions, Separator, separate_file, write_audio
+from modeling_hdemucs_flax.file_output import separate_files
+from modeling_hdemucs_flax.separation import Signal, chunk_weight, overlap_add_stream
+
+from .audio_files import write_corrupt
+from .conftest import SEGMENT_SECONDS, SOURCES, SR
+from .flows import REPO_ROOT, run_script
+from .reference import error_report, music_like
+from .separation_helpers import AffineStandIn, nonzero_signal
+
+WAIT = 3.0  # seconds a stand-in network waits for the other thread's next step before giving up
+
+
+class Log:
+    """Events from both threads, in the order they happened."""
+
+    def __init__(self):
+        self.events: list[tuple[str, int]] = []
+        self.changed = threading.Condition()
+
+    def add(self, kind: str, index: int) -> None:
+        with self.changed:
+            self.events.append((kind, index))
+            self.changed.notify_all()
+
+    def wait_for(self, event: tuple[str, int]) -> None:
+        """Block until `event` is logged (or WAIT seconds pass)."""
+        with self.changed:
+            self.changed.wait_for(lambda: event in self.events, timeout=WAIT)
+
+
+def test_next_chunk_is_read_and_previous_output_consumed_while_the_network_runs():
+    """While batch k is in the (stand-in) network, the pipeline reads the input of batch k + 1, and batch k - 1's
+    output reaches the consumer before batch k is done. The stand-in network holds batch k until the log shows
+    the read of block k + 2, the first one only chunk k + 1 needs (or WAIT seconds pass): an unpipelined
+    schedule reads it only after the network's end, and hands on no output before it either."""
+    segment, stride, block = 400, 300, 300  # chunk k covers blocks k and k + 1: each chunk needs one new block
+    length = 12 * stride + segment
+    x = nonzero_signal(2, length, seed=1)
+    log = Log()
+    stand_in = AffineStandIn([1.0, 2.0], [0.0, 0.0], (1, 2, segment))
+    calls = []
+
+    def network(batch):
+        k = len(calls)
+        calls.append(k)
+        log.add("network start", k)
+        log.wait_for(("read", k + 2))
+        log.add("network end", k)
+        return stand_in(batch)
+
+    def reader():
+        for i in range(0, length, block):
+            log.add("read", i // block)
+            yield x[:, i : i + block].copy()
+
+    weight = chunk_weight(segment, segment - stride)
+    out = []
+    for piece in overlap_add_stream(
+        reader(), length, network, channels=2, segment=segment, stride=stride, batch_size=1, weight=weight
+    ):
+        log.add("consumed", len(out))
+        out.append(piece)
+    np.testing.assert_allclose(np.concatenate(out, axis=-1), stand_in.expected(x), atol=2e-6)
+
+    position = {event: i for i, event in enumerate(log.events)}
+    batches = len(calls)
+    assert batches == 13
+    for k in range(batches - 1):  # the last batch has no next input to read
+        assert position[("read", k + 2)] < position[("network end", k)], (k, log.events)
+    for k in range(1, batches):  # the output of batch k - 1 is handed on while batch k is still running
+        assert position[("consumed", k - 1)] < position[("network end", k)], (k, log.events)
+
+
+def test_batches_span_songs_and_leave_every_song_unchanged(tiny_pair):
+    """Three songs of different lengths and rates through one schedule with batches of 4 give the stems each
+    song gets alone, and the network runs ceil(total chunks / 4) times: the batches are full across songs."""
+    config, _, model = tiny_pair
+    songs = [
+        (music_like(3000, 2, seed=1), SR),
+        (music_like(30000, 1, seed=2, sample_rate=48000), 48000),
+        (music_like(12000, 2, seed=3), SR),
+    ]
+    alone = Separator(model, segment=SEGMENT_SECONDS, batch_size=4)
+    want = [alone.separate(audio, rate) for audio, rate in songs]
+    chunks = sum(alone.chunks_total(audio.shape[-1], rate) for audio, rate in songs)
+
+    calls = []
+    separator = Separator(
+        model, segment=SEGMENT_SECONDS, batch_size=4, forward=lambda batch: calls.append(1) or alone.forward(batch)
+    )
+    signals = [
+        Signal(functools.partial(iter, [audio]), audio.shape[0], rate, f"song{i}")
+        for i, (audio, rate) in enumerate(songs)
+    ]
+    got: dict[int, list[np.ndarray]] = {i: [] for i in range(len(songs))}
+    done = []
+    for event in separator.stream_many(signals):
+        assert event.kind != "failed", event
+        if event.kind == "block":
+            assert event.index not in done
+            got[event.index].append(event.value)
+        else:
+            done.append(event.index)
+    assert done == [0, 1, 2]
+    assert len(calls) == -(-chunks // 4) and chunks > 4
+    for i, (audio, _) in enumerate(songs):
+        stems = np.concatenate(got[i], axis=-1)
+        assert stems.shape == (len(config.sources), *audio.shape)
+        _, db = error_report(f"cross-song batch, song {i}", stems, np.stack([want[i][s] for s in SOURCES]), -120)
+        assert db < -120
+
+
+def test_a_song_that_cannot_be_read_fails_alone(tiny_pair, tmp_path):
+    """A file that breaks while it is being read, an unreadable file and a good file through one schedule:
+    the two bad ones are reported failed with their one-line errors and leave no stem file, the good one is
+    separated exactly as alone."""
+    _, _, model = tiny_pair
+    separator = Separator(model, segment=SEGMENT_SECONDS, batch_size=2)
+
+    song, passes = music_like(40000, 2, seed=4), []
+
+    def breaks_midway():  # the statistics pass reads it whole; the separating pass breaks halfway
+        passes.append(1)
+        yield song[:, :20000]
+        if len(passes) > 1:
+            raise AudioError("broken.flac: cannot decode audio after 20000 of 40000 frames")
+        yield song[:, 20000:]
+
+    good = music_like(15000, 2, seed=5)
+    signals = [Signal(breaks_midway, 2, SR, "broken.flac"), Signal(functools.partial(iter, [good]), 2, SR, "good")]
+    events = list(separator.stream_many(signals))
+    failed = [e for e in events if e.kind == "failed"]
+    assert [(e.index, str(e.value)) for e in failed] == [
+        (0, "broken.flac: cannot decode audio after 20000 of 40000 frames")
+    ]
+    assert [e.index for e in events if e.kind == "done"] == [1]
+    stems = np.concatenate([e.value for e in events if e.kind == "block" and e.index == 1], axis=-1)
+    alone = separator.separate(good, SR)
+    np.testing.assert_array_equal(stems, np.stack([alone[s] for s in SOURCES]))
+
+    songs = [
+        write_audio(tmp_path / "in" / "first.wav", music_like(9000, 2, seed=6), SR, subtype="FLOAT"),
+        write_corrupt(tmp_path / "in" / "corrupt.wav"),
+        write_audio(tmp_path / "in" / "last.wav", music_like(7000, 1, seed=7), SR, subtype="FLOAT"),
+    ]
+    exact = OutputOptions(clip_mode="none", subtype="FLOAT")
+    results = list(separate_files(separator, songs, tmp_path / "out", exact))
+    assert [r.path for r in results] == songs
+    assert results[1].stems is None and "corrupt.wav: not a readable audio file" in str(results[1].error)
+    for result in (results[0], results[2]):
+        assert result.error is None and sorted(result.stems) == sorted(SOURCES)
+        single = separate_file(separator, result.path, tmp_path / "alone", exact)
+        for stem, path in result.stems.items():
+            assert path.read_bytes() == single[stem].read_bytes()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["first", "last"]
+
+
+def test_batches_split_over_devices_equal_one_device(tiny_checkpoint_dir, jax_cache, tmp_path):
+    """With two (forced) CPU devices, batches split over both give one device's stems — for one song and for
+    songs sharing batches — and the network is compiled once for the sharded batch."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+        "HDEMUCS_FLAX_COMPILATION_CACHE": str(jax_cache),
+    }
+    result = run_script("multi_device", env, str(tiny_checkpoint_dir), str(SEGMENT_SECONDS), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    print(report)
+    assert report["devices"] == 2
+    assert report["sharded_compiles"] == 1
+    for name, db in report["relative_db"].items():
+        assert db < -120, (name, db)  # measured: identical, or float32 round-off
+
+
+def test_batch_size_must_divide_over_the_devices(tiny_pair):
+    _, _, model = tiny_pair
+    import jax
+
+    with pytest.raises(OptionError, match="batch_size=3: must be a multiple of the 2 devices"):
+        Separator(model, batch_size=3, devices=[jax.devices()[0]] * 2)

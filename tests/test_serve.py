@@ -1,0 +1,509 @@
+"""The HTTP API (`hdemucs-flax serve`), tested against a real uvicorn server on 127.0.0.1 with the tiny
+random-weight model: in a thread of this process (`create_app` around a Separator, so a test can hold the
+network between chunks) and as the command in a subprocess (token, real signals, temporary files).
+
+Every response is checked by `clean`: an error is exactly `{"error": "<one line>"}`, and no body holds a server
+path or a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from modeling_hdemucs_flax import Separator, __version__, separate_file
+from modeling_hdemucs_flax.cli import main
+from modeling_hdemucs_flax.serve import ServeLimits, create_app
+
+from .audio_files import bad_files, tones, write_song
+from .conftest import SEGMENT_SECONDS, SOURCES
+from .flows import REPO_ROOT, run_script
+from .serve_helpers import ServeProcess, ThreadedServer, files_in, read_zip, upload, wait_job, wait_ready
+
+
+class Gate:
+    """A forward pass that runs the real network only when allowed: open by default (the warm-up passes), then
+    `close()` holds every batch until `step(n)` lets n through or `open()` lets all through."""
+
+    def __init__(self, forward):
+        self.forward, self.calls = forward, 0
+        self._open, self._tokens = True, threading.Semaphore(0)
+
+    def __call__(self, batch):
+        if not self._open:
+            assert self._tokens.acquire(timeout=60), "the test never let this batch through"
+        self.calls += 1
+        return self.forward(batch)
+
+    def close(self) -> None:
+        self._open = False
+
+    def step(self, n: int = 1) -> None:
+        for _ in range(n):
+            self._tokens.release()
+
+    def open(self) -> None:
+        self._open = True
+        self._tokens.release()
+
+
+@pytest.fixture(scope="module")
+def tiny_separator(tiny_pair):
+    _, _, model = tiny_pair
+    separator = Separator(model, segment=SEGMENT_SECONDS)
+    separator.warmup()
+    return separator
+
+
+def gated(separator: Separator) -> tuple[Separator, Gate]:
+    gate = Gate(separator.forward)
+    return Separator(separator.model, segment=SEGMENT_SECONDS, forward=gate), gate
+
+
+def clean(response, *paths: Path) -> dict:
+    """The JSON body (or {} for a zip), after checking it leaks no server path or traceback."""
+    text = response.content.decode("latin-1")
+    for path in (*paths, REPO_ROOT):
+        assert str(path) not in text, f"a server path in the response: {text[:300]}"
+    assert "Traceback" not in text and 'File "' not in text
+    if response.headers["content-type"] == "application/zip":
+        return {}
+    body = response.json()
+    if response.status_code >= 400:
+        assert set(body) == {"error"} and "\n" not in body["error"] and body["error"], body
+    return body
+
+
+def serving(separator, tmp_path: Path, token: str | None = None, **limits) -> ThreadedServer:
+    app = create_app(separator, ServeLimits(**limits), token=token, workdir=tmp_path / "work", model_id="tiny")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    return ThreadedServer(app, headers=headers)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Separating
+
+
+def test_wav_and_mp3_come_back_as_zips_of_the_stems_separate_file_writes(tiny_separator, tmp_path):
+    """A WAV (all four stems) and an MP3 (two stems, as FLAC): the zip holds `track/stem.ext` like the command
+    line, each stem at the input's length, rate and channel count, equal to what `separate_file` writes."""
+    wav = write_song(tmp_path / "in" / "song.wav", 0.4, 44100, 2, subtype="PCM_16")
+    mp3 = write_song(tmp_path / "in" / "tune.mp3", 0.5, 32000, 1, format="MP3")
+    cases = [
+        (wav, {}, "wav", SOURCES),
+        (mp3, {"two_stems": "vocals", "format": "flac"}, "flac", ["vocals", "no_vocals"]),
+    ]
+    with serving(tiny_separator, tmp_path) as server:
+        wait_ready(server.client)
+        for path, fields, ext, stems in cases:
+            response = server.client.post("/v1/separate", **upload(path, **fields))
+            assert response.status_code == 200, response.text
+            clean(response, server.service.workdir)
+            assert response.headers["content-type"] == "application/zip"
+            assert f'filename="{path.stem}.zip"' in response.headers["content-disposition"]
+            got = read_zip(response.content, tmp_path / "got" / path.stem)
+            assert sorted(got) == sorted(f"{path.stem}/{stem}.{ext}" for stem in stems)
+
+            expected = separate_file(
+                tiny_separator, path, tmp_path / "want", two_stems=fields.get("two_stems"), ext=ext
+            )
+            info = sf.info(path)
+            for stem, want_path in expected.items():
+                audio, rate = got[f"{path.stem}/{stem}.{ext}"]
+                want, want_rate = sf.read(want_path, dtype="float32", always_2d=True)
+                assert (
+                    (rate, audio.shape) == (want_rate, want.T.shape) == (info.samplerate, (info.channels, info.frames))
+                )
+                np.testing.assert_array_equal(audio, want.T)
+        assert files_in(server.service.workdir) == []  # a direct answer's files go once it is sent
+
+
+def test_job_round_trip_reports_progress_then_expires(tiny_separator, tmp_path):
+    """POST /v1/jobs -> 202 queued; status reports the chunks done while it runs (result 409 until then); the zip
+    comes from /result; after the time to live the job is gone (404) and so are its files."""
+    separator, gate = gated(tiny_separator)
+    song = write_song(tmp_path / "long.wav", 1.5, 44100, 2, subtype="PCM_16")
+    with serving(separator, tmp_path, job_ttl=1.0) as server:
+        client = server.client
+        wait_ready(client)
+        gate.close()
+        response = client.post("/v1/jobs", **upload(song))
+        job = clean(response, server.service.workdir)
+        assert response.status_code == 202 and job["status"] in ("queued", "running"), job
+        assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+
+        gate.step(3)
+        deadline = time.monotonic() + 60
+        while (status := client.get(f"/v1/jobs/{job['id']}").json())["chunks_done"] < 3:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.02)
+        assert status["status"] == "running" and status["chunks_total"] > 3
+        assert 0 < status["progress"] < 1 and status["progress"] == round(3 / status["chunks_total"], 4)
+        early = client.get(f"/v1/jobs/{job['id']}/result")
+        assert early.status_code == 409 and "running" in clean(early)["error"]
+
+        gate.open()
+        done = wait_job(client, job["id"])
+        assert done["status"] == "done" and done["progress"] == 1.0 and done["expires_in_seconds"] <= 1.0, done
+        result = client.get(done["result"])
+        assert result.status_code == 200 and result.headers["content-type"] == "application/zip"
+        stems = read_zip(result.content, tmp_path / "result")
+        assert sorted(stems) == sorted(f"long/{s}.wav" for s in SOURCES)
+        assert all(audio.shape == (2, int(1.5 * 44100)) for audio, _ in stems.values())
+
+        time.sleep(1.6)
+        for url in (f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}/result"):
+            gone = client.get(url)
+            assert gone.status_code == 404 and "expired" in clean(gone)["error"]
+        assert files_in(server.service.workdir) == []
+
+
+def test_a_job_can_be_cancelled_and_its_files_removed(tiny_separator, tmp_path):
+    """DELETE /v1/jobs/{id} stops a running job at its next chunk and removes its files."""
+    separator, gate = gated(tiny_separator)
+    song = write_song(tmp_path / "song.wav", 1.0, 44100, 2, subtype="PCM_16")
+    with serving(separator, tmp_path) as server:
+        wait_ready(server.client)
+        gate.close()
+        job = server.client.post("/v1/jobs", **upload(song)).json()
+        gate.step(1)
+        wait_job(server.client, job["id"], statuses=("running",))
+        deleted = server.client.delete(f"/v1/jobs/{job['id']}")
+        assert deleted.status_code == 200 and clean(deleted) == {"id": job["id"], "status": "cancelled"}
+        gate.open()
+        assert server.client.get(f"/v1/jobs/{job['id']}").status_code == 404
+        deadline = time.monotonic() + 30
+        while files_in(server.service.workdir):
+            assert time.monotonic() < deadline, files_in(server.service.workdir)
+            time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Warm-up, token, limits, errors
+
+
+def test_health_is_503_while_warming_then_200(tiny_separator, tmp_path):
+    """The server listens at once; until the model is loaded and compiled, health and every separation answer 503."""
+    go = threading.Event()
+
+    def load():
+        assert go.wait(60)
+        tiny_separator.warmup()
+        return tiny_separator
+
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    with serving(load, tmp_path) as server:
+        requests = [("GET", "/v1/health", {}), ("GET", "/v1/models", {})]
+        requests += [("POST", "/v1/separate", upload(song)), ("POST", "/v1/jobs", upload(song))]
+        for method, url, kwargs in requests:
+            response = server.client.request(method, url, **kwargs)
+            assert response.status_code == 503 and "warming up" in clean(response)["error"], (url, response.text)
+        go.set()
+        statuses = wait_ready(server.client)
+        assert statuses[-1] == 200
+        health = server.client.get("/v1/health").json()
+        assert health == {"status": "ok", "model": "tiny", "device": "cpu", "version": __version__}
+        models = clean(server.client.get("/v1/models"))
+        assert models["models"][0]["sources"] == SOURCES and models["models"][0]["sample_rate"] == 44100
+        assert server.client.post("/v1/separate", **upload(song)).status_code == 200
+
+
+def test_token_is_required_everywhere_but_health(tiny_separator, tmp_path):
+    """With a token, every route but /v1/health answers 401 (with WWW-Authenticate) without the right bearer
+    token, before reading a body or telling whether a job exists."""
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    with serving(tiny_separator, tmp_path, token="s3cret") as server:
+        wait_ready(server.client)
+        anonymous = {"Authorization": ""}
+        for headers in (anonymous, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+            for method, url, kwargs in [("GET", "/v1/models", {}), ("POST", "/v1/separate", upload(song)),
+                                        ("POST", "/v1/jobs", upload(song)), ("GET", "/v1/jobs/abc", {}),
+                                        ("DELETE", "/v1/jobs/abc", {}), ("GET", "/v1/openapi.json", {})]:  # fmt: skip
+                response = server.client.request(method, url, headers=headers, **kwargs)
+                assert response.status_code == 401, (headers, url, response.status_code)
+                assert response.headers["www-authenticate"] == "Bearer"
+                assert "token" in clean(response)["error"]
+        assert server.client.get("/v1/health", headers=anonymous).status_code == 200
+        assert server.client.get("/v1/models").status_code == 200
+        assert server.client.get("/v1/models", headers={"Authorization": "bearer s3cret"}).status_code == 200
+        assert server.client.post("/v1/separate", **upload(song)).status_code == 200
+        assert server.client.get("/v1/jobs/abc").status_code == 404
+
+
+def raw_request(url: str, head: str, body: bytes | None) -> tuple[bytes, bytes]:
+    """Send `head` (request line and headers) over a plain socket, then `body` unless it is None; returns the
+    response's (status line and headers, body)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode() + b"\r\n")
+        if body is not None:
+            sock.sendall(body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        answer, content = data.split(b"\r\n\r\n", 1)
+        length = int(re.search(rb"content-length: *(\d+)", answer, re.IGNORECASE).group(1))
+        while len(content) < length:
+            content += sock.recv(65536)
+        return answer, content
+
+
+def test_oversized_uploads_are_413_before_the_body_is_stored(tiny_separator, tmp_path):
+    """A declared Content-Length over the limit is refused before any body byte is asked for (a client that
+    waits for `100 Continue` never sends the file); a chunked body that grows past the limit is cut off; a song
+    longer than the limit is refused from its header. Nothing stays in the work folder."""
+    with serving(tiny_separator, tmp_path, max_upload_bytes=100_000, max_duration=1.0) as server:
+        wait_ready(server.client)
+        boundary = "b0undary"
+        head = (
+            "POST /v1/separate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            "Content-Length: 50000000\r\nExpect: 100-continue\r\n"
+        )
+        answer, content = raw_request(server.url, head, None)  # the client waits for "100 Continue"
+        assert answer.startswith(b"HTTP/1.1 413"), answer
+        assert json.loads(content) == {"error": "upload larger than the limit of 100000 bytes"}
+
+        part = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n\r\n'
+        ).encode() + b"\0" * 200_000
+        chunked = b"".join(
+            b"%x\r\n%s\r\n" % (len(part[i : i + 8192]), part[i : i + 8192]) for i in range(0, len(part), 8192)
+        )
+        head = (
+            "POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nTransfer-Encoding: chunked\r\n"
+        )
+        answer, content = raw_request(server.url, head, chunked + b"0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 413") and b"limit of 100000 bytes" in content, answer
+
+        long_song = write_song(tmp_path / "long.wav", 2.0, 8000, 1, subtype="PCM_16")  # 32 kB, 2 s
+        response = server.client.post("/v1/separate", **upload(long_song))
+        assert response.status_code == 413
+        assert (
+            clean(response, server.service.workdir)["error"] == "long.wav: 2.0 s long; this server separates up to 1 s"
+        )
+        assert files_in(server.service.workdir) == []
+
+
+def test_non_audio_is_415_and_broken_audio_is_400_named_by_the_client_file(tiny_separator, tmp_path):
+    """Not audio (or not multipart) -> 415; empty, truncated, NaN-holding, 3-channel audio or no file -> 400;
+    every message names the uploaded file as the client called it, never the server's copy."""
+    broken = bad_files(tmp_path / "bad")
+    sf.write(tmp_path / "bad" / "six.wav", tones(3, 4000, 44100).T, 44100)
+    expected = {
+        "text.wav": (415, "text.wav: not a readable audio file"),
+        "empty.wav": (400, "empty.wav: empty file (0 bytes)"),
+        "trunc_wav.wav": (400, "trunc_wav.wav: truncated file"),
+        "trunc_flac.flac": (400, "trunc_flac.flac: cannot decode audio"),
+        "nan.wav": (400, "nan.wav: contains NaN or infinite samples"),
+        "six.wav": (400, "six.wav: 3 channels is not supported"),
+    }
+    assert set(expected) - {"six.wav"} <= set(broken)
+    with serving(tiny_separator, tmp_path) as server:
+        wait_ready(server.client)
+        for name, (status, message) in expected.items():
+            for url in ("/v1/separate", "/v1/jobs"):
+                response = server.client.post(url, **upload(tmp_path / "bad" / name))
+                if url == "/v1/jobs" and response.status_code == 202:  # decoding errors surface while it runs
+                    body = wait_job(server.client, response.json()["id"])
+                    assert body["status"] == "failed", body
+                    got_status, error = server.client.get(f"/v1/jobs/{body['id']}/result").status_code, body["error"]
+                else:
+                    got_status, error = response.status_code, clean(response, server.service.workdir)["error"]
+                assert got_status == status and error.startswith(message), (name, url, got_status, error)
+                assert str(tmp_path) not in error
+        not_multipart = server.client.post("/v1/separate", json={"file": "song.wav"})
+        assert not_multipart.status_code == 415 and "multipart/form-data" in clean(not_multipart)["error"]
+        no_file = server.client.post("/v1/separate", data={"shifts": "1"}, files={"other": ("x", b"")})
+        assert no_file.status_code == 422 and "unknown form field 'other'" in clean(no_file)["error"]
+        only_fields = server.client.post("/v1/separate", files={"shifts": (None, "1")})
+        assert only_fields.status_code == 400 and "no file" in clean(only_fields)["error"]
+
+
+def test_bad_options_are_422_worded_by_the_one_validation(tiny_separator, tmp_path):
+    """Form values are checked by SeparationOptions / OutputOptions (the package's one validation), named by
+    their form field."""
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    cases = {
+        "shifts=-1": ({"shifts": -1}, "shifts=-1: must be an integer in [0, 100]"),
+        "shifts=two": ({"shifts": "two"}, "shifts='two': must be an integer in [0, 100]"),
+        "overlap=1.5": ({"overlap": 1.5}, "overlap=1.5: must be in [0, 1)"),
+        "overlap=nan": ({"overlap": "nan"}, "overlap=nan: must be in [0, 1)"),
+        "format=aac": ({"format": "aac"}, "format='aac': unknown output format; choose one of wav, flac, mp3, ogg"),
+        "two_stems=piano": ({"two_stems": "piano"}, "two_stems='piano': the model has no such stem"),
+        "segment=3": ({"segment": 3}, "unknown form field 'segment'"),
+    }
+    with serving(tiny_separator, tmp_path) as server:
+        wait_ready(server.client)
+        for label, (fields, message) in cases.items():
+            for url in ("/v1/separate", "/v1/jobs"):
+                response = server.client.post(url, **upload(song, **fields))
+                assert response.status_code == 422, (label, url, response.text)
+                assert clean(response)["error"].startswith(message), (label, response.text)
+        assert files_in(server.service.workdir) == []
+
+
+def test_a_full_queue_is_429_and_one_separation_runs_at_a_time(tiny_separator, tmp_path):
+    """queue_size=1: one job runs, one waits, the next request (job or direct) gets 429 before its upload is
+    stored; when the queue drains, requests are accepted again. The network never runs two batches at once."""
+    separator, gate = gated(tiny_separator)
+    running, most = [0], [0]
+    inner = gate.forward
+
+    def counting(batch):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            return inner(batch)
+        finally:
+            running[0] -= 1
+
+    gate.forward = counting
+    song = write_song(tmp_path / "song.wav", 0.5, 44100, 2, subtype="PCM_16")
+    with serving(separator, tmp_path, queue_size=1) as server:
+        client = server.client
+        wait_ready(client)
+        gate.close()
+        first = client.post("/v1/jobs", **upload(song)).json()
+        wait_job(client, first["id"], statuses=("running",))
+        second = client.post("/v1/jobs", **upload(song))
+        assert second.status_code == 202 and second.json()["status"] == "queued"
+        for url in ("/v1/jobs", "/v1/separate"):
+            full = client.post(url, **upload(song))
+            assert full.status_code == 429 and "queue is full" in clean(full)["error"], full.text
+        gate.open()
+        for job_id in (first["id"], second.json()["id"]):
+            assert wait_job(client, job_id)["status"] == "done"
+        assert client.post("/v1/separate", **upload(song)).status_code == 200
+        assert most[0] == 1
+
+
+def test_internal_errors_are_500_without_details(tiny_separator, tmp_path):
+    """An unexpected failure inside the network answers 500 with the error's type only: no message (it may hold
+    paths), no traceback; the server keeps serving."""
+    calls = []
+
+    def failing(batch):
+        calls.append(1)
+        if len(calls) > 1:  # the warm-up pass succeeds
+            raise RuntimeError(f"device lost at {tmp_path}/secret")
+        return tiny_separator.forward(batch)
+
+    separator = Separator(tiny_separator.model, segment=SEGMENT_SECONDS, forward=failing)
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    with serving(separator, tmp_path) as server:
+        wait_ready(server.client)
+        response = server.client.post("/v1/separate", **upload(song))
+        assert response.status_code == 500
+        assert clean(response, tmp_path)["error"] == "internal error (RuntimeError); the server log has details"
+        missing = server.client.get("/v1/nowhere")
+        assert missing.status_code == 404 and clean(missing) == {"error": "Not Found"}
+        assert server.client.get("/v1/health").status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command
+
+
+def test_serve_command_options_are_checked_like_the_other_commands(tiny_checkpoint_dir, tmp_path, capsys):
+    """Bad limits are usage errors (exit 2) naming the flag or the variable; `--preload` loads and exits; `--help`
+    loads no heavy library."""
+    for args, message in [
+        (["--queue-size", "0"], "--queue-size 0: must be an integer > 0"),
+        (["--max-upload", "lots"], "--max-upload lots: must be a size in bytes (e.g. 200mb)"),
+        (["--overlap", "1"], "--overlap 1.0: must be in [0, 1)"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            main(["serve", *args])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    os.environ["HDEMUCS_API_JOB_TTL"] = "soon"
+    try:
+        with pytest.raises(SystemExit) as stop:
+            main(["serve"])
+    finally:
+        del os.environ["HDEMUCS_API_JOB_TTL"]
+    assert stop.value.code == 2 and "HDEMUCS_API_JOB_TTL='soon': must be float" in capsys.readouterr().err
+    assert main(["serve", "--preload", "--model", str(tiny_checkpoint_dir)]) == 0
+    assert main(["serve", "--preload", "--model", str(tmp_path / "nothing")]) == 1
+    assert "nothing: no such model folder" in capsys.readouterr().err
+
+    result = run_script("cli_modules", {**os.environ, "PYTHONPATH": str(REPO_ROOT)}, "serve", "--help")
+    assert "exit status: 0" in result.stdout
+    for name in ("torch", "transformers", "jax", "flax"):
+        assert f"loaded {name}: False" in result.stdout, name
+
+
+def test_serve_command_with_a_token_separates_and_shuts_down_cleanly_on_sigterm(
+    tiny_checkpoint_dir, jax_cache, tmp_path
+):
+    """`hdemucs-flax serve` in its own process: 127.0.0.1 by default, the model named by its folder (no path),
+    the token enforced, a WAV and an MP3 separated; SIGTERM during a long job cancels it, the process exits by
+    the signal once it has cleaned up, and neither its work folder nor its temp folder keeps a file."""
+    temp, work = tmp_path / "tmp", tmp_path / "work"
+    temp.mkdir()
+    env = {
+        "HDEMUCS_API_TOKEN": "t0ken",
+        "HDEMUCS_FLAX_COMPILATION_CACHE": str(jax_cache),
+        "TMPDIR": str(temp),
+        "JAX_PLATFORMS": "cpu",
+    }
+    args = ["--model", str(tiny_checkpoint_dir), "--segment", str(SEGMENT_SECONDS), "--workdir", str(work)]
+    wav = write_song(tmp_path / "in" / "song.wav", 0.3, 44100, 2, subtype="PCM_16")
+    mp3 = write_song(tmp_path / "in" / "song48.mp3", 0.3, 48000, 2, format="MP3")
+    long_song = write_song(tmp_path / "in" / "long.wav", 60.0, 44100, 2, subtype="PCM_16")
+    with ServeProcess(tmp_path, args, env) as server:
+        client = httpx.Client(base_url=server.url, timeout=120)
+        wait_ready(client)
+        assert client.get("/v1/health").json()["model"] == tiny_checkpoint_dir.name
+        assert client.post("/v1/separate", **upload(wav)).status_code == 401
+        client.headers["Authorization"] = "Bearer t0ken"
+        for path in (wav, mp3):
+            response = client.post("/v1/separate", **upload(path))
+            assert response.status_code == 200, response.text
+            clean(response, tmp_path, tiny_checkpoint_dir)
+            stems = read_zip(response.content, tmp_path / "out" / path.name)
+            info = sf.info(path)
+            assert sorted(stems) == sorted(f"{path.stem}/{s}.wav" for s in SOURCES)
+            assert {(a.shape, r) for a, r in stems.values()} == {((2, info.frames), info.samplerate)}
+
+        job = client.post("/v1/jobs", **upload(long_song)).json()
+        deadline = time.monotonic() + 60
+        while (status := client.get(f"/v1/jobs/{job['id']}").json())["chunks_done"] < 1:
+            assert time.monotonic() < deadline and status["status"] in ("queued", "running"), status
+            time.sleep(0.05)
+        assert status["status"] == "running" and status["chunks_done"] < status["chunks_total"]
+        started = time.monotonic()
+        # uvicorn finishes its shutdown, then re-raises the signal, so the parent sees a SIGTERM exit
+        assert server.terminate() == -signal.SIGTERM, server.log_text()[-3000:]
+        stopped = time.monotonic() - started
+        client.close()
+    log = server.log_text()
+    print(f"[serve] SIGTERM during a job: exited in {stopped:.1f} s")
+    assert "Traceback" not in log and "ready on http://127.0.0.1:" in log, log[-3000:]
+    assert files_in(temp) == [] and files_in(work) == [], (files_in(temp), files_in(work))
+
+
+def test_serve_command_exits_1_with_one_line_when_the_model_cannot_load(tmp_path):
+    """A model that cannot be loaded ends the server (it would never become healthy): one `error:` line, exit 1,
+    no traceback, no temporary file left."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {"TMPDIR": str(temp), "JAX_PLATFORMS": "cpu"}
+    with ServeProcess(tmp_path, ["--model", str(tmp_path / "no-model"), "-q"], env) as server:
+        assert server.process is not None
+        assert server.process.wait(300) == 1
+    errors = [line for line in server.log_text().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no-model: no such model folder" in errors[0], server.log_text()[-2000:]
+    assert "Traceback" not in server.log_text() and files_in(temp) == []
