@@ -369,27 +369,39 @@ def sweep_partial_files(folder: str | os.PathLike, older_than: float) -> list[Pa
     return tempfiles.sweep_stale(folder, PARTIAL_SUFFIX, older_than)
 
 
-def make_folders(folder: str | os.PathLike) -> list[Path]:
-    """`mkdir -p folder`; returns the folders it created, outermost first (for `remove_empty_folders`).
-    Raises `AudioError` naming the folder when it cannot be created."""
+def missing_folders(folder: str | os.PathLike) -> list[Path]:
+    """The folders `make_folders(folder)` would create, outermost first. A caller that removes them again on
+    failure (`remove_empty_folders`) takes this list *before* creating them, so that an interrupt during the
+    creation cannot leave one it does not know of."""
     folder = Path(folder)
     missing = []
     for parent in (folder, *folder.parents):
         if parent.exists():
             break
         missing.append(parent)
+    return missing[::-1]
+
+
+def make_folders(folder: str | os.PathLike) -> list[Path]:
+    """`mkdir -p folder`; returns the folders it created, outermost first (`missing_folders`). Raises
+    `AudioError` naming the folder when it cannot be created."""
+    folder = Path(folder)
+    missing = missing_folders(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise AudioError(f"{folder}: cannot write to output folder ({error.strerror or error})") from None
-    return missing[::-1]
+    return missing
 
 
 def remove_empty_folders(created: list[Path]) -> None:
-    """Remove the folders `make_folders` created, innermost first, as far as they are empty."""
+    """Remove the folders `make_folders` created (or `missing_folders` listed), innermost first, as far as they
+    are empty; those never made are passed over."""
     for folder in reversed(created):
         try:
             folder.rmdir()
+        except FileNotFoundError:
+            continue
         except OSError:
             return
 
@@ -420,24 +432,31 @@ class AtomicAudioWriter:
         fmt = OUTPUT_FORMATS[ext][0]
         check_output_format(self.path, ext, subtype, sample_rate, channels)
         make_folders(self.path.parent)
-        try:
-            handle, self.temp_path = tempfiles.create(self.path, PARTIAL_SUFFIX)
-            os.close(handle)
-        except OSError as error:
-            raise AudioError(f"{self.path.parent}: cannot write to output folder ({error.strerror or error})") from None
         self.frames = 0
+        # The name is kept before the file exists, so whatever stops the constructor (a refusal, or an
+        # interrupt between any two steps) leaves no temporary behind.
+        self.temp_path = tempfiles.new_name(self.path, PARTIAL_SUFFIX)
         try:
-            if fmt == "MP3":
-                self._file = _Mp3File(self.temp_path, sample_rate, channels, mp3_bitrate, mp3_preset)
-            else:
-                self._file = sf.SoundFile(
-                    self.temp_path, "w", samplerate=sample_rate, channels=channels, format=fmt, subtype=subtype
-                )
-        except Exception as error:  # libsndfile's or FFmpeg's refusal
+            try:
+                os.close(tempfiles.create(self.temp_path))
+            except OSError as error:
+                raise AudioError(
+                    f"{self.path.parent}: cannot write to output folder ({error.strerror or error})"
+                ) from None
+            try:
+                if fmt == "MP3":
+                    self._file = _Mp3File(self.temp_path, sample_rate, channels, mp3_bitrate, mp3_preset)
+                else:
+                    self._file = sf.SoundFile(
+                        self.temp_path, "w", samplerate=sample_rate, channels=channels, format=fmt, subtype=subtype
+                    )
+            except Exception as error:  # libsndfile's or FFmpeg's refusal
+                raise AudioError(
+                    f"{self.path}: cannot write {fmt} {subtype} at {sample_rate} Hz ({_libsndfile_problem(error)})"
+                ) from None
+        except BaseException:  # also KeyboardInterrupt and `Terminated`
             self.temp_path.unlink(missing_ok=True)
-            raise AudioError(
-                f"{self.path}: cannot write {fmt} {subtype} at {sample_rate} Hz ({_libsndfile_problem(error)})"
-            ) from None
+            raise
 
     def write(self, block: np.ndarray) -> None:
         """Append float (channels, samples)."""

@@ -162,11 +162,11 @@ def download_file(
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     tempfiles.sweep_stale(destination.parent, PART_SUFFIX, time.time())
-    handle, partial = tempfiles.create(destination, PART_SUFFIX)
+    partial = tempfiles.new_name(destination, PART_SUFFIX)  # known before the file exists (see `finally`)
     digest = hashlib.sha256()
     ends = time.monotonic() + deadline
     try:
-        with os.fdopen(handle, "wb") as out:
+        with os.fdopen(tempfiles.create(partial), "wb") as out:
             try:
                 response = urllib.request.urlopen(url, timeout=min(read_timeout, deadline))
             except urllib.error.HTTPError as error:
@@ -209,7 +209,7 @@ def download_file(
                     raise DownloadError(f"cannot download {url}: got {received} of {limit} bytes")
         got = digest.hexdigest()
         _check_digest(url, got, sha256)
-        tempfiles.finish(partial, destination)  # mkstemp creates 0600; the file gets the user's usual mode
+        tempfiles.finish(partial, destination)  # created 0600; the file gets the user's usual mode
         return got
     finally:
         if os.path.exists(partial):

@@ -37,6 +37,7 @@ from .audio_io import (
     inspect_audio,
     iter_audio_blocks,
     make_folders,
+    missing_folders,
     output_subtype,
     remove_empty_folders,
 )
@@ -342,7 +343,8 @@ class _FileJob:
         if not self.writers:
             info, options = self.info, self.options
             for folder in dict.fromkeys(target.parent for target in self.paths.values()):
-                self._created += make_folders(folder)
+                self._created += missing_folders(folder)  # listed before they exist: an interrupt leaves none
+                make_folders(folder)
             for name, target in self.paths.items():
                 self.writers[name] = StemWriter(
                     target,

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import secrets
 import threading
 from pathlib import Path
 
 _UMASK_LOCK = threading.Lock()
+# `new_name`'s random part: 8 characters of [a-z0-9_] (as `tempfile`'s) after the owner's process id.
+_NAME_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 
 def umask() -> int:
@@ -48,13 +50,22 @@ def folder_mode() -> int:
     return 0o777 & ~umask()
 
 
-def create(destination: str | os.PathLike, suffix: str) -> tuple[int, Path]:
-    """Create a temporary file beside `destination` (same folder, so a rename replaces it atomically), named
-    after this process: (open file descriptor, path). `mkstemp` makes it 0600; `finish` gives it the usual
-    mode before it is renamed. Raises OSError when the folder cannot be written."""
+def new_name(destination: str | os.PathLike, suffix: str) -> Path:
+    """A fresh temporary name beside `destination` (same folder, so a rename replaces it atomically), named after
+    this process; no file is made yet. The caller keeps the name *before* `create` makes the file, so an
+    interrupt arriving at any moment (Ctrl-C, or SIGTERM as `runtime.Terminated`) leaves nothing it cannot
+    remove: `Path.unlink(missing_ok=True)` on the name is always the whole clean-up."""
     destination = Path(destination)
-    handle, temp = tempfile.mkstemp(prefix=f".{destination.name}.{os.getpid()}-", suffix=suffix, dir=destination.parent)
-    return handle, Path(temp)
+    random = "".join(secrets.choice(_NAME_CHARACTERS) for _ in range(8))
+    return destination.with_name(f".{destination.name}.{os.getpid()}-{random}{suffix}")
+
+
+def create(temp: str | os.PathLike) -> int:
+    """Create the file `temp` (a `new_name`), which must not exist, readable and writable by its owner only
+    (as `mkstemp`; `finish` gives it the usual mode before it is renamed). Returns the open file descriptor.
+    Raises OSError when the folder cannot be written (FileExistsError should the name be taken)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    return os.open(temp, flags, 0o600)
 
 
 def finish(temp: str | os.PathLike, destination: str | os.PathLike) -> Path:
@@ -64,7 +75,7 @@ def finish(temp: str | os.PathLike, destination: str | os.PathLike) -> Path:
     return Path(destination)
 
 
-# `create`'s names: tempfile's random part is 8 characters of [a-z0-9_].
+# `new_name`'s names (the suffix starts with a dot).
 _OWNED = re.compile(r"^\..+\.(?P<pid>\d+)-[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9_.]+)$")
 
 

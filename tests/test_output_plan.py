@@ -133,6 +133,34 @@ def test_stale_partial_files_of_dead_runs_are_swept(tmp_path):
     writer.abort()
 
 
+@pytest.mark.parametrize("step", ["after creating the file", "while libsndfile opens it"])
+def test_an_interrupt_while_a_stem_file_is_made_leaves_no_temporary(tmp_path, monkeypatch, step):
+    """Ctrl-C (or SIGTERM, raised as `runtime.Terminated`, a KeyboardInterrupt) can arrive between any two steps
+    of making a stem's temporary file; the writer knows the name before the file exists, so none is left
+    whichever step it interrupts."""
+    import soundfile
+
+    from modeling_hdemucs_flax import audio_io
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if step == "after creating the file":
+        real = audio_io.tempfiles.create
+
+        def create(temp):
+            os.close(real(temp))
+            interrupt()
+
+        monkeypatch.setattr(audio_io.tempfiles, "create", create)
+    else:
+        monkeypatch.setattr(soundfile, "SoundFile", interrupt)
+    for clip_mode in ("rescale", "none"):
+        with pytest.raises(KeyboardInterrupt):
+            StemWriter(tmp_path / "song" / "vocals.wav", 8000, 1, "PCM_16", clip_mode=clip_mode)
+        assert list((tmp_path / "song").iterdir()) == [], clip_mode
+
+
 def test_an_audio_file_writer_creates_no_file_until_commit(tmp_path):
     writer = AtomicAudioWriter(tmp_path / "a" / "b.wav", 8000, 2, "PCM_16")
     writer.write(np.zeros((2, 10), np.float32))
