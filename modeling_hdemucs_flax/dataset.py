@@ -354,10 +354,10 @@ class TrackWorker:
         return die_mid_file
 
 
-def manifest_row(track: Track, status: str, **fields) -> dict:
+def manifest_row(track: Track, status: str, **fields: Any) -> dict:
     """A manifest row: key, source, status (ok / skipped / failed), error, stems ({stem: {path, bytes,
     sha256}}), audio_seconds, wall_seconds, worker, device (and `attempt` for separated inputs)."""
-    row = {"key": track.key, "source": track.source, "status": status}
+    row: dict[str, Any] = {"key": track.key, "source": track.source, "status": status}
     row.update(dict.fromkeys(("error", "stems", "audio_seconds", "wall_seconds", "worker", "device")))
     row.update(fields)
     return row
@@ -557,7 +557,7 @@ def separate_dataset(
         if engine != "local":
             raise OptionError("model", type(model).__name__, "a ready Separator works with the local engine only")
         separator, schedule = model, model.options
-        model = getattr(separator.model, "name_or_path", None) or "<Separator>"
+        model = str(getattr(separator.model, "name_or_path", None) or "<Separator>")
     if engine == "local" and resources.workers != 1:
         raise OptionError("workers", resources.workers, "the local engine runs one worker; use the ray engine")
     schedule = schedule or SeparationOptions()

@@ -15,6 +15,7 @@ import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any, cast
 
 from .audio_io import AUDIO_EXTENSIONS
 from .errors import DatasetError, OptionError
@@ -102,7 +103,7 @@ def _remote_tracks(spec: str, storage_options: dict | None) -> list[Track]:
     path = path.rstrip("/")
     if _has_magic(path):
         root = "/".join(_until_magic(path.split("/")))
-        found = fs.glob(path, detail=True)
+        found = cast(dict[str, dict[str, Any]], fs.glob(path, detail=True))
         files = sorted(p for p, info in found.items() if info.get("type") == "file" and _is_audio(p))
         if not files:
             raise DatasetError(f"{spec}: the pattern matches no audio files ({', '.join(AUDIO_EXTENSIONS)})")
@@ -112,7 +113,7 @@ def _remote_tracks(spec: str, storage_options: dict | None) -> list[Track]:
         except FileNotFoundError:
             raise DatasetError(f"{spec}: no such file or folder") from None
         if kind == "directory":
-            files = sorted(p for p in fs.find(path) if _is_audio(p))
+            files = sorted(p for p in cast(list[str], fs.find(path)) if _is_audio(p))
             if not files:
                 raise DatasetError(f"{spec}: no audio files under this prefix ({', '.join(AUDIO_EXTENSIONS)})")
             root = path
@@ -131,13 +132,13 @@ def _catalogue_rows(spec: str, storage_options: dict | None) -> list[tuple[str, 
     ext = posixpath.splitext(spec)[1].lower()
     with fsspec.open(spec, "rb", **(storage_options or {})) as handle:
         if ext in (".txt", ".lst"):
-            text = io.TextIOWrapper(handle, encoding="utf-8")
+            text = io.TextIOWrapper(cast(IO[bytes], handle), encoding="utf-8")
             lines = (line.strip() for line in text)
             return [(line, None) for line in lines if line and not line.startswith("#")]
         if ext == ".csv":
             import csv
 
-            reader = csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8", newline=""))
+            reader = csv.DictReader(io.TextIOWrapper(cast(IO[bytes], handle), encoding="utf-8", newline=""))
             columns = reader.fieldnames or []
             _need_path_column(spec, columns)
             return [(row["path"].strip(), (row.get("key") or "").strip() or None) for row in reader if row["path"]]

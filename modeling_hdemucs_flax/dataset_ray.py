@@ -52,7 +52,7 @@ class RayTrackWorker:
 
         results = []
         for key, source, replaces in zip(batch["key"], batch["source"], batch["replaces"], strict=True):
-            if self.fatal is not None:
+            if self.fatal is not None or self.worker is None:
                 results.append(json.dumps({"fatal": self.fatal}))
                 continue
             track = Track(str(key), str(source), tuple(json.loads(str(replaces))))

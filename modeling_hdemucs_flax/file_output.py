@@ -414,21 +414,22 @@ def separate_files(
 
     try:
         for event in separator.stream_many(opener(index) for index in range(len(paths))):
-            job = jobs.get(event.index)
             if event.kind == "block":
-                job.write(event.value)
+                jobs[event.index].write(event.value)
                 continue
-            jobs.pop(event.index, None)
-            if event.kind == "failed":
+            job = jobs.pop(event.index, None)  # None: the file failed before its job was made
+            if event.kind == "failed" or job is None:
                 if job is not None:
                     job.abort()
                 yield FileResult(paths[event.index], error=event.value)
                 continue
             try:
-                yield FileResult(paths[event.index], stems=job.commit())
+                stems = job.commit()
             except HDemucsFlaxError as error:  # committing failed: commit_all removed every stem
                 job.abort()
                 yield FileResult(paths[event.index], error=error)
+            else:
+                yield FileResult(paths[event.index], stems=stems)
     finally:
         for job in jobs.values():  # a network failure, or the consumer stopped early: nothing half-written
             job.abort()
@@ -459,4 +460,5 @@ def separate_file(
     [result] = separate_files(separator, [path], output_dir, options, progress=follow)
     if result.error is not None:
         raise result.error
+    assert result.stems is not None
     return result.stems

@@ -49,7 +49,7 @@ def gelu(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
     return (0.5 * x * (1 + lax.erf(x * np.float32(0.5**0.5)))).astype(x.dtype)
 
 
-def mixed_dot(x: jnp.ndarray, w: jnp.ndarray, dot_dtype: Dtype) -> jnp.ndarray:
+def mixed_dot(x: ArrayIn, w: ArrayIn, dot_dtype: Dtype) -> Array:
     """x (..., in) @ w (in, out) with both inputs in `dot_dtype` and float32 accumulation and output.
 
     Always one 2-D dot: XLA:CPU runs bfloat16 x bfloat16 -> float32 fast only there (batched dots with these
@@ -66,7 +66,7 @@ class Conv1x1(nn.Module):
     dot_dtype: Dtype
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: ArrayIn) -> Array:
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         return mixed_dot(x, kernel[0], self.dot_dtype) + bias
@@ -115,7 +115,8 @@ class SquareConv(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: ArrayIn) -> Array:
+        x = jnp.asarray(x)  # numpy in eager calls; a no-op under jit (and for the type checker: an Array)
         k, pad = self.kernel_size, self.kernel_size // 2
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
@@ -177,10 +178,10 @@ class ConvTranspose(nn.Module):
             blocks = mixed_dot(x, matrix, self.dot_dtype).astype(self.dtype)
         blocks = blocks.reshape(batch, length, *rest, m, s, self.features)
         # Overlap-add over the input steps: output block q (of s steps) sums piece j of input step q - j.
-        y = None
-        for j in range(m):
-            piece = jnp.pad(blocks[..., j, :, :], [(0, 0), (j, m - 1 - j)] + [(0, 0)] * (len(rest) + 2))
-            y = piece if y is None else y + piece
+        pieces = [
+            jnp.pad(blocks[..., j, :, :], [(0, 0), (j, m - 1 - j)] + [(0, 0)] * (len(rest) + 2)) for j in range(m)
+        ]
+        y = sum(pieces[1:], pieces[0])
         if rest:  # (batch, L + m - 1, T, s, out) -> (batch, L + m - 1, s, T, out)
             y = jnp.moveaxis(y, -2, 2)
         y = y.reshape(batch, (length + m - 1) * s, *rest, self.features)
@@ -198,6 +199,7 @@ class GroupNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Float[ArrayIn, "*shape"]) -> Float[Array, "*shape"]:
+        x = jnp.asarray(x)  # numpy in eager calls; a no-op under jit (and for the type checker: an Array)
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
@@ -216,6 +218,7 @@ class LayerScale(nn.Module):
 
     @nn.compact
     def __call__(self, x: Float[ArrayIn, "*shape"]) -> Float[Array, "*shape"]:
+        x = jnp.asarray(x)  # numpy in eager calls; a no-op under jit (and for the type checker: an Array)
         scale = self.param("scale", nn.initializers.constant(self.init), (x.shape[-1],), jnp.float32)
         return x * scale.astype(x.dtype)
 
@@ -248,6 +251,7 @@ class LSTM(nn.Module):
 
     @nn.compact
     def __call__(self, x: Float[ArrayIn, "time batch channels"]) -> Float[Array, "time batch features"]:
+        x = jnp.asarray(x)  # numpy in eager calls; a no-op under jit (and for the type checker: an Array)
         # x: (T, N, C) -> (T, N, 2H)
         h = self.hidden
         for layer in range(self.num_layers):
@@ -309,6 +313,7 @@ class BLSTM(nn.Module):
 
     @nn.compact
     def __call__(self, x: Float[ArrayIn, "batch time channels"]) -> Float[Array, "batch time channels"]:
+        x = jnp.asarray(x)  # numpy in eager calls; a no-op under jit (and for the type checker: an Array)
         n, t, c = x.shape
         y = x
         width, hop = LSTM_MAX_STEPS, LSTM_MAX_STEPS // 2
@@ -339,6 +344,7 @@ class LocalState(nn.Module):
 
     @nn.compact
     def __call__(self, x: Float[ArrayIn, "batch time channels"]) -> Float[Array, "batch time channels"]:
+        x = jnp.asarray(x)  # numpy in eager calls; a no-op under jit (and for the type checker: an Array)
         n, t, c = x.shape
         heads, ndecay = ATTN_HEADS, ATTN_DECAYS
 
@@ -376,6 +382,7 @@ class DConvBranch(nn.Module):
 
     @nn.compact
     def __call__(self, x: Float[ArrayIn, "batch time channels"]) -> Float[Array, "batch time channels"]:
+        x = jnp.asarray(x)  # numpy in eager calls; a no-op under jit (and for the type checker: an Array)
         p = self.plan
         pad = self.dilation * (DCONV_KERNEL // 2)
         y = Conv(
@@ -403,6 +410,7 @@ class DConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: Float[ArrayIn, "batch time channels"]) -> Float[Array, "batch time channels"]:
+        x = jnp.asarray(x)  # numpy in eager calls; a no-op under jit (and for the type checker: an Array)
         for d in range(self.plan.depth):
             dilation = 2**d if self.plan.dilate else 1
             x = x + DConvBranch(self.plan, dilation, dtype=self.dtype, dot_dtype=self.dot_dtype, name=f"layers_{d}")(x)

@@ -270,11 +270,15 @@ class FlaxHDemucs(FlaxPreTrainedModel):
     @property
     def params(self) -> dict | FrozenDict:
         """The parameters in the stored (checkpoint) layout; assigning new ones drops the prepared copy."""
-        return FlaxPreTrainedModel.params.fget(self)
+        getter = FlaxPreTrainedModel.params.fget
+        assert getter is not None
+        return getter(self)
 
     @params.setter
     def params(self, params: dict | FrozenDict) -> None:
-        FlaxPreTrainedModel.params.fset(self, params)
+        setter = FlaxPreTrainedModel.params.fset
+        assert setter is not None
+        setter(self, params)
         self._prepared = None
 
     def prepared_params(self, params: Mapping[str, Any] | None = None) -> dict:

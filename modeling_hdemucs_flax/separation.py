@@ -278,7 +278,7 @@ class Event(NamedTuple):
 
     index: int
     kind: str
-    value: object = None
+    value: Any = None
 
 
 def _run_network(forward: Forward, inputs: np.ndarray) -> np.ndarray:
@@ -309,10 +309,11 @@ def run_schedule(
             pending: list[Event] = []
             while len(rows) < batch_size:
                 if current is None or current[1].exhausted:
-                    index, opener = next(openers, (None, None))
-                    if opener is None:
+                    following = next(openers, None)
+                    if following is None:
                         current = None
                         break
+                    index, opener = following
                     try:
                         current = (index, opener())
                     except Exception as error:  # this signal only: the others go on
@@ -374,8 +375,16 @@ def overlap_add_stream(
     """
 
     def song() -> _Song:
-        options = dict(channels=channels, segment=segment, stride=stride, weight=weight, delays=delays)
-        return _Song(blocks, length, progress=progress, **options)
+        return _Song(
+            blocks,
+            length,
+            channels=channels,
+            segment=segment,
+            stride=stride,
+            weight=weight,
+            delays=delays,
+            progress=progress,
+        )
 
     for event in run_schedule([song], forward, batch_size=batch_size, channels=channels, segment=segment):
         if event.kind == "failed":
@@ -503,7 +512,7 @@ def _adapt_channels_out(stems: np.ndarray, channels: int) -> np.ndarray:
     return stems.mean(axis=1, keepdims=True) if channels == 1 and stems.shape[1] > 1 else stems
 
 
-def network_forward(model: FlaxHDemucs, devices: Sequence[jax.Device] | None = None) -> Forward:
+def network_forward(model: FlaxHDemucs, devices: Sequence[Any] | None = None) -> Forward:
     """The model's own jitted forward pass (compiled once per shape, in the model's compute dtype) on numpy
     batches, with the parameters the model holds at call time.
 
@@ -524,7 +533,7 @@ def network_forward(model: FlaxHDemucs, devices: Sequence[jax.Device] | None = N
 
     mesh = Mesh(np.asarray(devices), ("batch",))
     rows, replicated = NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
-    placed: dict[str, object] = {}  # the replicated copy of the parameters the model holds (made once per set)
+    placed: dict[str, Any] = {}  # the replicated copy of the parameters the model holds (made once per set)
 
     def sharded(batch: np.ndarray) -> np.ndarray:
         if placed.get("source") is not model.params:
@@ -587,8 +596,8 @@ class Separator:
             (batch_size, sources, audio_channels, segment samples), always called with exactly that shape.
             None: `network_forward(model, devices)`. Another callable (a stand-in network, a wrapper that
             records or fails) changes the network and nothing else.
-        devices: JAX devices to split every batch over (e.g. `jax.local_devices()`); `batch_size` must be a
-            multiple of their number. None: JAX's default device.
+        devices: JAX devices (`jax.Device`) to split every batch over (e.g. `jax.local_devices()`);
+            `batch_size` must be a multiple of their number. None: JAX's default device.
     """
 
     def __init__(
@@ -604,7 +613,7 @@ class Separator:
         transition_power: float = 1.0,
         progress: Progress | None = None,
         forward: Forward | None = None,
-        devices: Sequence[jax.Device] | None = None,
+        devices: Sequence[Any] | None = None,
     ):
         self.model = model
         # how errors name the model: the folder or repo it was loaded from (transformers records it)

@@ -14,6 +14,11 @@ Paths inside a store are relative POSIX strings (`rock/song/drums.flac`). Standa
 
 from __future__ import annotations
 
+from typing import IO, TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
 import contextlib
 import glob
 import os
@@ -29,7 +34,7 @@ def is_url(spec: str) -> bool:
     return "://" in spec
 
 
-def filesystem(url: str, storage_options: dict | None = None):
+def filesystem(url: str, storage_options: dict | None = None) -> tuple[AbstractFileSystem, str]:
     """(fsspec filesystem, path inside it) for `url`. A missing driver (s3fs for s3://, gcsfs for gs://) is
     a `DatasetError` saying what to install."""
     import fsspec.core
@@ -45,12 +50,12 @@ def filesystem(url: str, storage_options: dict | None = None):
         raise DatasetError(f"{url}: not a URL fsspec understands ({error})") from None
 
 
-def is_local_filesystem(fs) -> bool:
+def is_local_filesystem(fs: AbstractFileSystem) -> bool:
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     return "file" in protocols or "local" in protocols
 
 
-def unstrip(fs, path: str) -> str:
+def unstrip(fs: AbstractFileSystem, path: str) -> str:
     """The full URL of `path` on `fs` (fsspec strips the protocol)."""
     return fs.unstrip_protocol(path)
 
@@ -222,7 +227,7 @@ class ObjectStore(Store):
 
     def read_bytes(self, rel: str) -> bytes | None:
         try:
-            return self.fs.cat_file(self._p(rel))
+            return cast(bytes, self.fs.cat_file(self._p(rel)))
         except FileNotFoundError:
             return None
 
@@ -276,7 +281,7 @@ def open_store(output: str | os.PathLike, storage_options: dict | None = None) -
 class LineSink:
     """Lines written to a local file, flushed one by one (a reader sees every finished line)."""
 
-    def __init__(self, handle):
+    def __init__(self, handle: IO[str]) -> None:
         self._handle = handle
 
     def write(self, line: str) -> None:

@@ -98,7 +98,7 @@ def test_shape_checks_are_live_under_the_hook():
 def test_selected_tests_pass_with_every_shape_annotation_checked(tmp_path):
     started = time.monotonic()
     command = [
-        sys.executable, "-m", "pytest", "-p", "tests.shape_checks", "-p", "no:cacheprovider", "-q",
+        sys.executable, "-m", "pytest", "-p", "tests.shape_checks", "-p", "no:cacheprovider",
         "--basetemp", str(tmp_path / "basetemp"), "-k", CHECKED_DESELECT, *CHECKED_TESTS,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu"}
