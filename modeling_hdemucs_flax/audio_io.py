@@ -180,6 +180,7 @@ def _inspect_with_pyav(path: Path) -> AudioInfo | None:
     """The first audio stream of a file FFmpeg can open, or None when it cannot (the caller then reports
     libsndfile's reason). A stream without a duration estimate is counted by decoding it once."""
     import av
+    from av.error import FFmpegError
 
     try:
         with av.open(str(path)) as container:
@@ -198,7 +199,7 @@ def _inspect_with_pyav(path: Path) -> AudioInfo | None:
             return AudioInfo(path, frames, rate, channels, name, context.name.upper(), decoder="pyav")
     except AudioError:
         raise
-    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
+    except (FFmpegError, OSError, ValueError, UnicodeDecodeError):
         return None
 
 
@@ -237,6 +238,7 @@ def iter_audio_blocks(info: AudioInfo, blocksize: int = 65536) -> Iterator[np.nd
 def _iter_pyav_blocks(info: AudioInfo, blocksize: int) -> Iterator[np.ndarray]:
     """`iter_audio_blocks` through FFmpeg: decoded frames converted to float32 planar, regrouped in blocks."""
     import av
+    from av.error import FFmpegError
 
     read, pending, have = 0, [], 0
     try:
@@ -255,7 +257,7 @@ def _iter_pyav_blocks(info: AudioInfo, blocksize: int) -> Iterator[np.ndarray]:
                         yield np.ascontiguousarray(joined[:, :blocksize])
             for converted in convert.resample(None):
                 pending.append(converted.to_ndarray().astype(np.float32, copy=False))
-    except av.FFmpegError as error:
+    except FFmpegError as error:
         raise AudioError(
             f"{info.path}: cannot decode audio after {read} of about {info.frames} frames "
             f"(truncated or corrupt: {_ffmpeg_problem(error)})"

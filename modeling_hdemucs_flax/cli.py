@@ -362,10 +362,11 @@ def _plan(args: argparse.Namespace, tracks: list[Track], output: OutputOptions, 
     from . import OptionError
     from .file_output import plan_outputs
 
+    parser: argparse.ArgumentParser = args.command_parser
     try:
         return plan_outputs(tracks, args.out, output, sources)
     except OptionError as error:
-        args.command_parser.error(_as_usage(error))
+        parser.error(_as_usage(error))  # exits with status 2
 
 
 def _summary(done: int, skipped: int, failed: int, audio_seconds: float, wall_seconds: float) -> str:

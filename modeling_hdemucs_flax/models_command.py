@@ -12,6 +12,10 @@ transformers.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .downloads import TorchaudioBundle
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -24,7 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=models_command, command_parser=parser)
 
 
-def cached_copies(bundle) -> list[str]:
+def cached_copies(bundle: TorchaudioBundle) -> list[str]:
     """Where a known model is available offline here: "hub cache", "converted", "torchaudio file"."""
     from huggingface_hub import try_to_load_from_cache
 

@@ -44,7 +44,8 @@ from .runtime import cache_dir
 
 DEFAULT_BUNDLE = BUNDLES["HDEMUCS_HIGH_MUSDB_PLUS"]
 # The converted HDEMUCS_HIGH_MUSDB_PLUS checkpoint on the Hub (see conversion/README.md).
-DEFAULT_MODEL = DEFAULT_BUNDLE.hub_repo
+DEFAULT_MODEL: str = DEFAULT_BUNDLE.hub_repo or ""
+assert DEFAULT_MODEL, "the default bundle names its Hub repo"
 # Extensions of files that are torch checkpoints rather than model folders.
 CHECKPOINT_EXTENSIONS = (".pt", ".pth", ".ckpt", ".th", ".bin")
 

@@ -21,6 +21,7 @@ import os
 import pickle
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,11 @@ class _Unpickler(pickle._Unpickler):
     """pickle's own Python unpickler (its dispatch table can be amended, unlike the C one's), with dict keys
     checked before hashing and sets refused; `find_class` is an allowlist, `persistent_load` reads storages."""
 
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch: dict[int, Callable[[Any], None]] = dict(pickle._Unpickler.dispatch)
+    # The pure-Python unpickler's working state, which typeshed does not declare.
+    stack: list[Any]
+    append: Callable[[Any], None]
+    pop_mark: Callable[[], list[Any]]
 
     def _load_dict(self) -> None:
         items = self.pop_mark()
