@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from . import tempfiles
 from .errors import DatasetError
 
 
@@ -163,13 +164,13 @@ class LocalStore(Store):
     def write_bytes(self, rel: str, data: bytes) -> None:
         target = self._p(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        temp = tempfiles.new_name(target, ".partial")  # known before it exists: an interrupt leaves none
         try:
-            with os.fdopen(handle, "wb") as out:
+            with os.fdopen(tempfiles.create(temp), "wb") as out:
                 out.write(data)
-            os.replace(temp, target)
+            tempfiles.finish(temp, target)  # the mode the umask allows, as the stems have
         except BaseException:
-            Path(temp).unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)
             raise
 
     def remove(self, rel: str) -> None:

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -181,6 +182,22 @@ def test_separate_resume_manifest_and_summary(place, separator, monkeypatch):
     assert [r["status"] for r in manifest(place)] == ["skipped"] * 3
     first_run = report.summary["run_id"]
     assert f"_hdemucs/runs/{first_run}/manifest.jsonl" in after  # the earlier run's records are kept
+
+
+def test_local_outputs_get_the_mode_the_umask_allows(tmp_path, separator):
+    """Stems, markers, manifest and summary in an output folder are created through temporaries (mode 0600)
+    and renamed into place; each gets the mode the umask allows, as a plain `open()` would give it."""
+    place = Place("local", tmp_path)
+    library(place)
+    old = os.umask(0o027)
+    try:
+        assert run(place, separator).exit_status == 0
+    finally:
+        os.umask(old)
+    out = Path(place.url("out"))
+    modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    assert any(rel.startswith(MARKERS) for rel in modes) and "manifest.jsonl" in modes and "summary.json" in modes
+    assert {rel: mode for rel, mode in modes.items() if mode != 0o640} == {}
 
 
 def test_other_options_need_overwrite(place, separator):
