@@ -37,6 +37,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -843,8 +844,9 @@ def serve(
     model_id: str = "hdemucs",
     quiet: bool = False,
 ) -> int:
-    """Run the API until SIGTERM/SIGINT; returns the exit status (0, or 1 when the model could not be loaded).
-    Every temporary file is removed before it returns."""
+    """Run the API until SIGTERM/SIGINT; returns the exit status: 0 (the server stopped by itself), 1 when the
+    model could not be loaded, 128 + the signal's number after a graceful shutdown on SIGTERM/SIGHUP/SIGINT
+    (the command line's rule for every command). Every temporary file is removed before it returns."""
     holder: dict[str, _Server] = {}
 
     def fatal(_: int) -> None:
@@ -870,9 +872,15 @@ def serve(
         server_header=False,
     )
     server = holder["server"] = _Server(config, app.state.service)
-    server.run()
     service: SeparationService = app.state.service
-    shutil.rmtree(service.workdir, ignore_errors=True)  # also when uvicorn could not bind its port
+    try:
+        server.run()
+    except KeyboardInterrupt as stop:
+        # uvicorn shuts down gracefully on the signal, then raises it again with the handler it found, which
+        # is Ctrl-C's KeyboardInterrupt or, under the command line, `runtime.Terminated` (SIGTERM/SIGHUP).
+        return 128 + getattr(stop, "signum", signal.SIGINT)
+    finally:
+        shutil.rmtree(service.workdir, ignore_errors=True)  # also when uvicorn could not bind its port
     if service.exit_status:
         return service.exit_status
     return 0 if server.started else 1
