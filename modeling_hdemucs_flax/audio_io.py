@@ -176,14 +176,42 @@ def inspect_audio(path: str | os.PathLike) -> AudioInfo:
     return info
 
 
+# FFmpeg demuxers that read one file holding its own streams: everything `PYAV_EXTENSIONS` names (mov covers
+# mp4/m4a/3gp, matroska covers webm/mka/mkv) plus the formats libsndfile usually takes first. FFmpeg probes the
+# content, not the name, and some of its demuxers open other files or URLs: hls and dash (the playlist's
+# segments: `file:///etc/...` or `../`), concat (`ffconcat version 1.0` in a file named `x.wav` pulls in its
+# siblings; one naming itself recurses until the process runs out of files or stack), image2 (file patterns),
+# the tee/rtsp/rtp/sdp family. Only the demuxers below are ever used, and only the plain-file protocol.
+_PYAV_DEMUXERS = (
+    "mov", "matroska", "ogg", "mp3", "aac", "wav", "w64", "flac", "aiff", "caf", "au", "asf", "avi", "mpegts",
+    "mpeg", "flv", "ac3", "eac3", "dts", "wv", "ape", "amr", "mpc", "mpc8", "tta", "rm",
+)  # fmt: skip
+_PYAV_OPEN_OPTIONS = {
+    "format_whitelist": ",".join(_PYAV_DEMUXERS),  # refused after probing, before the demuxer reads a header
+    "protocol_whitelist": "file",  # no nested opens of http:, tcp:, pipe:, concat:, subfile: ...
+    "enable_drefs": "0",  # mov: never follow an mp4's data references to other files (FFmpeg's default, pinned)
+}
+
+
+def _open_with_pyav(path: Path, demuxer: str | None = None):
+    """`av.open` for reading `path` through an allow-listed demuxer and the file protocol only (see
+    `_PYAV_DEMUXERS`). `demuxer` (the name `_inspect_with_pyav` recorded) skips the probe: the file is decoded
+    by the demuxer it was inspected with. The path is made absolute, so that a name like `http:x.mp3` or
+    `concat:a|b` is a file name, never a protocol."""
+    import av
+
+    return av.open(os.path.abspath(path), format=demuxer, options=dict(_PYAV_OPEN_OPTIONS))
+
+
 def _inspect_with_pyav(path: Path) -> AudioInfo | None:
-    """The first audio stream of a file FFmpeg can open, or None when it cannot (the caller then reports
-    libsndfile's reason). A stream without a duration estimate is counted by decoding it once."""
+    """The first audio stream of a file FFmpeg can open with an allow-listed demuxer, or None when it cannot
+    (the caller then reports libsndfile's reason). A stream without a duration estimate is counted by decoding
+    it once."""
     import av
     from av.error import FFmpegError
 
     try:
-        with av.open(str(path)) as container:
+        with _open_with_pyav(path) as container:
             if not container.streams.audio:
                 raise AudioFormatError(f"{path}: no audio stream in this {container.format.name} file")
             stream = container.streams.audio[0]
@@ -195,8 +223,8 @@ def _inspect_with_pyav(path: Path) -> AudioInfo | None:
                 frames = int(round(container.duration / av.time_base * rate))
             else:
                 frames = sum(frame.samples for frame in container.decode(stream))
-            name = container.format.name.split(",")[0].upper()
-            return AudioInfo(path, frames, rate, channels, name, context.name.upper(), decoder="pyav")
+            demuxer = container.format.name.split(",")[0]
+            return AudioInfo(path, frames, rate, channels, demuxer.upper(), context.name.upper(), decoder="pyav")
     except AudioError:
         raise
     except (FFmpegError, OSError, ValueError, UnicodeDecodeError):
@@ -242,7 +270,7 @@ def _iter_pyav_blocks(info: AudioInfo, blocksize: int) -> Iterator[np.ndarray]:
 
     read, pending, have = 0, [], 0
     try:
-        with av.open(str(info.path)) as container:
+        with _open_with_pyav(info.path, info.format.lower()) as container:
             stream = container.streams.audio[0]
             convert = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=info.sample_rate)
             for frame in container.decode(stream):
@@ -336,7 +364,7 @@ class _Mp3File:
         self.closed = False
         self._layout = "mono" if channels == 1 else "stereo"
         self._rate = sample_rate
-        self._container = av.open(str(path), "w", format="mp3")
+        self._container = av.open(os.path.abspath(path), "w", format="mp3")  # a file name, never a protocol
         try:
             self._stream = self._container.add_stream(
                 "libmp3lame", rate=sample_rate, layout=self._layout, options={"compression_level": str(preset)}

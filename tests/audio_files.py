@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +104,26 @@ def write_with_pyav(
             for packet in picture.encode(None):
                 out.mux(packet)
     return path
+
+
+def media_that_open_other_files(folder: Path, private: Path) -> dict[str, str]:
+    """Files whose content makes FFmpeg's playlist and concat demuxers open other files: `private` (an MP3 the
+    uploader must never get back, written here) is named by absolute `file://` URL and by a `../` path in HLS
+    playlists; an ffconcat list named like a WAV pulls in a sibling MP3; another names itself (FFmpeg recursed
+    until it ran out of files or stack). Returns {file name in `folder`: what it tries}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    private.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(private, tones(2, 44100, 44100).T, 44100, format="MP3")
+    sf.write(folder / "neighbour.mp3", tones(2, 44100, 44100).T, 44100, format="MP3")
+    relative = Path(os.path.relpath(private, folder)).as_posix()
+    playlist = "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{}\n#EXT-X-ENDLIST\n"
+    (folder / "absolute.m3u8").write_text(playlist.format(private.resolve().as_uri()))
+    (folder / "relative.m3u8").write_text(playlist.format(relative))
+    (folder / "sibling.wav").write_text("ffconcat version 1.0\nfile neighbour.mp3\n")
+    (folder / "itself.wav").write_text("ffconcat version 1.0\nfile itself.wav\n")
+    return {
+        "absolute.m3u8": "an HLS playlist naming a file:// URL",
+        "relative.m3u8": "an HLS playlist naming a ../ path",
+        "sibling.wav": "an ffconcat list pulling in a sibling",
+        "itself.wav": "an ffconcat list naming itself",
+    }

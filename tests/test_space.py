@@ -24,7 +24,7 @@ import soundfile as sf
 
 from modeling_hdemucs_flax import AudioError, OptionError, Separator
 
-from .audio_files import write_corrupt, write_song
+from .audio_files import media_that_open_other_files, write_corrupt, write_song
 from .conftest import SEGMENT_SECONDS, SOURCES, SR
 from .flows import SCRIPTS
 from .reference import music_like
@@ -317,6 +317,24 @@ def test_gradio_client_separates_and_reports_errors(server, tmp_path):
 
     *players, _, summary = client.predict(handle_file(song), "all", 0, 0.25, "wav", api_name="/separate")
     assert all(Path(p).exists() for p in players[:4]) and "api_song.wav" in summary
+    assert server.alive()
+
+
+def test_gradio_client_refuses_media_that_open_other_files(server, tmp_path):
+    """Playlists and concat lists (see test_hostile_media.py) through the Space's public API: refused in one
+    line, and the Space still separates afterwards."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server.url, download_files=str(tmp_path / "client"), verbose=False)
+    folder = tmp_path / "uploads"
+    for name in media_that_open_other_files(folder, tmp_path / "private" / "secret.mp3"):
+        with pytest.raises(AppError) as caught:
+            client.predict(handle_file(folder / name), "all", 0, 0.25, "wav", api_name="/separate")
+        assert f"{name}: not a readable audio file" in str(caught.value), (name, str(caught.value))
+    song = write_song(tmp_path / "after.wav", 1.0, SR, 2, subtype="PCM_16")
+    *players, _, summary = client.predict(handle_file(song), "all", 0, 0.25, "wav", api_name="/separate")
+    assert all(Path(p).exists() for p in players[:4]) and "after.wav" in summary
     assert server.alive()
 
 
