@@ -23,6 +23,7 @@ _EXPORTS = {
     "HDemucsConfig": "configuration_hdemucs",
     "AudioError": "errors",
     "AudioFormatError": "errors",
+    "AudioTooLongError": "errors",
     "CheckpointError": "errors",
     "ConfigError": "errors",
     "DatasetError": "errors",
@@ -80,6 +81,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names lo
     from .errors import (
         AudioError,
         AudioFormatError,
+        AudioTooLongError,
         CheckpointError,
         ConfigError,
         DatasetError,

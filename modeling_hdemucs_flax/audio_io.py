@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import numpy as np
 import soundfile as sf
 
 from . import tempfiles
-from .errors import AudioError, AudioFormatError, OptionError, one_line
+from .errors import AudioError, AudioFormatError, AudioTooLongError, OptionError, one_line
 
 # Extensions taken from a folder given on the command line (lower case, with the dot): what libsndfile reads,
 # then what FFmpeg (PyAV) reads when libsndfile cannot: AAC/ALAC in MP4, WMA, WebM/Matroska, video containers.
@@ -231,15 +231,41 @@ def _inspect_with_pyav(path: Path) -> AudioInfo | None:
         return None
 
 
-def iter_audio_blocks(info: AudioInfo, blocksize: int = 65536) -> Iterator[np.ndarray]:
+def iter_audio_blocks(
+    info: AudioInfo, blocksize: int = 65536, *, max_seconds: float | None = None
+) -> Iterator[np.ndarray]:
     """Yield the file's samples as float32 blocks of shape (channels, <= blocksize), in order.
 
     Raises `AudioError` when decoding fails or the file ends before the frame count in its header
-    (a truncated file). A fresh call starts again from the first sample.
+    (a truncated file). A fresh call starts again from the first sample. `max_seconds` caps the audio read:
+    `AudioTooLongError` when the header says more (before anything is decoded) or when the decoded samples
+    pass it (a container's header may understate its length), so no more than the cap is ever yielded.
     """
-    if info.decoder == "pyav":
-        yield from _iter_pyav_blocks(info, blocksize)
+    blocks = _iter_pyav_blocks(info, blocksize) if info.decoder == "pyav" else _iter_sndfile_blocks(info, blocksize)
+    if max_seconds is None:
+        yield from blocks
         return
+    check_duration(info, max_seconds)
+    limit, read = int(max_seconds * info.sample_rate), 0
+    with contextlib.closing(blocks):  # stops the decoder as soon as the cap is passed
+        for block in blocks:
+            read += block.shape[-1]
+            if read > limit:
+                raise AudioTooLongError(
+                    f"{info.path}: more than {max_seconds:g} s of audio (its header says {info.duration:.1f} s); "
+                    f"the limit is {max_seconds:g} s"
+                )
+            yield block
+
+
+def check_duration(info: AudioInfo, max_seconds: float) -> None:
+    """`AudioTooLongError` when the header's duration is over `max_seconds` (decoding checks it again)."""
+    if info.duration > max_seconds:
+        raise AudioTooLongError(f"{info.path}: {info.duration:.1f} s long; the limit is {max_seconds:g} s")
+
+
+def _iter_sndfile_blocks(info: AudioInfo, blocksize: int) -> Generator[np.ndarray, None, None]:
+    """`iter_audio_blocks` through libsndfile."""
     read = 0
     quiet = info.format == "MP3"
     try:
@@ -263,7 +289,7 @@ def iter_audio_blocks(info: AudioInfo, blocksize: int = 65536) -> Iterator[np.nd
         raise AudioError(f"{info.path}: truncated file (header promises {info.frames} frames, file holds {read})")
 
 
-def _iter_pyav_blocks(info: AudioInfo, blocksize: int) -> Iterator[np.ndarray]:
+def _iter_pyav_blocks(info: AudioInfo, blocksize: int) -> Generator[np.ndarray, None, None]:
     """`iter_audio_blocks` through FFmpeg: decoded frames converted to float32 planar, regrouped in blocks."""
     import av
     from av.error import FFmpegError

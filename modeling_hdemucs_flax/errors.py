@@ -36,6 +36,11 @@ class AudioFormatError(AudioError):
     audio that is damaged; a server answers it with 415 Unsupported Media Type instead of 400."""
 
 
+class AudioTooLongError(AudioError):
+    """Audio longer than a caller's limit (a server's `max_duration`), found from the header or, when the header
+    understates it, by counting decoded samples; a server answers it with 413 Content Too Large."""
+
+
 class CheckpointError(HDemucsFlaxError, ValueError):
     """Weights that cannot be read or do not match the architecture; the message names the keys or the file."""
 

@@ -33,6 +33,7 @@ from .audio_io import (
     MP3_BITRATES,
     MP3_PRESETS,
     StemWriter,
+    check_duration,
     check_output_format,
     inspect_audio,
     iter_audio_blocks,
@@ -322,6 +323,7 @@ class _FileJob:
         paths: dict[str, Path],
         options: OutputOptions,
         progress: Progress | None,
+        max_seconds: float | None = None,
     ):
         from .separation import Signal  # the schedule's type; imported here so this module stays light
 
@@ -335,8 +337,11 @@ class _FileJob:
         self.writers: dict[str, StemWriter] = {}
         self._created: list[Path] = []  # folders made for these stems, removed again if they fail
         # "minus" needs the mix beside each output block: a second reader follows the output.
-        self._mix = _Reader(iter_audio_blocks(info)) if options.needs_mix else None
-        self.signal = Signal(lambda: iter_audio_blocks(info), info.channels, info.sample_rate, str(info.path), progress)
+        if max_seconds is not None:
+            check_duration(info, max_seconds)  # from the header, before anything is decoded
+        read = functools.partial(iter_audio_blocks, info, max_seconds=max_seconds)
+        self._mix = _Reader(read()) if options.needs_mix else None
+        self.signal = Signal(read, info.channels, info.sample_rate, str(info.path), progress)
 
     def write(self, block: np.ndarray) -> None:
         """Append separated (sources, channels, n) samples to every stem."""
@@ -387,6 +392,7 @@ def separate_files(
     options: OutputOptions | None = None,
     *,
     progress: Callable[[Path, int, int], None] | None = None,
+    max_seconds: float | None = None,
 ) -> Iterator[FileResult]:
     """Separate audio files into stem files through one schedule (`Separator.stream_many`): a batch of chunks
     spans the end of one file and the start of the next, so short files still fill large batches.
@@ -396,7 +402,8 @@ def separate_files(
     its stems are committed (all together, atomically) or it failed; a file that fails leaves no stem file and
     does not stop the others. An error of the network itself (not of a file) ends the whole run, leaving no
     partial stems. `progress(path, done, total)` follows each file's chunks. Files are opened one after
-    another, as the schedule reaches them.
+    another, as the schedule reaches them. `max_seconds` fails (with `AudioTooLongError`) a file longer than
+    that, told by its header or by counting its decoded samples (a server's limit; see `iter_audio_blocks`).
     """
     options = options or OutputOptions()
     tracks = [p if isinstance(p, Track) else Track(Path(p)) for p in paths]
@@ -407,7 +414,7 @@ def separate_files(
     def opener(index: int):
         def open_signal():
             follow = functools.partial(progress, paths[index]) if progress is not None else None
-            jobs[index] = _FileJob(separator, tracks[index], plan[tracks[index]], options, follow)
+            jobs[index] = _FileJob(separator, tracks[index], plan[tracks[index]], options, follow, max_seconds)
             return jobs[index].signal
 
         return open_signal
@@ -442,6 +449,7 @@ def separate_file(
     options: OutputOptions | None = None,
     *,
     progress: Progress | None = None,
+    max_seconds: float | None = None,
     **changes: object,
 ) -> dict[str, Path]:
     """Separate an audio file into stem files with `separator`, streaming (memory does not grow with the song).
@@ -450,14 +458,15 @@ def separate_file(
     `plan_outputs` gives (`output_dir / options.filename`) at the input's sample rate and channel count (see
     `OutputOptions`; keyword `changes` override single fields, e.g. `two_stems="vocals"`). Files appear only
     when complete (atomic rename); on any error none of this call's stems, temporaries or new folders are
-    left. Returns {stem: path}. Raises `AudioError` for unusable input or output, `OptionError` for options
-    this model cannot honour or paths that would lose data.
+    left. Returns {stem: path}. Raises `AudioError` for unusable input or output (`AudioTooLongError` past
+    `max_seconds`, see `separate_files`), `OptionError` for options this model cannot honour or paths that would
+    lose data.
     """
     options = options or OutputOptions()
     if changes:
         options = options.replace(**changes)
     follow = (lambda _path, done, total: progress(done, total)) if progress is not None else None
-    [result] = separate_files(separator, [path], output_dir, options, progress=follow)
+    [result] = separate_files(separator, [path], output_dir, options, progress=follow, max_seconds=max_seconds)
     if result.error is not None:
         raise result.error
     assert result.stems is not None

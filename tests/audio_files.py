@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +128,15 @@ def media_that_open_other_files(folder: Path, private: Path) -> dict[str, str]:
         "sibling.wav": "an ffconcat list pulling in a sibling",
         "itself.wav": "an ffconcat list naming itself",
     }
+
+
+def write_understated_matroska(path: Path, seconds: float, header_seconds: float, rate: int = 44100) -> Path:
+    """A Matroska (AAC) file holding `seconds` of stereo tones whose header claims `header_seconds`: its
+    Segment Info Duration (EBML id 0x4489, an 8-byte float in milliseconds) rewritten after encoding."""
+    write_with_pyav(path, tones(2, int(seconds * rate), rate), rate, "matroska", "aac")
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x44\x89\x88")
+    assert at > 0, "no 8-byte Duration element in the Matroska header"
+    data[at + 3 : at + 11] = struct.pack(">d", header_seconds * 1000.0)
+    path.write_bytes(bytes(data))
+    return path

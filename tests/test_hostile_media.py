@@ -1,4 +1,4 @@
-"""Media files that make FFmpeg open other files (issue: "a playlist upload reads server files").
+"""Hostile media: files that make FFmpeg open other files, and headers that understate a file's length.
 
 FFmpeg probes a file's content, not its name, and some of its demuxers open what the file names: an HLS
 playlist (`x.m3u8`) its segments, by absolute `file://` URL or `../` path; an ffconcat list (even one named
@@ -6,6 +6,9 @@ playlist (`x.m3u8`) its segments, by absolute `file://` URL or `../` path; an ff
 the fix, the uploader got the named file's audio back as stems. Every surface reads audio through
 `audio_io`, which now opens media with an allow-list of single-file demuxers and the plain-file protocol only;
 each surface is checked here on the path a user takes (the Space's in `test_space.py`).
+
+A duration limit (a server's `max_duration`) is enforced by counting decoded samples, not by trusting the
+container's header: a Matroska file claiming 1 s may hold minutes.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import sys
 
 import pytest
 
-from modeling_hdemucs_flax import AudioFormatError, Separator, read_audio, separate_dataset
+from modeling_hdemucs_flax import AudioFormatError, AudioTooLongError, Separator, read_audio, separate_dataset
+from modeling_hdemucs_flax.audio_io import inspect_audio, iter_audio_blocks
 from modeling_hdemucs_flax.serve import create_app
 
-from .audio_files import media_that_open_other_files, write_song
+from .audio_files import media_that_open_other_files, write_song, write_understated_matroska
 from .conftest import SEGMENT_SECONDS, SOURCES
 from .flows import REPO_ROOT
 from .serve_helpers import ThreadedServer, files_in, upload, wait_ready
@@ -88,3 +92,29 @@ def test_the_dataset_engine_records_them_as_failed(hostile, tiny_pair, tmp_path)
     )
     stems = [p for p in (tmp_path / "out").rglob("*") if p.suffix == ".flac" and p.stem in SOURCES]
     assert stems == []
+
+
+def test_a_header_that_understates_the_length_is_caught_by_counting(tmp_path):
+    liar = write_understated_matroska(tmp_path / "liar.mka", seconds=12.0, header_seconds=1.0)
+    info = inspect_audio(liar)
+    assert info.duration == pytest.approx(1.0)  # what the header says
+    read = 0
+    with pytest.raises(AudioTooLongError) as caught:
+        for block in iter_audio_blocks(info, 8192, max_seconds=3.0):
+            read += block.shape[-1]
+    assert read <= 3 * info.sample_rate  # never more than the cap is handed on
+    assert str(caught.value) == f"{liar}: more than 3 s of audio (its header says 1.0 s); the limit is 3 s"
+    assert sum(b.shape[-1] for b in iter_audio_blocks(info)) > 11 * info.sample_rate  # all of it, uncapped
+    with pytest.raises(AudioTooLongError, match="12.0 s long; the limit is 3 s"):  # an honest header: at once
+        next(iter_audio_blocks(inspect_audio(write_song(tmp_path / "honest.wav", 12.0, 8000, 1)), max_seconds=3.0))
+
+
+def test_separate_file_stops_at_the_cap_and_leaves_nothing(tiny_pair, tmp_path):
+    from modeling_hdemucs_flax import separate_file
+
+    liar = write_understated_matroska(tmp_path / "liar.mka", seconds=6.0, header_seconds=0.5)
+    separator = Separator(tiny_pair[2], segment=SEGMENT_SECONDS)
+    with pytest.raises(AudioTooLongError, match="more than 2 s of audio"):
+        separate_file(separator, liar, tmp_path / "out", max_seconds=2.0)
+    assert not (tmp_path / "out").exists() or files_in(tmp_path / "out") == []
+    assert sorted(separate_file(separator, liar, tmp_path / "out")) == sorted(SOURCES)  # no cap: all of it
