@@ -232,7 +232,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
     is jit-compiled once per input shape and reused. `dtype=jnp.bfloat16` computes the network in bfloat16;
     the STFT/iSTFT, normalisation statistics and outputs stay float32. Parameters are float32.
     `dot_dtype=jnp.bfloat16` (with float32 `dtype`) is mixed precision: only the LSTMs, transposed and 1x1
-    convolutions take bfloat16 inputs, accumulating in float32 (its speed and error: README, "Speed").
+    convolutions take bfloat16 inputs, accumulating in float32 (its speed and error: docs/performance.md).
     """
 
     config_class = HDemucsConfig

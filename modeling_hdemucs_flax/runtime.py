@@ -62,7 +62,7 @@ def configure_xla(flags: tuple[str, ...] = XLA_CPU_FLAGS) -> bool:
     One more setting helps and cannot be made from inside a process: `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
     (transparent huge pages for malloc; glibc reads it at process start) removes the ~100k page faults with
     which XLA:CPU touches its fresh scratch buffer in every forward pass. Set it in the environment that
-    starts the process (see the README's Speed section).
+    starts the process (see docs/performance.md).
     """
     import sys
 
