@@ -43,7 +43,14 @@ from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from modeling_hdemucs_flax import AudioError, OptionError, Separator, inspect_audio, separate_file  # noqa: E402
+from modeling_hdemucs_flax import (  # noqa: E402
+    AudioError,
+    OptionError,
+    Separator,
+    inspect_audio,
+    separate_file,
+)
+from modeling_hdemucs_flax.model_names import model_label  # noqa: E402
 
 logger = logging.getLogger("hdemucs_space")
 
@@ -270,8 +277,8 @@ def build_demo(
     `separator` is used as built (warm it up first); per-request overlap and shifts share its compiled forward
     pass. `examples`: audio files offered as examples (default: space/examples/*), separated and cached the
     first time each is clicked. The queue runs one request at a time and holds at most `queue_size` waiting.
-    `model_name` and `licence` (the weights' licence) are shown in the footer (default: the separator's model
-    as it was loaded, "not stated").
+    `model_name` (default: the separator's model as it was loaded) and `licence` (the weights' licence; default
+    "not stated") are shown in the footer, the model as `model_label` names it: a local folder by its name only.
     """
     work = StemSeparator(separator, max_duration=max_duration, workdir=workdir)
     stems = work.stem_names()
@@ -387,8 +394,8 @@ def build_demo(
         if licence and "nc" in licence.lower().replace(" ", "-").split("-"):
             terms += ": non-commercial use"
         gr.Markdown(
-            f"Model: {model_name or separator.model_name}, its weights {terms}. Uploads and results older than an "
-            "hour are deleted from the server every hour.",
+            f"Model: {model_label(model_name or separator.model_name)}, its weights {terms}. Uploads and results "
+            "older than an hour are deleted from the server every hour.",
             elem_id="hdemucs-footer",
         )
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
@@ -438,7 +445,7 @@ def main() -> int:
         separator,
         max_duration=limits.max_duration,
         queue_size=limits.queue_size,
-        model_name=spec or f"{separator.model_name} (the default model)",
+        model_name=spec or f"{model_label(None)} (the default model)",
         licence=model_licence(spec),
     )
     try:

@@ -450,9 +450,26 @@ def test_errors_about_stems_name_no_server_folder(app, tiny_separator, tmp_path)
 
 
 def test_footer_names_the_model_loaded_and_its_licence(server, tiny_checkpoint_dir):
+    """A local model is named by its folder's name, as the HTTP API names it: the server's path stays private."""
     config = httpx.get(f"{server.url}/config", timeout=30).text
-    assert f"Model: {tiny_checkpoint_dir}, its weights under a licence its card does not state" in config
+    assert f"Model: {tiny_checkpoint_dir.name}, its weights under a licence its card does not state" in config
+    assert str(tiny_checkpoint_dir.parent) not in config
     assert "HDEMUCS_HIGH_MUSDB_PLUS" not in config
+
+
+def test_model_label_names_a_folder_by_its_name_only(tmp_path, monkeypatch):
+    """The rule the footer and the HTTP API share: a Hub id as given, a folder (however it is written) by its
+    name, the default model by its Hub id."""
+    from modeling_hdemucs_flax.model_names import model_label
+    from modeling_hdemucs_flax.pretrained import DEFAULT_MODEL
+
+    folder = tmp_path / "models" / "small"
+    folder.mkdir(parents=True)
+    monkeypatch.chdir(folder)
+    for spec in (folder, str(folder), ".", "./", "../small", "~/models/small"):
+        assert model_label(spec) == "small", spec
+    assert model_label("org/repo") == "org/repo" and model_label("org/repo", "v2") == "org/repo@v2"
+    assert model_label(None) == DEFAULT_MODEL
 
 
 def test_model_errors_name_the_space_setting(app, tmp_path):
