@@ -377,8 +377,10 @@ def build_demo(
         button.click(
             separate, [audio_in, mode, shifts, overlap, ext], outputs, api_name="separate", concurrency_limit=1
         )
-        # .change also fires when an example sets the mode; UI only, outside the queue's single worker
-        mode.change(shown, mode, players, api_name=False, queue=False, show_progress="hidden")
+        # .change also fires when an example sets the mode; UI only, outside the queue's single worker. Page
+        # events are api_visibility="private" (not in the API, refused by clients): gradio 6 takes
+        # `api_name=False` as the name "False".
+        mode.change(shown, mode, players, api_visibility="private", queue=False, show_progress="hidden")
         if examples:
             gr.Examples(
                 [[str(p), "all"] for p in examples],
@@ -388,7 +390,7 @@ def build_demo(
                 cache_examples=True,
                 cache_mode="lazy",
                 label="Examples (synthetic 8-second songs)",
-                api_name=False,
+                api_visibility="private",
             )
         terms = f"licensed {licence}" if licence else "under a licence its card does not state"
         if licence and "nc" in licence.lower().replace(" ", "-").split("-"):

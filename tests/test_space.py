@@ -472,6 +472,22 @@ def test_model_label_names_a_folder_by_its_name_only(tmp_path, monkeypatch):
     assert model_label(None) == DEFAULT_MODEL
 
 
+def test_the_api_offers_separate_and_nothing_else(server):
+    """The page's own events (the mode radio's player visibility, the examples) stay out of the API: neither the
+    API page, nor the client, nor the full endpoint list shows them (gradio 6 reads `api_name=False` as a name,
+    "/False")."""
+    from gradio_client import Client
+
+    public = httpx.get(f"{server.url}/gradio_api/info", timeout=30).json()
+    assert list(public["named_endpoints"]) == ["/separate"] and not public["unnamed_endpoints"], public
+    every = httpx.get(f"{server.url}/gradio_api/info", params={"all_endpoints": "true"}, timeout=30).json()
+    names = [*every["named_endpoints"], *every["unnamed_endpoints"]]
+    assert not [name for name in names if "False" in name or "shown" in name or "separate_example" in name], names
+    view = Client(server.url, verbose=False).view_api(print_info=False, return_format="dict")
+    assert isinstance(view, dict) and list(view["named_endpoints"]) == ["/separate"], view
+    assert not view["unnamed_endpoints"], view["unnamed_endpoints"]
+
+
 def test_model_errors_name_the_space_setting(app, tmp_path):
     from modeling_hdemucs_flax import ModelLoadError
 
