@@ -33,6 +33,7 @@ import atexit  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -419,16 +420,29 @@ def load_separator(env=os.environ) -> Separator:
 
 
 def main() -> int:
+    """Load and warm up the model, then serve the page until the process is stopped. Returns the exit status:
+    1 when the model cannot be loaded, 128 + the signal after a clean stop (SIGTERM 143, Ctrl-C 130), the
+    command line's rule for every command."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     limits = Limits.from_env()
-    from modeling_hdemucs_flax import ModelLoadError
-    from modeling_hdemucs_flax.pretrained import model_licence
     from modeling_hdemucs_flax.runtime import interrupt_on_termination
 
-    # A Space is stopped with SIGTERM: as an interrupt, gradio shuts down and the exit handlers remove the
-    # working folder (the default action would skip them).
+    # A Space is stopped with SIGTERM: raised as an interrupt (`runtime.Terminated`), it closes the server and
+    # lets the exit handlers remove the working folder (the default action would skip them).
     interrupt_on_termination()
+    try:
+        return _load_and_serve(limits)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated; while loading too
+        signum = getattr(stop, "signum", signal.SIGINT)
+        logger.info("stopped (%s)", signal.Signals(signum).name)
+        return 128 + signum
+
+
+def _load_and_serve(limits: Limits) -> int:
+    from modeling_hdemucs_flax import ModelLoadError
+    from modeling_hdemucs_flax.pretrained import model_licence
+
     started = time.monotonic()
     spec = os.environ.get("HDEMUCS_MODEL") or None
     try:
@@ -450,19 +464,23 @@ def main() -> int:
         model_name=spec or f"{model_label(None)} (the default model)",
         licence=model_licence(spec),
     )
+    demo.launch(
+        # Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere else stay on the loopback interface.
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        max_file_size=limits.max_file_size,
+        allowed_paths=[str(EXAMPLES_DIR)],  # the example clips, whatever the working directory
+        ssr_mode=False,
+        theme=THEME,
+        css=CSS,
+        footer_links=["api"],
+        # Waiting here, not in gradio: its wait swallows the interrupt, and with it the exit status.
+        prevent_thread_lock=True,
+    )
     try:
-        demo.launch(
-            # Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere else stay on the loopback interface.
-            server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-            max_file_size=limits.max_file_size,
-            allowed_paths=[str(EXAMPLES_DIR)],  # the example clips, whatever the working directory
-            ssr_mode=False,
-            theme=THEME,
-            css=CSS,
-            footer_links=["api"],
-        )
-    except KeyboardInterrupt:
-        logger.info("stopped")
+        while demo.is_running:
+            time.sleep(0.1)
+    finally:
+        demo.close()
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -499,7 +500,8 @@ def test_model_errors_name_the_space_setting(app, tmp_path):
 
 
 def test_stopping_the_space_removes_its_working_folder(tmp_path, tiny_checkpoint_dir, jax_cache):
-    """A Space is stopped with SIGTERM: the app shuts down cleanly and removes its working folder."""
+    """A Space is stopped with SIGTERM: the app shuts down cleanly, removes its working folder and exits with
+    128 + the signal, as every command does."""
     from gradio_client import Client, handle_file
 
     env = {
@@ -513,6 +515,6 @@ def test_stopping_the_space_removes_its_working_folder(tmp_path, tiny_checkpoint
         client.predict(handle_file(song), "karaoke", 0, 0.25, "wav", api_name="/separate")
         [workdir] = (tmp_path / "space" / "tmp").glob("hdemucs-space-*")
         assert any(workdir.iterdir())
-    assert running.process.returncode == 0, running.log_text()[-3000:]
+    assert running.process.returncode == 128 + signal.SIGTERM, running.log_text()[-3000:]
     assert not workdir.exists()
     assert "Traceback" not in running.log_text()
