@@ -46,6 +46,7 @@ import gradio as gr  # noqa: E402
 
 from modeling_hdemucs_flax import (  # noqa: E402
     AudioError,
+    AudioTooLongError,
     OptionError,
     Separator,
     inspect_audio,
@@ -135,10 +136,12 @@ class StemSeparator:
     """The work behind the page, free of UI code: checks an upload, separates it into per-request files
     and zips them. One instance serves every request (the queue runs one at a time).
 
-    Each request writes into its own folder under `workdir`; gradio copies returned files into its own
-    cache, so only the `keep` most recent request folders are kept and the rest are deleted. A `workdir` made
-    here (None given) is removed when the process exits. Overlap and shifts are held to the sliders' ranges and
-    steps; the `variants` most recently used schedules are kept.
+    `max_duration` (seconds) is checked against the file's header before anything is decoded, and against the
+    decoded samples while reading (a header may understate the length). Each request writes into its own folder
+    under `workdir`; gradio copies returned files into its own cache, so only the `keep` most recent request
+    folders are kept and the rest are deleted. A `workdir` made here (None given) is removed when the process
+    exits. Overlap and shifts are held to the sliders' ranges and steps; the `variants` most recently used
+    schedules are kept.
     """
 
     def __init__(
@@ -189,6 +192,12 @@ class StemSeparator:
         message = message.replace(str(upload), upload.name)
         return re.sub(re.escape(str(self.workdir)) + r"[^\s:]*/", "", message)
 
+    def _too_long(self, path: Path, length: str) -> AudioError:
+        return AudioError(
+            f"{path}: {length} long; this Space separates up to {format_seconds(self.max_duration)} "
+            "(trim the file, or run hdemucs-flax locally)"
+        )
+
     def _request_dir(self) -> Path:
         folders = sorted((p for p in self.workdir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
         for old in folders[: max(0, len(folders) - self.keep + 1)]:
@@ -214,26 +223,29 @@ class StemSeparator:
         name = path.name
         try:
             info = inspect_audio(path)
-            if info.duration > self.max_duration:
-                raise AudioError(
-                    f"{path}: {format_seconds(info.duration)} long; this Space separates up to "
-                    f"{format_seconds(self.max_duration)} (trim the file, or run hdemucs-flax locally)"
-                )
+            if info.duration > self.max_duration:  # refused before anything is decoded
+                raise self._too_long(path, format_seconds(info.duration))
             if mode not in ("all", "karaoke") or (mode == "karaoke" and not self.karaoke_available):
                 raise AudioError(f"{path}: unknown mode {mode!r}")
             if ext not in OUTPUT_FORMATS:
                 raise AudioError(f"{path}: unknown output format {ext!r}")
             started = time.monotonic()
             folder = self._request_dir()
-            stems = separate_file(
-                self._variant(overlap, shifts),
-                path,
-                folder,
-                filename="{track}_{stem}.{ext}",
-                ext=ext,
-                two_stems=KARAOKE_STEM if mode == "karaoke" else None,
-                progress=progress,
-            )
+            try:
+                stems = separate_file(
+                    self._variant(overlap, shifts),
+                    path,
+                    folder,
+                    filename="{track}_{stem}.{ext}",
+                    ext=ext,
+                    two_stems=KARAOKE_STEM if mode == "karaoke" else None,
+                    progress=progress,
+                    max_seconds=self.max_duration,
+                )
+            except AudioTooLongError:
+                # A header may understate the length (a Matroska file claiming 1 s may hold minutes): decoding
+                # stopped once the samples passed the limit, so the true length is not known.
+                raise self._too_long(path, f"more than {format_seconds(self.max_duration)}") from None
         except (AudioError, OptionError) as error:
             raise AudioError(self._public(str(error), path)) from None
         track = name[: -len(path.suffix)] if path.suffix else name

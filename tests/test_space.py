@@ -25,7 +25,7 @@ import soundfile as sf
 
 from modeling_hdemucs_flax import AudioError, OptionError, Separator
 
-from .audio_files import media_that_open_other_files, write_corrupt, write_song
+from .audio_files import media_that_open_other_files, write_corrupt, write_song, write_understated_matroska
 from .conftest import SEGMENT_SECONDS, SOURCES, SR
 from .flows import SCRIPTS
 from .reference import music_like
@@ -487,6 +487,28 @@ def test_the_api_offers_separate_and_nothing_else(server):
     view = Client(server.url, verbose=False).view_api(print_info=False, return_format="dict")
     assert isinstance(view, dict) and list(view["named_endpoints"]) == ["/separate"], view
     assert not view["unnamed_endpoints"], view["unnamed_endpoints"]
+
+
+def test_a_file_whose_header_understates_its_length_is_stopped_at_the_limit(server, tmp_path):
+    """A Matroska file whose header claims 1 s but holds 60 s: refused once the decoded audio passes the Space's
+    limit, in the words of the header check; a file whose header tells the truth is refused before decoding."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server.url, download_files=str(tmp_path / "client"), verbose=False)
+    cases = [
+        (write_understated_matroska(tmp_path / "liar.mkv", 60.0, 1.0), "liar.mkv: more than 10 s long"),
+        (write_understated_matroska(tmp_path / "honest.mkv", 12.0, 12.0), "honest.mkv: 12 s long"),
+    ]
+    for path, message in cases:
+        started = time.monotonic()
+        with pytest.raises(AppError) as caught:
+            client.predict(handle_file(path), "all", 0, 0.25, "wav", api_name="/separate")
+        text = str(caught.value)
+        assert f"{message}; this Space separates up to 10 s (trim the file" in text, text
+        assert str(tmp_path) not in text and "Traceback" not in text
+        print(f"[space] {path.name} refused in {time.monotonic() - started:.1f} s")
+    assert server.alive()
 
 
 def test_model_errors_name_the_space_setting(app, tmp_path):
