@@ -10,7 +10,7 @@ first visitor does not wait for compilation.
 
 Environment (all optional):
     HDEMUCS_MODEL                 Hub repo id or local `save_pretrained` folder (default: the default model)
-    HDEMUCS_SPACE_MAX_DURATION    longest accepted input, seconds (default 600)
+    HDEMUCS_SPACE_MAX_DURATION    longest accepted input, seconds, counted in decoded audio (default 600)
     HDEMUCS_SPACE_MAX_FILE_SIZE   largest accepted upload, e.g. "100mb" (default 100mb; larger uploads get 413)
     HDEMUCS_SPACE_QUEUE_SIZE      requests waiting at most; one runs at a time (default 16)
     HDEMUCS_SPACE_SEGMENT         chunk length in seconds (default: the Separator's 7.8)
