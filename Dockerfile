@@ -32,8 +32,11 @@ RUN sh /src/docker/install.sh "${VARIANT}" /src && rm -rf /src
 
 USER 10001:10001
 WORKDIR /home/hdemucs
-# Without PRELOAD the model is fetched at the first start (mount a volume on /home/hdemucs/.cache to keep it).
-RUN if [ -n "${PRELOAD}" ]; then hdemucs-flax serve --preload; fi
+# The cache folders are made by the user, so the user owns them: a named volume mounted on /home/hdemucs/.cache
+# starts as a copy of that folder, owner included (were it missing, Docker would make the volume root-owned and
+# the server could not write its cache). Without PRELOAD the model is fetched into it at the first start.
+RUN mkdir -p "${HDEMUCS_FLAX_CACHE}" "${HF_HOME}" \
+    && if [ -n "${PRELOAD}" ]; then hdemucs-flax serve --preload; fi
 
 EXPOSE 8000
 # The health check answers 503 while the model is loaded and compiled (minutes on a cold CPU start).

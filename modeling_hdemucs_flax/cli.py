@@ -463,6 +463,7 @@ def serve_command(args: argparse.Namespace) -> int:
         _error(f"hdemucs-flax serve needs the [serve] extra: pip install 'hdemucs-flax[serve]' ({error})")
         return EXIT_FAILED
     from . import OptionError
+    from .model_names import model_label
 
     try:
         limits = serve.ServeLimits.from_env(
@@ -489,7 +490,7 @@ def serve_command(args: argparse.Namespace) -> int:
         limits=limits,
         token=token,
         workdir=args.workdir,
-        model_id=serve.model_label(args.model, args.revision),
+        model_id=model_label(args.model, args.revision),
         quiet=args.quiet,
     )
 

@@ -884,15 +884,3 @@ def serve(
     if service.exit_status:
         return service.exit_status
     return 0 if server.started else 1
-
-
-def model_label(model: str | os.PathLike | None, revision: str | None = None) -> str:
-    """What the API calls the model: the Hub repo id (with @revision), the default model's id, or a local
-    folder's name only (a server path is never shown)."""
-    if model is None:
-        from .pretrained import DEFAULT_MODEL
-
-        return DEFAULT_MODEL
-    text = str(model)
-    label = Path(text).name if os.path.exists(text) or text.startswith((".", "/", "~")) else text
-    return f"{label}@{revision}" if revision else label

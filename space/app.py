@@ -10,7 +10,7 @@ first visitor does not wait for compilation.
 
 Environment (all optional):
     HDEMUCS_MODEL                 Hub repo id or local `save_pretrained` folder (default: the default model)
-    HDEMUCS_SPACE_MAX_DURATION    longest accepted input, seconds (default 600)
+    HDEMUCS_SPACE_MAX_DURATION    longest accepted input, seconds, counted in decoded audio (default 600)
     HDEMUCS_SPACE_MAX_FILE_SIZE   largest accepted upload, e.g. "100mb" (default 100mb; larger uploads get 413)
     HDEMUCS_SPACE_QUEUE_SIZE      requests waiting at most; one runs at a time (default 16)
     HDEMUCS_SPACE_SEGMENT         chunk length in seconds (default: the Separator's 7.8)
@@ -33,6 +33,7 @@ import atexit  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -43,7 +44,15 @@ from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from modeling_hdemucs_flax import AudioError, OptionError, Separator, inspect_audio, separate_file  # noqa: E402
+from modeling_hdemucs_flax import (  # noqa: E402
+    AudioError,
+    AudioTooLongError,
+    OptionError,
+    Separator,
+    inspect_audio,
+    separate_file,
+)
+from modeling_hdemucs_flax.model_names import model_label  # noqa: E402
 
 logger = logging.getLogger("hdemucs_space")
 
@@ -127,10 +136,12 @@ class StemSeparator:
     """The work behind the page, free of UI code: checks an upload, separates it into per-request files
     and zips them. One instance serves every request (the queue runs one at a time).
 
-    Each request writes into its own folder under `workdir`; gradio copies returned files into its own
-    cache, so only the `keep` most recent request folders are kept and the rest are deleted. A `workdir` made
-    here (None given) is removed when the process exits. Overlap and shifts are held to the sliders' ranges and
-    steps; the `variants` most recently used schedules are kept.
+    `max_duration` (seconds) is checked against the file's header before anything is decoded, and against the
+    decoded samples while reading (a header may understate the length). Each request writes into its own folder
+    under `workdir`; gradio copies returned files into its own cache, so only the `keep` most recent request
+    folders are kept and the rest are deleted. A `workdir` made here (None given) is removed when the process
+    exits. Overlap and shifts are held to the sliders' ranges and steps; the `variants` most recently used
+    schedules are kept.
     """
 
     def __init__(
@@ -181,6 +192,12 @@ class StemSeparator:
         message = message.replace(str(upload), upload.name)
         return re.sub(re.escape(str(self.workdir)) + r"[^\s:]*/", "", message)
 
+    def _too_long(self, path: Path, length: str) -> AudioError:
+        return AudioError(
+            f"{path}: {length} long; this Space separates up to {format_seconds(self.max_duration)} "
+            "(trim the file, or run hdemucs-flax locally)"
+        )
+
     def _request_dir(self) -> Path:
         folders = sorted((p for p in self.workdir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
         for old in folders[: max(0, len(folders) - self.keep + 1)]:
@@ -206,26 +223,29 @@ class StemSeparator:
         name = path.name
         try:
             info = inspect_audio(path)
-            if info.duration > self.max_duration:
-                raise AudioError(
-                    f"{path}: {format_seconds(info.duration)} long; this Space separates up to "
-                    f"{format_seconds(self.max_duration)} (trim the file, or run hdemucs-flax locally)"
-                )
+            if info.duration > self.max_duration:  # refused before anything is decoded
+                raise self._too_long(path, format_seconds(info.duration))
             if mode not in ("all", "karaoke") or (mode == "karaoke" and not self.karaoke_available):
                 raise AudioError(f"{path}: unknown mode {mode!r}")
             if ext not in OUTPUT_FORMATS:
                 raise AudioError(f"{path}: unknown output format {ext!r}")
             started = time.monotonic()
             folder = self._request_dir()
-            stems = separate_file(
-                self._variant(overlap, shifts),
-                path,
-                folder,
-                filename="{track}_{stem}.{ext}",
-                ext=ext,
-                two_stems=KARAOKE_STEM if mode == "karaoke" else None,
-                progress=progress,
-            )
+            try:
+                stems = separate_file(
+                    self._variant(overlap, shifts),
+                    path,
+                    folder,
+                    filename="{track}_{stem}.{ext}",
+                    ext=ext,
+                    two_stems=KARAOKE_STEM if mode == "karaoke" else None,
+                    progress=progress,
+                    max_seconds=self.max_duration,
+                )
+            except AudioTooLongError:
+                # A header may understate the length (a Matroska file claiming 1 s may hold minutes): decoding
+                # stopped once the samples passed the limit, so the true length is not known.
+                raise self._too_long(path, f"more than {format_seconds(self.max_duration)}") from None
         except (AudioError, OptionError) as error:
             raise AudioError(self._public(str(error), path)) from None
         track = name[: -len(path.suffix)] if path.suffix else name
@@ -270,8 +290,8 @@ def build_demo(
     `separator` is used as built (warm it up first); per-request overlap and shifts share its compiled forward
     pass. `examples`: audio files offered as examples (default: space/examples/*), separated and cached the
     first time each is clicked. The queue runs one request at a time and holds at most `queue_size` waiting.
-    `model_name` and `licence` (the weights' licence) are shown in the footer (default: the separator's model
-    as it was loaded, "not stated").
+    `model_name` (default: the separator's model as it was loaded) and `licence` (the weights' licence; default
+    "not stated") are shown in the footer, the model as `model_label` names it: a local folder by its name only.
     """
     work = StemSeparator(separator, max_duration=max_duration, workdir=workdir)
     stems = work.stem_names()
@@ -370,8 +390,10 @@ def build_demo(
         button.click(
             separate, [audio_in, mode, shifts, overlap, ext], outputs, api_name="separate", concurrency_limit=1
         )
-        # .change also fires when an example sets the mode; UI only, outside the queue's single worker
-        mode.change(shown, mode, players, api_name=False, queue=False, show_progress="hidden")
+        # .change also fires when an example sets the mode; UI only, outside the queue's single worker. Page
+        # events are api_visibility="private" (not in the API, refused by clients): gradio 6 takes
+        # `api_name=False` as the name "False".
+        mode.change(shown, mode, players, api_visibility="private", queue=False, show_progress="hidden")
         if examples:
             gr.Examples(
                 [[str(p), "all"] for p in examples],
@@ -381,14 +403,14 @@ def build_demo(
                 cache_examples=True,
                 cache_mode="lazy",
                 label="Examples (synthetic 8-second songs)",
-                api_name=False,
+                api_visibility="private",
             )
         terms = f"licensed {licence}" if licence else "under a licence its card does not state"
         if licence and "nc" in licence.lower().replace(" ", "-").split("-"):
             terms += ": non-commercial use"
         gr.Markdown(
-            f"Model: {model_name or separator.model_name}, its weights {terms}. Uploads and results older than an "
-            "hour are deleted from the server every hour.",
+            f"Model: {model_label(model_name or separator.model_name)}, its weights {terms}. Uploads and results "
+            "older than an hour are deleted from the server every hour.",
             elem_id="hdemucs-footer",
         )
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
@@ -410,16 +432,29 @@ def load_separator(env=os.environ) -> Separator:
 
 
 def main() -> int:
+    """Load and warm up the model, then serve the page until the process is stopped. Returns the exit status:
+    1 when the model cannot be loaded, 128 + the signal after a clean stop (SIGTERM 143, Ctrl-C 130), the
+    command line's rule for every command."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     limits = Limits.from_env()
-    from modeling_hdemucs_flax import ModelLoadError
-    from modeling_hdemucs_flax.pretrained import model_licence
     from modeling_hdemucs_flax.runtime import interrupt_on_termination
 
-    # A Space is stopped with SIGTERM: as an interrupt, gradio shuts down and the exit handlers remove the
-    # working folder (the default action would skip them).
+    # A Space is stopped with SIGTERM: raised as an interrupt (`runtime.Terminated`), it closes the server and
+    # lets the exit handlers remove the working folder (the default action would skip them).
     interrupt_on_termination()
+    try:
+        return _load_and_serve(limits)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated; while loading too
+        signum = getattr(stop, "signum", signal.SIGINT)
+        logger.info("stopped (%s)", signal.Signals(signum).name)
+        return 128 + signum
+
+
+def _load_and_serve(limits: Limits) -> int:
+    from modeling_hdemucs_flax import ModelLoadError
+    from modeling_hdemucs_flax.pretrained import model_licence
+
     started = time.monotonic()
     spec = os.environ.get("HDEMUCS_MODEL") or None
     try:
@@ -438,22 +473,26 @@ def main() -> int:
         separator,
         max_duration=limits.max_duration,
         queue_size=limits.queue_size,
-        model_name=spec or f"{separator.model_name} (the default model)",
+        model_name=spec or f"{model_label(None)} (the default model)",
         licence=model_licence(spec),
     )
+    demo.launch(
+        # Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere else stay on the loopback interface.
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        max_file_size=limits.max_file_size,
+        allowed_paths=[str(EXAMPLES_DIR)],  # the example clips, whatever the working directory
+        ssr_mode=False,
+        theme=THEME,
+        css=CSS,
+        footer_links=["api"],
+        # Waiting here, not in gradio: its wait swallows the interrupt, and with it the exit status.
+        prevent_thread_lock=True,
+    )
     try:
-        demo.launch(
-            # Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere else stay on the loopback interface.
-            server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-            max_file_size=limits.max_file_size,
-            allowed_paths=[str(EXAMPLES_DIR)],  # the example clips, whatever the working directory
-            ssr_mode=False,
-            theme=THEME,
-            css=CSS,
-            footer_links=["api"],
-        )
-    except KeyboardInterrupt:
-        logger.info("stopped")
+        while demo.is_running:
+            time.sleep(0.1)
+    finally:
+        demo.close()
     return 0
 
 

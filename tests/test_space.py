@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ import soundfile as sf
 
 from modeling_hdemucs_flax import AudioError, OptionError, Separator
 
-from .audio_files import media_that_open_other_files, write_corrupt, write_song
+from .audio_files import media_that_open_other_files, write_corrupt, write_song, write_understated_matroska
 from .conftest import SEGMENT_SECONDS, SOURCES, SR
 from .flows import SCRIPTS
 from .reference import music_like
@@ -450,9 +451,64 @@ def test_errors_about_stems_name_no_server_folder(app, tiny_separator, tmp_path)
 
 
 def test_footer_names_the_model_loaded_and_its_licence(server, tiny_checkpoint_dir):
+    """A local model is named by its folder's name, as the HTTP API names it: the server's path stays private."""
     config = httpx.get(f"{server.url}/config", timeout=30).text
-    assert f"Model: {tiny_checkpoint_dir}, its weights under a licence its card does not state" in config
+    assert f"Model: {tiny_checkpoint_dir.name}, its weights under a licence its card does not state" in config
+    assert str(tiny_checkpoint_dir.parent) not in config
     assert "HDEMUCS_HIGH_MUSDB_PLUS" not in config
+
+
+def test_model_label_names_a_folder_by_its_name_only(tmp_path, monkeypatch):
+    """The rule the footer and the HTTP API share: a Hub id as given, a folder (however it is written) by its
+    name, the default model by its Hub id."""
+    from modeling_hdemucs_flax.model_names import model_label
+    from modeling_hdemucs_flax.pretrained import DEFAULT_MODEL
+
+    folder = tmp_path / "models" / "small"
+    folder.mkdir(parents=True)
+    monkeypatch.chdir(folder)
+    for spec in (folder, str(folder), ".", "./", "../small", "~/models/small"):
+        assert model_label(spec) == "small", spec
+    assert model_label("org/repo") == "org/repo" and model_label("org/repo", "v2") == "org/repo@v2"
+    assert model_label(None) == DEFAULT_MODEL
+
+
+def test_the_api_offers_separate_and_nothing_else(server):
+    """The page's own events (the mode radio's player visibility, the examples) stay out of the API: neither the
+    API page, nor the client, nor the full endpoint list shows them (gradio 6 reads `api_name=False` as a name,
+    "/False")."""
+    from gradio_client import Client
+
+    public = httpx.get(f"{server.url}/gradio_api/info", timeout=30).json()
+    assert list(public["named_endpoints"]) == ["/separate"] and not public["unnamed_endpoints"], public
+    every = httpx.get(f"{server.url}/gradio_api/info", params={"all_endpoints": "true"}, timeout=30).json()
+    names = [*every["named_endpoints"], *every["unnamed_endpoints"]]
+    assert not [name for name in names if "False" in name or "shown" in name or "separate_example" in name], names
+    view = Client(server.url, verbose=False).view_api(print_info=False, return_format="dict")
+    assert isinstance(view, dict) and list(view["named_endpoints"]) == ["/separate"], view
+    assert not view["unnamed_endpoints"], view["unnamed_endpoints"]
+
+
+def test_a_file_whose_header_understates_its_length_is_stopped_at_the_limit(server, tmp_path):
+    """A Matroska file whose header claims 1 s but holds 60 s: refused once the decoded audio passes the Space's
+    limit, in the words of the header check; a file whose header tells the truth is refused before decoding."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server.url, download_files=str(tmp_path / "client"), verbose=False)
+    cases = [
+        (write_understated_matroska(tmp_path / "liar.mkv", 60.0, 1.0), "liar.mkv: more than 10 s long"),
+        (write_understated_matroska(tmp_path / "honest.mkv", 12.0, 12.0), "honest.mkv: 12 s long"),
+    ]
+    for path, message in cases:
+        started = time.monotonic()
+        with pytest.raises(AppError) as caught:
+            client.predict(handle_file(path), "all", 0, 0.25, "wav", api_name="/separate")
+        text = str(caught.value)
+        assert f"{message}; this Space separates up to 10 s (trim the file" in text, text
+        assert str(tmp_path) not in text and "Traceback" not in text
+        print(f"[space] {path.name} refused in {time.monotonic() - started:.1f} s")
+    assert server.alive()
 
 
 def test_model_errors_name_the_space_setting(app, tmp_path):
@@ -466,7 +522,8 @@ def test_model_errors_name_the_space_setting(app, tmp_path):
 
 
 def test_stopping_the_space_removes_its_working_folder(tmp_path, tiny_checkpoint_dir, jax_cache):
-    """A Space is stopped with SIGTERM: the app shuts down cleanly and removes its working folder."""
+    """A Space is stopped with SIGTERM: the app shuts down cleanly, removes its working folder and exits with
+    128 + the signal, as every command does."""
     from gradio_client import Client, handle_file
 
     env = {
@@ -480,6 +537,6 @@ def test_stopping_the_space_removes_its_working_folder(tmp_path, tiny_checkpoint
         client.predict(handle_file(song), "karaoke", 0, 0.25, "wav", api_name="/separate")
         [workdir] = (tmp_path / "space" / "tmp").glob("hdemucs-space-*")
         assert any(workdir.iterdir())
-    assert running.process.returncode == 0, running.log_text()[-3000:]
+    assert running.process.returncode == 128 + signal.SIGTERM, running.log_text()[-3000:]
     assert not workdir.exists()
     assert "Traceback" not in running.log_text()
