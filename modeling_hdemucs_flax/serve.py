@@ -57,7 +57,7 @@ import time
 import uuid
 import zipfile
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -565,7 +565,7 @@ class _Form:
     file_bytes: int = 0
 
 
-async def _body(request: Request, limits: ServeLimits) -> AsyncIterator[bytes]:
+async def _body(request: Request, limits: ServeLimits) -> AsyncGenerator[bytes, None]:
     """The request's body as it arrives, bounded in time: 408 once it has taken `upload_timeout` seconds, or
     nothing has come for `upload_idle_timeout` seconds (a client that stalls would hold its connection and its
     partial file for ever; it holds no queue place, see `SeparationService.check_room`)."""
