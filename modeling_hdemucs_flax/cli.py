@@ -78,17 +78,21 @@ def add_separation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="chunks per forward pass (default: %(default)s)")
 
 
-def add_output_arguments(parser: argparse.ArgumentParser, default_ext: str = "wav") -> None:
-    """The stem files (`OutputOptions`): --filename, --two-stems, --other-method, the format and sample-format
-    flags, --mp3-bitrate, --mp3-preset, --clip-mode."""
+def add_output_arguments(parser: argparse.ArgumentParser, default_ext: str = "wav", *, filename: bool = True) -> None:
+    """The stem files (`OutputOptions`): --filename (unless `filename` is False: the default layout is then
+    fixed), --two-stems, --other-method, the format and sample-format flags, --mp3-bitrate, --mp3-preset,
+    --clip-mode."""
     from .file_output import DEFAULT_FILENAME  # light: numpy and soundfile only
 
-    parser.add_argument(
-        "--filename",
-        default=DEFAULT_FILENAME,
-        help="output path inside --out; variables {track}, {trackext}, {folder} (the file's folder below a "
-        "folder given as input), {stem}, {ext} (default: %(default)s)",
-    )
+    if filename:
+        parser.add_argument(
+            "--filename",
+            default=DEFAULT_FILENAME,
+            help="output path inside --out; variables {track}, {trackext}, {folder} (the file's folder below a "
+            "folder given as input), {stem}, {ext} (default: %(default)s)",
+        )
+    else:
+        parser.set_defaults(filename=DEFAULT_FILENAME)
     parser.add_argument(
         "--two-stems",
         default=None,
@@ -180,13 +184,18 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
         description="Serve separation over HTTP (FastAPI + uvicorn). The model is loaded and compiled once; "
         "/v1/health answers 503 until then. Set HDEMUCS_API_TOKEN to require 'Authorization: Bearer <token>'. "
         "The model, schedule and output options below are the defaults of every request; a request may set "
-        "two_stems, format, shifts and overlap.",
+        "two_stems, format, shifts and overlap. The stems come back in a zip as <track>/<stem>.<ext>.",
     )
     add_model_arguments(srv)
-    add_output_arguments(srv)
+    add_output_arguments(srv, filename=False)  # a zip's members are always <track>/<stem>.<ext>
     add_separation_arguments(srv)
     server = srv.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    server.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s, this machine only). Any other address, such as "
+        "0.0.0.0, lets every machine that reaches the port in: set HDEMUCS_API_TOKEN",
+    )
     server.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     server.add_argument(
         "--max-upload",
@@ -214,6 +223,28 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
         default=None,
         metavar="SECONDS",
         help="how long a finished job's result is kept (default: $HDEMUCS_API_JOB_TTL or 3600)",
+    )
+    server.add_argument(
+        "--upload-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="longest time an upload may take; slower ones get 408 (default: $HDEMUCS_API_UPLOAD_TIMEOUT or 900)",
+    )
+    server.add_argument(
+        "--upload-idle-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="longest pause within an upload; a stalled one gets 408 (default: $HDEMUCS_API_UPLOAD_IDLE_TIMEOUT or 60)",
+    )
+    server.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="without a token, a host name browsers may use to reach the server besides its IP addresses and "
+        "localhost (repeatable; also $HDEMUCS_API_ALLOWED_HOSTS, comma-separated)",
     )
     server.add_argument(
         "--workdir",
@@ -442,7 +473,10 @@ _LIMIT_FLAGS = {
     "max_duration": "--max-duration",
     "queue_size": "--queue-size",
     "job_ttl": "--job-ttl",
+    "upload_timeout": "--upload-timeout",
+    "upload_idle_timeout": "--upload-idle-timeout",
 }
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -458,26 +492,39 @@ def serve_command(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         return EXIT_OK
     try:
-        from . import serve
+        from . import serve  # FastAPI and uvicorn; JAX only once the server runs
     except ModuleNotFoundError as error:
-        _error(f"hdemucs-flax serve needs the [serve] extra: pip install 'hdemucs-flax[serve]' ({error})")
+        _error(
+            "hdemucs-flax serve needs the [serve] extra; install it from your checkout: "
+            f"pip install '.[serve]' ({error})"
+        )
         return EXIT_FAILED
     from . import OptionError
     from .model_names import model_label
 
+    parser: argparse.ArgumentParser = args.command_parser
     try:
         limits = serve.ServeLimits.from_env(
             max_upload_bytes=args.max_upload,
             max_duration=args.max_duration,
             queue_size=args.queue_size,
             job_ttl=args.job_ttl,
+            upload_timeout=args.upload_timeout,
+            upload_idle_timeout=args.upload_idle_timeout,
         )
     except OptionError as error:
         flag = _LIMIT_FLAGS.get(error.option)
         where = f"{flag} {shlex.quote(str(error.value))}" if flag else f"{error.option}={error.value!r}"
-        args.command_parser.error(f"{where}: {error.rule}")
-    token = os.environ.get(serve.ENV_TOKEN) or None
-    if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        parser.error(f"{where}: {error.rule}")
+    token = os.environ.get(serve.ENV_TOKEN)
+    if token is not None and not token.strip():  # an empty token would silently turn authentication off
+        parser.error(f"{serve.ENV_TOKEN} is set but empty: set it to a secret, or unset it to serve without a token")
+    allowed_hosts = [*args.allowed_host, *os.environ.get(serve.ENV_ALLOWED_HOSTS, "").split(",")]
+    allowed_hosts = [name.strip() for name in allowed_hosts if name.strip()]
+    for name in allowed_hosts:
+        if not all(c.isalnum() or c in "-._" for c in name):
+            parser.error(f"--allowed-host {shlex.quote(name)}: must be a host name, without scheme, port or path")
+    if token is None and args.host not in _LOOPBACK_HOSTS:
         print(
             f"warning: listening on {args.host} without {serve.ENV_TOKEN}: anyone who reaches the port can use it",
             file=sys.stderr,
@@ -488,7 +535,9 @@ def serve_command(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         limits=limits,
+        output=output,
         token=token,
+        allowed_hosts=allowed_hosts,
         workdir=args.workdir,
         model_id=model_label(args.model, args.revision),
         quiet=args.quiet,

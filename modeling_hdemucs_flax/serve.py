@@ -8,22 +8,33 @@ thread runs the separations one at a time (one device, one compiled program shar
 them from a bounded queue. Endpoints (every error is a JSON body `{"error": "<one line>"}`):
 
     GET    /v1/health             200 {status, model, device, version} once warm; 503 while warming
-    GET    /v1/models             the model: sources, sample rate, formats, limits
+    GET    /v1/models             the model: sources, sample rate, formats, the output defaults, limits
     POST   /v1/separate           multipart `file` (+ fields below) -> application/zip of the stems
     POST   /v1/jobs               the same fields -> 202 {id, status, ...}
-    GET    /v1/jobs/{id}          status (queued, running, done, failed, cancelled) and progress
+    GET    /v1/jobs/{id}          status (queued, running, done, failed, cancelled), stage and progress
     GET    /v1/jobs/{id}/result   the zip (409 until done); results expire `job_ttl` s after they finish
     DELETE /v1/jobs/{id}          cancel the job and remove its files
 
-Form fields: `two_stems` (a source name), `format` (wav, flac, mp3, ogg), `shifts`, `overlap`; they are
-validated by `SeparationOptions` / `OutputOptions` (the package's one validation) and a bad value is 422.
-Statuses: 400 unusable audio, 401 missing/wrong token, 404 unknown or expired job, 413 upload or duration over
-the limit, 415 not audio (or not multipart), 422 bad option, 429 queue full, 503 warming up or shutting down.
+The server's `OutputOptions` (the command's --flac, --int24, --two-stems, --clip-mode, ...) are every request's
+defaults; the form fields `two_stems` (a source name) and `format` (wav, flac, mp3, ogg) override them, and
+`shifts` and `overlap` the schedule's. They are validated by `SeparationOptions` / `OutputOptions` (the
+package's one validation) and a bad value is 422. Statuses: 400 unusable audio, 401 missing/wrong token, 403
+a cross-site browser request, 404 unknown or expired job, 408 an upload too slow, 413 upload or duration over
+the limit, 415 not audio (or not multipart), 421 a Host header naming none of the server's addresses, 422 bad
+option, 429 queue full, 503 warming up or shutting down.
 
 Uploads are streamed to the server's own work folder and counted as they arrive: a declared `Content-Length`
-over the limit is refused before any byte is read, and a body that grows past it is cut off and deleted. The
-duration is read from the file's header before anything is decoded. No response carries a server path or a
-traceback. SIGTERM cancels the running and queued jobs and removes every temporary file.
+over the limit is refused before any byte is read, a body that grows past it is cut off and deleted, and one
+that takes longer than `upload_timeout` (or pauses longer than `upload_idle_timeout`) is refused and deleted.
+A request takes its place in the queue only once its upload has arrived. The duration is read from the file's
+header before anything is queued and counted again in decoded samples while the job runs (a header may
+understate it). A `/v1/separate` client that disconnects cancels its job. No response carries a server path or
+a traceback. SIGTERM cancels the running and queued jobs and removes every temporary file; the work folder of
+a server killed outright is removed by the next one started on the same `workdir`.
+
+Without a token, requests sent by web browsers are checked (the API has no page of its own): a Host header
+must name the server by an IP address, `localhost` or an `allowed_hosts` name (a DNS-rebinding page names its
+own domain), and a POST or DELETE from a page of another origin is refused (a cross-site form post).
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import hmac
+import ipaddress
 import logging
 import math
 import os
@@ -45,10 +57,11 @@ import time
 import uuid
 import zipfile
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -57,24 +70,23 @@ from fastapi.responses import FileResponse, JSONResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import (
-    AudioError,
-    AudioFormatError,
-    HDemucsFlaxError,
-    OptionError,
-    OutputOptions,
-    Separator,
-    __version__,
-    inspect_audio,
-    one_line,
-    separate_file,
-)
+# Not the package face: `Separator` would import JAX, and the command checks its options before that.
+from . import __version__, tempfiles
+from .audio_io import inspect_audio
+from .errors import AudioError, AudioFormatError, AudioTooLongError, HDemucsFlaxError, OptionError, one_line
+from .file_output import DEFAULT_FILENAME, OutputOptions, separate_file
+from .options import SeparationOptions
+
+if TYPE_CHECKING:
+    from .separation import Separator
 
 logger = logging.getLogger("hdemucs_flax.serve")
 
 ENV_TOKEN = "HDEMUCS_API_TOKEN"
+ENV_ALLOWED_HOSTS = "HDEMUCS_API_ALLOWED_HOSTS"  # comma-separated names, beside the command's --allowed-host
 PUBLIC_PATHS = ("/v1/health",)  # answered without a token (container health checks)
 FIELDS = ("two_stems", "format", "shifts", "overlap")
 _FIELD_BYTES = 1000  # longest accepted form-field value
@@ -82,6 +94,15 @@ _FORM_OVERHEAD = 1 << 16  # bytes a multipart body may hold beyond the file (bou
 # After refusing a body that outgrew the limit, up to this much more is read and dropped: closing a connection
 # with unread data resets it, and the client would lose the 413. Beyond it the connection is simply closed.
 _DRAIN_BYTES = 4 << 20
+# Upload names are cut to this many UTF-8 bytes (their extension kept), so that every name a job derives from
+# one (`<track>.zip`, the `<track>` folder, a writer's `.<name>.<pid>-<random>.partial`) fits the 255 bytes a
+# file name may have on Linux and macOS file systems.
+_NAME_BYTES = 200
+_EXTENSION_BYTES = 16  # a longer "extension" is part of the name
+# The server's work folder: `<workdir>/.hdemucs-serve.<pid>-<random>.work` (see `tempfiles.new_folder`); a
+# server killed outright leaves it behind, and the next one started on the same workdir removes it.
+_WORK_NAME, _WORK_SUFFIX = "hdemucs-serve", ".work"
+_STARTED = time.time()  # before this module made any work folder (see `tempfiles.sweep_stale_folders`)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
 
@@ -102,15 +123,19 @@ class ServeLimits:
     """What the server accepts, validated when built (a bad value raises `OptionError` naming it).
 
     max_upload_bytes: largest uploaded file (413 above it, refused before it is stored).
-    max_duration: longest song in seconds, read from the file's header (413 above it).
-    queue_size: requests that may wait while one runs (429 beyond).
+    max_duration: longest song in seconds, from the file's header and again from its decoded samples (413).
+    queue_size: requests that may wait while one runs (429 beyond); an upload takes a place once it has arrived.
     job_ttl: seconds a finished job's result is kept before its files are removed.
+    upload_timeout: seconds an upload's body may take, from the request's headers to its last byte (408 beyond).
+    upload_idle_timeout: longest pause in seconds between two pieces of an upload's body (408 beyond).
     """
 
     max_upload_bytes: int = 200 * 10**6
     max_duration: float = 600.0
     queue_size: int = 8
     job_ttl: float = 3600.0
+    upload_timeout: float = 900.0  # 200 MB in 15 minutes is about 1.8 Mbit/s
+    upload_idle_timeout: float = 60.0
 
     # option name -> environment variable read by `from_env`
     ENV = {
@@ -118,6 +143,8 @@ class ServeLimits:
         "max_duration": "HDEMUCS_API_MAX_DURATION",
         "queue_size": "HDEMUCS_API_QUEUE_SIZE",
         "job_ttl": "HDEMUCS_API_JOB_TTL",
+        "upload_timeout": "HDEMUCS_API_UPLOAD_TIMEOUT",
+        "upload_idle_timeout": "HDEMUCS_API_UPLOAD_IDLE_TIMEOUT",
     }
 
     def __post_init__(self) -> None:
@@ -131,6 +158,8 @@ class ServeLimits:
         positive("max_duration", False)
         positive("queue_size", True)
         positive("job_ttl", False)
+        positive("upload_timeout", False)
+        positive("upload_idle_timeout", False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, **given: object) -> ServeLimits:
@@ -158,6 +187,8 @@ class ServeLimits:
             "max_duration_seconds": self.max_duration,
             "queue_size": self.queue_size,
             "job_ttl_seconds": self.job_ttl,
+            "upload_timeout_seconds": self.upload_timeout,
+            "upload_idle_timeout_seconds": self.upload_idle_timeout,
         }
 
 
@@ -178,22 +209,45 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
 
 
 def _safe_name(filename: str | None) -> str:
-    """The client's file name reduced to a plain base name (no folders, no hidden-file dot, no odd characters)."""
+    """The client's file name reduced to a plain base name (no folders, no hidden-file dot, no odd characters)
+    of at most `_NAME_BYTES` bytes in UTF-8, cut at a character and keeping its extension."""
     name = Path((filename or "").replace("\\", "/")).name
-    name = re.sub(r"[^\w.\- ]", "_", name).strip(" .")[:120]
-    return name or "audio"
+    name = re.sub(r"[^\w.\- ]", "_", name).strip(" .")
+    suffix = Path(name).suffix
+    if len(suffix.encode()) > _EXTENSION_BYTES:
+        suffix = ""
+    stem = name[: len(name) - len(suffix)]
+    stem = stem.encode()[: _NAME_BYTES - len(suffix.encode())].decode("utf-8", "ignore").rstrip(" .")
+    return f"{stem or 'audio'}{suffix}"
+
+
+def _too_long(name: str, limit: float, seconds: float, *, decoded: bool = False) -> str:
+    """The 413 message for a song over the duration limit, told by its header or by its decoded samples."""
+    length = f"more than {limit:g} s of audio (its header says {seconds:.1f} s)" if decoded else f"{seconds:.1f} s long"
+    return f"{name}: {length}; this server separates up to {limit:g} s"
+
+
+def _public(message: str, folder: Path, upload: Path, name: str) -> str:
+    """`message` with a job's server paths replaced: the upload by the client's file name, the rest by <job>."""
+    message = message.replace(str(upload), name)
+    message = message.replace(str(folder / "out") + os.sep, "")
+    return message.replace(str(folder), "<job>")
 
 
 @dataclass
 class Job:
-    """One separation: the upload, its options, its state and its files (all under `folder`)."""
+    """One separation: the upload, its options, its state and its files (all under `folder`). It holds no
+    `Separator`: the worker makes the request's variant (`Separator.with_options`, which carries a chunk-sized
+    weight array) when the job runs and drops it when it ends, so a finished job waiting for its client is
+    small."""
 
     id: str
     folder: Path
     upload: Path
     name: str  # the client's file name (what error messages show instead of the server path)
-    separator: Separator
-    output: OutputOptions
+    schedule: SeparationOptions  # the server's, with this request's overlap and shifts
+    output: OutputOptions  # the server's, with this request's format and two_stems
+    duration: float  # seconds, as the file's header says
     status: str = "queued"  # queued -> running -> done | failed | cancelled
     chunks_done: int = 0
     chunks_total: int = 0
@@ -209,18 +263,34 @@ class Job:
     def track(self) -> str:
         return self.upload.stem if self.upload.suffix else self.upload.name
 
+    @property
+    def stage(self) -> str:
+        """While running: "separating" (the chunks go through the network), then "finishing" (the stems are
+        completed and encoded, which for the default clip mode means a second pass over each, and zipped).
+        Otherwise the status."""
+        if self.status != "running":
+            return self.status
+        return "finishing" if self.chunks_total and self.chunks_done >= self.chunks_total else "separating"
+
+    @property
+    def progress(self) -> float:
+        """The fraction of the job's steps done: each chunk is a step and finishing one more, so it is 1.0
+        only once the result is ready."""
+        if self.status == "done":
+            return 1.0
+        return round(self.chunks_done / (self.chunks_total + 1), 4) if self.chunks_total else 0.0
+
     def public(self, message: str) -> str:
         """`message` with this job's server paths replaced by what the client knows."""
-        message = message.replace(str(self.upload), self.name)
-        message = message.replace(str(self.folder / "out") + os.sep, "")
-        return message.replace(str(self.folder), "<job>")
+        return _public(message, self.folder, self.upload, self.name)
 
     def describe(self, ttl: float) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.id,
             "status": self.status,
+            "stage": self.stage,
             "file": self.name,
-            "progress": round(self.chunks_done / self.chunks_total, 4) if self.chunks_total else 0.0,
+            "progress": self.progress,
             "chunks_done": self.chunks_done,
             "chunks_total": self.chunks_total,
         }
@@ -240,6 +310,8 @@ class SeparationService:
 
     `load` is a `Separator` (warmed up here) or a callable returning a warmed-up one (called in the worker
     thread; it may return an int exit status after reporting its own error, or raise `ModelLoadError`).
+    `output` is every job's `OutputOptions` before its request's changes. The work folder is made under
+    `workdir` (default: the system temp folder), after removing those of earlier servers that were killed.
     """
 
     def __init__(
@@ -247,26 +319,28 @@ class SeparationService:
         load: Separator | Callable[[], Separator | int],
         limits: ServeLimits,
         *,
+        output: OutputOptions | None = None,
         workdir: str | os.PathLike | None = None,
         model_id: str = "hdemucs",
         on_fatal: Callable[[int], None] | None = None,
         on_ready: Callable[[SeparationService], None] | None = None,
     ):
         self.limits = limits
+        self.output = output or OutputOptions()
         self.model_id = model_id
         self.on_fatal, self.on_ready = on_fatal, on_ready
         self._load = load
-        base = Path(workdir) if workdir is not None else None
-        if base is not None:
-            base.mkdir(parents=True, exist_ok=True)
-        self.workdir = Path(tempfile.mkdtemp(prefix="hdemucs-serve-", dir=base))
+        base = Path(workdir) if workdir is not None else Path(tempfile.gettempdir())
+        base.mkdir(parents=True, exist_ok=True)
+        for stale in tempfiles.sweep_stale_folders(base, _WORK_SUFFIX, _STARTED):
+            logger.warning("removed %s, the work folder of a server that was killed", stale)
+        self.workdir = tempfiles.new_folder(base / _WORK_NAME, _WORK_SUFFIX)
         self.separator: Separator | None = None
         self.state = "warming"  # -> ready | failed | stopped
         self.device = "unknown"
         self.exit_status = 0
         self._lock = threading.Condition()
         self._waiting: deque[Job] = deque()
-        self._reserved = 0  # requests holding a queue place while their upload arrives
         self._jobs: dict[str, Job] = {}
         self._running: Job | None = None
         self._stopping = threading.Event()
@@ -278,6 +352,8 @@ class SeparationService:
         self._thread.start()
 
     def _warm(self) -> bool:
+        from .separation import Separator  # JAX, in the worker thread once the server listens
+
         try:
             if isinstance(self._load, Separator):
                 loaded = self._load
@@ -331,6 +407,10 @@ class SeparationService:
                 finally:
                     with self._lock:
                         self._running = None
+                        # deleted while it ran (see `delete`), or the server is stopping: nobody will fetch it
+                        orphan = job.id not in self._jobs or self._stopping.is_set()
+                    if orphan:
+                        self.remove(job)
 
     def begin_shutdown(self) -> None:
         """Stop taking jobs and cancel the running and the waiting ones (their clients get 503)."""
@@ -359,19 +439,15 @@ class SeparationService:
             raise ApiError(503, "the server is shutting down")
         return self.separator
 
-    @contextlib.contextmanager
-    def reservation(self) -> Iterator[None]:
-        """A place in the queue for a request whose upload is still arriving (429 when there is none). The
-        place is handed to the job by `submit`, or given back when the request fails."""
+    def check_room(self) -> None:
+        """429 when the queue is full: a request is refused before its upload is read. No place is held while
+        the upload arrives (a client that stalls would keep it from everyone): `submit` takes it."""
         with self._lock:
-            if len(self._waiting) + self._reserved >= self.limits.queue_size:
-                raise ApiError(429, f"the queue is full ({self.limits.queue_size} waiting); retry later")
-            self._reserved += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._reserved -= 1
+            self._check_room()
+
+    def _check_room(self) -> None:
+        if len(self._waiting) >= self.limits.queue_size:
+            raise ApiError(429, f"the queue is full ({self.limits.queue_size} waiting); retry later")
 
     def new_folder(self) -> tuple[str, Path]:
         job_id = uuid.uuid4().hex
@@ -380,9 +456,11 @@ class SeparationService:
         return job_id, folder
 
     def submit(self, job: Job) -> None:
+        """Queue `job` (its upload has arrived and been checked): 429 when the queue filled meanwhile."""
         with self._lock:
             if self.state != "ready":
                 raise ApiError(503, "the server is shutting down")
+            self._check_room()
             self._jobs[job.id] = job
             self._waiting.append(job)
             self._lock.notify_all()
@@ -394,19 +472,21 @@ class SeparationService:
             raise ApiError(404, f"no job {job_id!r} (unknown, deleted or expired)")
         return job
 
-    def delete(self, job_id: str) -> Job:
-        """Cancel a waiting or running job; remove its files (a running one's when it has stopped)."""
+    def delete(self, job_id: str) -> str:
+        """Cancel a waiting or running job ("cancelled") or forget a finished one ("deleted"); remove its files
+        (a running one's once it has stopped)."""
         job = self.get(job_id)
         with self._lock:
             self._jobs.pop(job.id, None)
+            answer = "cancelled" if job.status in ("queued", "running") else "deleted"
             if job in self._waiting:
                 self._waiting.remove(job)
                 self._finish(job, "cancelled", 409, "job cancelled")
-            elif job.status == "running":
+            elif job is self._running:
                 job.cancel.set()
-                return job  # `_run` removes the files once the separation has stopped
+                return answer  # the worker removes the files once the separation has stopped (`_work`)
         self.remove(job)
-        return job
+        return answer
 
     def remove(self, job: Job) -> None:
         with self._lock:
@@ -431,6 +511,7 @@ class SeparationService:
 
     def _run(self, job: Job) -> None:
         job.status = "running"
+        assert self.separator is not None  # jobs are accepted once it is loaded
 
         def progress(done: int, total: int) -> None:
             job.chunks_done, job.chunks_total = done, total
@@ -438,8 +519,10 @@ class SeparationService:
                 raise JobCancelled()
 
         try:
+            separator = self.separator.with_options(overlap=job.schedule.overlap, shifts=job.schedule.shifts)
             out = job.folder / "out"
-            stems = separate_file(job.separator, job.upload, out, job.output, progress=progress)
+            limit = self.limits.max_duration  # counted again in decoded samples: a header may understate it
+            stems = separate_file(separator, job.upload, out, job.output, progress=progress, max_seconds=limit)
             archive = job.folder / f"{job.track}.zip"
             compression = zipfile.ZIP_DEFLATED if job.output.ext == "wav" else zipfile.ZIP_STORED
             with zipfile.ZipFile(archive, "w", compression) as bundle:
@@ -455,14 +538,15 @@ class SeparationService:
             self._finish(job, "cancelled", 503 if stopping else 409, reason)
         except OptionError as error:
             self._finish(job, "failed", 422, job.public(one_line(error)))
+        except AudioTooLongError:
+            message = _too_long(job.name, self.limits.max_duration, job.duration, decoded=True)
+            self._finish(job, "failed", 413, message)
         except AudioError as error:
             status = 415 if isinstance(error, AudioFormatError) else 400
             self._finish(job, "failed", status, job.public(one_line(error)))
         except Exception as error:
             logger.exception("job %s failed", job.id)
             self._finish(job, "failed", 500, f"internal error ({type(error).__name__}); the server log has details")
-        if job.id not in self._jobs or self._stopping.is_set():  # deleted while running, or shutting down
-            self.remove(job)
 
 
 class _LoadFailed(Exception):
@@ -481,9 +565,39 @@ class _Form:
     file_bytes: int = 0
 
 
+async def _body(request: Request, limits: ServeLimits) -> AsyncGenerator[bytes, None]:
+    """The request's body as it arrives, bounded in time: 408 once it has taken `upload_timeout` seconds, or
+    nothing has come for `upload_idle_timeout` seconds (a client that stalls would hold its connection and its
+    partial file for ever; it holds no queue place, see `SeparationService.check_room`)."""
+    stream = request.stream()
+    clock = asyncio.get_running_loop().time
+    deadline = clock() + limits.upload_timeout
+    try:
+        while True:
+            left = deadline - clock()
+            wait = min(limits.upload_idle_timeout, left)
+            try:
+                async with asyncio.timeout(max(wait, 0.0)):
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if wait < limits.upload_idle_timeout:
+                    message = f"upload too slow: not complete after {limits.upload_timeout:g} s; send it faster"
+                else:
+                    message = f"upload stalled: nothing received for {limits.upload_idle_timeout:g} s; send it again"
+                raise ApiError(408, message, {"Connection": "close"}) from None
+            except ClientDisconnect:
+                raise ApiError(400, "the client closed the connection during the upload") from None
+            yield chunk
+    finally:
+        await stream.aclose()
+
+
 async def receive_upload(request: Request, folder: Path, limits: ServeLimits) -> tuple[_Form, Path | None]:
     """Stream a multipart/form-data body: the `file` part into `folder/in/<name>`, the other fields into
-    memory. Refuses (413) a declared or actual size over the limit before storing more than the limit."""
+    memory. Refuses (413) a declared or actual size over the limit before storing more than the limit, and
+    (408) an upload too slow (see `_body`); the caller removes `folder` on any error."""
     kind, params = parse_options_header(request.headers.get("content-type"))
     if kind != b"multipart/form-data" or not params.get(b"boundary"):
         raise ApiError(415, "send multipart/form-data with the audio file in a field named 'file'")
@@ -556,9 +670,9 @@ async def receive_upload(request: Request, folder: Path, limits: ServeLimits) ->
         },
     )
     received = 0
-    stream = request.stream()
+    body = _body(request, limits)
     try:
-        async for chunk in stream:
+        async for chunk in body:
             received += len(chunk)
             if received > most:
                 raise ApiError(413, too_big)
@@ -568,14 +682,16 @@ async def receive_upload(request: Request, folder: Path, limits: ServeLimits) ->
         raise ApiError(400, f"malformed multipart body ({one_line(error)})") from None
     except ApiError as error:
         if error.status == 413:  # read (and drop) a little more, so the client is still listening for the answer
-            async for chunk in stream:
-                received += len(chunk)
-                if received > most + _DRAIN_BYTES:
-                    break
+            with contextlib.suppress(ApiError):  # a stall or a disconnect while draining: the 413 stands
+                async for chunk in body:
+                    received += len(chunk)
+                    if received > most + _DRAIN_BYTES:
+                        break
         raise
     finally:
         if state["handle"] is not None:
             state["handle"].close()
+        await body.aclose()
     return form, state["path"]
 
 
@@ -589,16 +705,33 @@ def _number(text: str | None, kind: type) -> object:
         return text
 
 
+def request_output(defaults: OutputOptions, fields: Mapping[str, str]) -> OutputOptions:
+    """The request's `OutputOptions`: the server's `defaults` with the request's `two_stems` and `format`. A
+    format that cannot hold the server's sample format gets its own default one (a server started with --int24
+    still writes `format=mp3`). Raises `OptionError`."""
+    changes: dict[str, object] = {}
+    if fields.get("two_stems"):
+        changes["two_stems"] = fields["two_stems"]
+    if fields.get("format"):
+        changes["ext"] = fields["format"]
+    try:
+        return defaults.replace(**changes)
+    except OptionError as error:
+        if error.option != "subtype" or "ext" not in changes:
+            raise
+        return defaults.replace(**changes, subtype=None)
+
+
 def build_job(service: SeparationService, job_id: str, folder: Path, form: _Form, upload: Path | None) -> Job:
     """Validate the request's options and the upload's header (blocking file I/O: run it in a thread)."""
     separator = service.check_ready()
     values = form.fields
     try:
-        variant = separator.with_options(
+        schedule = separator.options.replace(
             shifts=_number(values.get("shifts"), int),  # type: ignore[arg-type]  # checked by SeparationOptions
             overlap=_number(values.get("overlap"), float),  # type: ignore[arg-type]
         )
-        output = OutputOptions(two_stems=values.get("two_stems") or None, ext=values.get("format") or "wav")
+        output = request_output(service.output, values)
         output.stem_names(separator.sources)
     except OptionError as error:  # worded with the form field's name: `format`, not OutputOptions' `ext`
         option = "format" if error.option == "ext" else error.option
@@ -606,19 +739,15 @@ def build_job(service: SeparationService, job_id: str, folder: Path, form: _Form
     if upload is None:
         raise ApiError(400, "no file: send the audio in a multipart field named 'file'")
     name = _safe_name(form.filename)
-    job = Job(job_id, folder, upload, name, variant, output)
     try:
         info = inspect_audio(upload)  # the header only: nothing is decoded yet
         if info.duration > service.limits.max_duration:
-            raise ApiError(
-                413,
-                f"{name}: {info.duration:.1f} s long; this server separates up to {service.limits.max_duration:g} s",
-            )
+            raise ApiError(413, _too_long(name, service.limits.max_duration, info.duration))
         separator.check_channels(info.channels, name)
     except AudioError as error:
         status = 415 if isinstance(error, AudioFormatError) else 400
-        raise ApiError(status, job.public(one_line(error))) from None
-    return job
+        raise ApiError(status, _public(one_line(error), folder, upload, name)) from None
+    return Job(job_id, folder, upload, name, schedule, output, info.duration)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -645,6 +774,67 @@ class TokenAuth:
         await self.app(scope, receive, send)
 
 
+def _host_name(host: str) -> str:
+    """The name in a Host header, lower case, without its port or a final dot: `[::1]:8000` -> `::1`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    name, _, port = host.rpartition(":")
+    return (name if name and port.isdigit() else host).rstrip(".")
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class BrowserGuard:
+    """ASGI middleware for a server without a token: what a visitor's web browser may be made to send. A
+    Host header must name the server by an IP address, `localhost` or one of `allowed_hosts` (421 otherwise):
+    a DNS-rebinding page reaches the server under its own domain name, and no page can forge an address. A
+    POST or DELETE whose `Sec-Fetch-Site` or `Origin` shows it comes from a page of another origin is 403
+    (a cross-site form post needs no script). Programs (curl, httpx, requests) send neither header."""
+
+    SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Iterable[str] = ()):
+        self.app = app
+        self.allowed = {"localhost", *(_host_name(host) for host in allowed_hosts)}
+
+    def refusal(self, method: str, headers: Mapping[bytes, bytes]) -> JSONResponse | None:
+        host = headers.get(b"host", b"").decode("latin-1")
+        name = _host_name(host)
+        if host and not (_is_address(name) or name in self.allowed):
+            return error_response(
+                421,
+                f"Host {host!r} is not a name of this server: use its IP address or localhost, or start the server "
+                f"with --allowed-host {name} (or a token, HDEMUCS_API_TOKEN)",
+            )
+        if method in self.SAFE_METHODS:
+            return None
+        site = headers.get(b"sec-fetch-site", b"").decode("latin-1").lower()
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        foreign_origin = bool(origin) and urlsplit(origin).netloc.lower() != host.strip().lower()
+        if site not in ("", "same-origin", "none") or foreign_origin:
+            return error_response(
+                403,
+                f"cross-site {method} refused: a page of another origin ({origin or site}) may not use this server "
+                "without a token; send requests from a program, or give the server a token (HDEMUCS_API_TOKEN)",
+            )
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            response = self.refusal(scope["method"], dict(scope["headers"]))
+            if response is not None:
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 _FORM_SCHEMA = {
     "requestBody": {
         "required": True,
@@ -655,8 +845,15 @@ _FORM_SCHEMA = {
                     "required": ["file"],
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
-                        "two_stems": {"type": "string", "description": "write only this stem and no_<stem>"},
-                        "format": {"type": "string", "enum": ["wav", "flac", "mp3", "ogg"], "default": "wav"},
+                        "two_stems": {
+                            "type": "string",
+                            "description": "write only this stem and no_<stem> (default: the server's)",
+                        },
+                        "format": {
+                            "type": "string",
+                            "enum": ["wav", "flac", "mp3", "ogg"],
+                            "description": "the stems' format (default: the server's)",
+                        },
                         "shifts": {"type": "integer", "minimum": 0},
                         "overlap": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
                     },
@@ -667,26 +864,52 @@ _FORM_SCHEMA = {
 }
 
 
+async def _outcome_unless_disconnected(request: Request, outcome: concurrent.futures.Future) -> bool:
+    """Wait for a job's `outcome`; False when the client disconnects first. Starlette does not cancel a
+    handler whose client went away: after the body, the next ASGI message is `http.disconnect`, which uvicorn
+    delivers only when the connection closes."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    finished = asyncio.wrap_future(outcome)
+    gone = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({finished, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    return finished.done()
+
+
 def create_app(
     separator: Separator | Callable[[], Separator | int],
     limits: ServeLimits | None = None,
     *,
+    output: OutputOptions | None = None,
     token: str | None = None,
+    allowed_hosts: Iterable[str] = (),
     workdir: str | os.PathLike | None = None,
     model_id: str = "hdemucs",
     on_fatal: Callable[[int], None] | None = None,
     on_ready: Callable[[SeparationService], None] | None = None,
 ) -> FastAPI:
     """The HTTP API around `separator` (or a loader returning one, run in the background while the health check
-    answers 503). `token`: require `Authorization: Bearer <token>` on every route but /v1/health.
-    `workdir`: where a per-process folder of uploads and results is made (default: the system temp folder).
-    `model_id` is what /v1/health and /v1/models call the model (never a server path). `on_fatal(status)` is
-    called if the model cannot be loaded, `on_ready(service)` once it is warm. The service is
-    `app.state.service`; it starts and stops with the app.
+    answers 503). `output`: every request's stem options before its `format` and `two_stems` fields (its
+    `filename` is not used: a zip holds `<track>/<stem>.<ext>`). `token`: require `Authorization: Bearer
+    <token>` on every route but /v1/health (an empty token raises `OptionError`); without one, browsers'
+    requests are checked (`BrowserGuard`; `allowed_hosts`: names the Host header may give besides addresses
+    and localhost). `workdir`: where a per-process folder of uploads and results is made (default: the system
+    temp folder). `model_id` is what /v1/health and /v1/models call the model (never a server path).
+    `on_fatal(status)` is called if the model cannot be loaded, `on_ready(service)` once it is warm. The
+    service is `app.state.service`; it starts and stops with the app.
     """
+    if token is not None and not token.strip():
+        raise OptionError("token", token, "must not be empty (None serves without a token)")
     limits = limits or ServeLimits()
+    output = (output or OutputOptions()).replace(filename=DEFAULT_FILENAME)
     service = SeparationService(
-        separator, limits, workdir=workdir, model_id=model_id, on_fatal=on_fatal, on_ready=on_ready
+        separator, limits, output=output, workdir=workdir, model_id=model_id, on_fatal=on_fatal, on_ready=on_ready
     )
 
     @contextlib.asynccontextmanager
@@ -707,8 +930,10 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
-    if token:
+    if token is not None:
         app.add_middleware(TokenAuth, token=token)
+    else:
+        app.add_middleware(BrowserGuard, allowed_hosts=tuple(allowed_hosts))
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, error: ApiError) -> JSONResponse:
@@ -752,6 +977,7 @@ def create_app(
                         "dtype": str(separator.dtype),
                         "formats": ["wav", "flac", "mp3", "ogg"],
                         "two_stems": separator.sources,
+                        "defaults": {"format": output.ext, "two_stems": output.two_stems},
                     }
                 ],
                 "limits": limits.describe(),
@@ -759,17 +985,18 @@ def create_app(
         )
 
     async def accept(request: Request) -> Job:
-        """Read and check one separation request and queue it."""
+        """Read and check one separation request and queue it: 429 at once when the queue is full, but the
+        place is taken only when the upload has arrived (`submit`)."""
         service.check_ready()
-        with service.reservation():
-            job_id, folder = service.new_folder()
-            try:
-                form, upload = await receive_upload(request, folder, limits)
-                job = await asyncio.to_thread(build_job, service, job_id, folder, form, upload)
-                service.submit(job)
-            except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
+        service.check_room()
+        job_id, folder = service.new_folder()
+        try:
+            form, upload = await receive_upload(request, folder, limits)
+            job = await asyncio.to_thread(build_job, service, job_id, folder, form, upload)
+            service.submit(job)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return job
 
     def result_response(job: Job, *, remove_after: bool) -> FileResponse:
@@ -781,10 +1008,15 @@ def create_app(
     async def separate(request: Request) -> FileResponse:
         job = await accept(request)
         try:
-            await asyncio.wrap_future(job.outcome)
-        except asyncio.CancelledError:  # the client went away: stop the work
-            service.delete(job.id)
+            finished = await _outcome_unless_disconnected(request, job.outcome)
+        except asyncio.CancelledError:  # the server is stopping: stop the work
+            with contextlib.suppress(ApiError):
+                service.delete(job.id)
             raise
+        if not finished:  # the client went away: nobody will read the stems
+            with contextlib.suppress(ApiError):  # unless the job ended meanwhile and is already gone
+                service.delete(job.id)
+            raise ApiError(409, "job cancelled: the client disconnected")
         if job.status != "done":
             service.remove(job)
             raise ApiError(job.error_status, job.error or job.status)
@@ -810,8 +1042,7 @@ def create_app(
 
     @app.delete("/v1/jobs/{job_id}")
     async def delete(job_id: str) -> JSONResponse:
-        job = service.delete(job_id)
-        return JSONResponse({"id": job.id, "status": "cancelled" if job.status in ("queued", "running") else "deleted"})
+        return JSONResponse({"id": job_id, "status": service.delete(job_id)})
 
     return app
 
@@ -839,14 +1070,17 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     limits: ServeLimits | None = None,
+    output: OutputOptions | None = None,
     token: str | None = None,
+    allowed_hosts: Iterable[str] = (),
     workdir: str | os.PathLike | None = None,
     model_id: str = "hdemucs",
     quiet: bool = False,
 ) -> int:
-    """Run the API until SIGTERM/SIGINT; returns the exit status: 0 (the server stopped by itself), 1 when the
-    model could not be loaded, 128 + the signal's number after a graceful shutdown on SIGTERM/SIGHUP/SIGINT
-    (the command line's rule for every command). Every temporary file is removed before it returns."""
+    """Run the API (`create_app`, whose arguments these are) until SIGTERM/SIGINT; returns the exit status: 0
+    (the server stopped by itself), 1 when the model could not be loaded, 128 + the signal's number after a
+    graceful shutdown on SIGTERM/SIGHUP/SIGINT (the command line's rule for every command). Every temporary
+    file is removed before it returns."""
     holder: dict[str, _Server] = {}
 
     def fatal(_: int) -> None:
@@ -861,7 +1095,17 @@ def serve(
                 flush=True,
             )
 
-    app = create_app(load, limits, token=token, workdir=workdir, model_id=model_id, on_fatal=fatal, on_ready=ready)
+    app = create_app(
+        load,
+        limits,
+        output=output,
+        token=token,
+        allowed_hosts=allowed_hosts,
+        workdir=workdir,
+        model_id=model_id,
+        on_fatal=fatal,
+        on_ready=ready,
+    )
     config = uvicorn.Config(
         app,
         host=host,

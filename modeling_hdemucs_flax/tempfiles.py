@@ -8,6 +8,9 @@ them (`sweep_stale`), recognising them by the owner's process id in the name:
 
     .<destination name>.<pid>-<8 random characters><suffix>      e.g.  .vocals.wav.4711-k2j5x_0a.partial
 
+A process's working folder (the HTTP server's uploads and results) is named the same way (`new_folder`) and
+swept the same way (`sweep_stale_folders`).
+
 Standard library only.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import threading
 from pathlib import Path
 
@@ -91,6 +95,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def new_folder(destination: str | os.PathLike, suffix: str) -> Path:
+    """Make a fresh folder named like `new_name(destination, suffix)`, readable by its owner only (as
+    `tempfile.mkdtemp`), and return it. Raises OSError when the parent folder cannot be written."""
+    while True:
+        path = new_name(destination, suffix)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:  # the random part was taken: draw again
+            continue
+        return path
+
+
 def sweep_stale(folder: str | os.PathLike, suffix: str, older_than: float) -> list[Path]:
     """Remove temporaries named by `create` with `suffix` in `folder` (not below it) that an earlier process
     left: last modified before `older_than` (a `time.time()` value, e.g. when this run started) and owned by a
@@ -114,4 +130,33 @@ def sweep_stale(folder: str | os.PathLike, suffix: str, older_than: float) -> li
         except OSError:
             continue
         removed.append(Path(entry.path))
+    return removed
+
+
+def sweep_stale_folders(folder: str | os.PathLike, suffix: str, older_than: float) -> list[Path]:
+    """Remove the folders made by `new_folder` with `suffix` in `folder` (with everything in them) that an
+    earlier process left: last modified before `older_than` (a `time.time()` value before this process made
+    any such folder, e.g. when it started) and owned by a process id that is no longer running. A folder named
+    after this very process is swept too when it is that old: the id belonged to an earlier process (a
+    restarted container's process 1). Anything else is left alone; returns what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _OWNED.match(entry.name)
+        if match is None or match.group("suffix") != suffix:
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= older_than:
+                continue
+            pid = int(match.group("pid"))
+            if pid != os.getpid() and _alive(pid):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        if not os.path.lexists(entry.path):
+            removed.append(Path(entry.path))
     return removed

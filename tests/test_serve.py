@@ -8,25 +8,32 @@ path or a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
+import tracemalloc
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 
+import modeling_hdemucs_flax
 from modeling_hdemucs_flax import Separator, __version__, separate_file
+from modeling_hdemucs_flax.audio_io import StemWriter
 from modeling_hdemucs_flax.cli import main
 from modeling_hdemucs_flax.serve import ServeLimits, create_app
 
-from .audio_files import bad_files, tones, write_song
+from .audio_files import bad_files, tones, write_song, write_understated_matroska
 from .conftest import SEGMENT_SECONDS, SOURCES
 from .flows import REPO_ROOT, run_script
 from .serve_helpers import ServeProcess, ThreadedServer, files_in, read_zip, upload, wait_job, wait_ready
@@ -85,10 +92,26 @@ def clean(response, *paths: Path) -> dict:
     return body
 
 
-def serving(separator, tmp_path: Path, token: str | None = None, **limits) -> ThreadedServer:
-    app = create_app(separator, ServeLimits(**limits), token=token, workdir=tmp_path / "work", model_id="tiny")
+def serving(separator, tmp_path: Path, token: str | None = None, allowed_hosts=(), **limits) -> ThreadedServer:
+    app = create_app(
+        separator,
+        ServeLimits(**limits),
+        token=token,
+        allowed_hosts=allowed_hosts,
+        workdir=tmp_path / "work",
+        model_id="tiny",
+    )
     headers = {"Authorization": f"Bearer {token}"} if token else None
     return ThreadedServer(app, headers=headers)
+
+
+def wait_for(condition, what: str, timeout: float = 60):
+    """Poll `condition()` until it returns something true, which is returned."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return value
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -148,14 +171,16 @@ def test_job_round_trip_reports_progress_then_expires(tiny_separator, tmp_path):
         while (status := client.get(f"/v1/jobs/{job['id']}").json())["chunks_done"] < 3:
             assert time.monotonic() < deadline, status
             time.sleep(0.02)
-        assert status["status"] == "running" and status["chunks_total"] > 3
-        assert 0 < status["progress"] < 1 and status["progress"] == round(3 / status["chunks_total"], 4)
+        assert status["status"] == "running" and status["stage"] == "separating" and status["chunks_total"] > 3
+        # each chunk is a step, and finishing (the stems written and zipped) one more
+        assert 0 < status["progress"] < 1 and status["progress"] == round(3 / (status["chunks_total"] + 1), 4)
         early = client.get(f"/v1/jobs/{job['id']}/result")
         assert early.status_code == 409 and "running" in clean(early)["error"]
 
         gate.open()
         done = wait_job(client, job["id"])
-        assert done["status"] == "done" and done["progress"] == 1.0 and done["expires_in_seconds"] <= 1.0, done
+        assert done["status"] == done["stage"] == "done" and done["progress"] == 1.0, done
+        assert done["expires_in_seconds"] <= 1.0, done
         result = client.get(done["result"])
         assert result.status_code == 200 and result.headers["content-type"] == "application/zip"
         stems = read_zip(result.content, tmp_path / "result")
@@ -169,8 +194,35 @@ def test_job_round_trip_reports_progress_then_expires(tiny_separator, tmp_path):
         assert files_in(server.service.workdir) == []
 
 
+def test_progress_stays_below_one_until_the_stems_are_written(tiny_separator, tmp_path, monkeypatch):
+    """Once every chunk is through the network the stems are still to be completed and encoded (for the default
+    clip mode, a second pass over each; MP3 encoding took 22 s of a 59 s job): the job says it is "finishing"
+    and its progress stays below 1.0 until the result is ready."""
+    entered, release = threading.Event(), threading.Event()
+    close = StemWriter.close
+
+    def slow_close(writer):  # a slow encoder: held until the test has looked
+        entered.set()
+        assert release.wait(60), "the test never released the encoder"
+        close(writer)
+
+    monkeypatch.setattr(StemWriter, "close", slow_close)
+    song = write_song(tmp_path / "song.wav", 1.0, 44100, 2, subtype="PCM_16")
+    with serving(tiny_separator, tmp_path) as server:
+        wait_ready(server.client)
+        job = server.client.post("/v1/jobs", **upload(song, format="mp3")).json()
+        assert entered.wait(60), "the stems were never completed"
+        status = clean(server.client.get(f"/v1/jobs/{job['id']}"))
+        release.set()
+        assert status["status"] == "running" and status["stage"] == "finishing", status
+        assert status["chunks_done"] == status["chunks_total"] > 0 and status["progress"] < 1.0, status
+        done = wait_job(server.client, job["id"])
+        assert (done["status"], done["stage"], done["progress"]) == ("done", "done", 1.0), done
+
+
 def test_a_job_can_be_cancelled_and_its_files_removed(tiny_separator, tmp_path):
-    """DELETE /v1/jobs/{id} stops a running job at its next chunk and removes its files."""
+    """DELETE /v1/jobs/{id} answers "cancelled" for a queued or a running job (a running one stops at its next
+    chunk) and "deleted" for a finished one, and removes the job's files."""
     separator, gate = gated(tiny_separator)
     song = write_song(tmp_path / "song.wav", 1.0, 44100, 2, subtype="PCM_16")
     with serving(separator, tmp_path) as server:
@@ -179,14 +231,53 @@ def test_a_job_can_be_cancelled_and_its_files_removed(tiny_separator, tmp_path):
         job = server.client.post("/v1/jobs", **upload(song)).json()
         gate.step(1)
         wait_job(server.client, job["id"], statuses=("running",))
-        deleted = server.client.delete(f"/v1/jobs/{job['id']}")
-        assert deleted.status_code == 200 and clean(deleted) == {"id": job["id"], "status": "cancelled"}
+        queued = server.client.post("/v1/jobs", **upload(song)).json()
+        assert queued["status"] == "queued", queued
+        for which in (queued, job):
+            deleted = server.client.delete(f"/v1/jobs/{which['id']}")
+            assert deleted.status_code == 200 and clean(deleted) == {"id": which["id"], "status": "cancelled"}
         gate.open()
         assert server.client.get(f"/v1/jobs/{job['id']}").status_code == 404
-        deadline = time.monotonic() + 30
-        while files_in(server.service.workdir):
-            assert time.monotonic() < deadline, files_in(server.service.workdir)
-            time.sleep(0.05)
+        wait_for(lambda: not files_in(server.service.workdir), "the cancelled jobs' files to go", timeout=30)
+
+        finished = server.client.post("/v1/jobs", **upload(song)).json()
+        assert wait_job(server.client, finished["id"])["status"] == "done"
+        deleted = server.client.delete(f"/v1/jobs/{finished['id']}")
+        assert clean(deleted) == {"id": finished["id"], "status": "deleted"}
+        assert files_in(server.service.workdir) == []
+
+
+def test_a_client_that_disconnects_from_separate_cancels_its_job(tiny_separator, tmp_path):
+    """A /v1/separate client that goes away while its song is separated stops the work at the next chunk, and
+    the job's upload and partial stems are removed."""
+    separator, gate = gated(tiny_separator)
+    song = write_song(tmp_path / "song.wav", 1.5, 44100, 2, subtype="PCM_16")
+    request = httpx.Request("POST", "http://127.0.0.1/v1/separate", files={"file": ("song.wav", song.read_bytes())})
+    body = request.read()
+    with serving(separator, tmp_path) as server:
+        wait_ready(server.client)
+        gate.close()
+        head = (
+            f"POST /v1/separate HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Content-Type: {request.headers['content-type']}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        client = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        client.sendall(head.encode() + body)
+        uploaded = wait_for(lambda: files_in(server.service.workdir), "the upload to arrive")
+        job_id = uploaded[0].split("/")[0]  # the job's folder is named by its id
+        gate.step(1)
+        status = wait_for(
+            lambda: (now := server.client.get(f"/v1/jobs/{job_id}").json()).get("chunks_done") and now,
+            "the first chunk",
+        )
+        assert status["status"] == "running" and status["chunks_total"] > 3, status
+        calls = gate.calls
+        client.close()
+        wait_for(lambda: server.client.get(f"/v1/jobs/{job_id}").status_code == 404, "the job to be cancelled", 20)
+        gate.open()
+        wait_for(lambda: not files_in(server.service.workdir), "the job's files to go", timeout=30)
+        # at most the batch already handed to the network and the one whose progress report saw the cancel
+        assert gate.calls - calls <= 2 < status["chunks_total"] - status["chunks_done"], (gate.calls - calls, status)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,14 +340,21 @@ def raw_request(url: str, head: str, body: bytes | None) -> tuple[bytes, bytes]:
         sock.sendall(head.encode() + b"\r\n")
         if body is not None:
             sock.sendall(body)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += sock.recv(65536)
-        answer, content = data.split(b"\r\n\r\n", 1)
-        length = int(re.search(rb"content-length: *(\d+)", answer, re.IGNORECASE).group(1))
-        while len(content) < length:
-            content += sock.recv(65536)
-        return answer, content
+        return read_response(sock)
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """(status line and headers, body) of the response that arrives on `sock`."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(65536)
+        assert piece, f"the connection closed before a response: {data!r}"
+        data += piece
+    answer, content = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"content-length: *(\d+)", answer, re.IGNORECASE).group(1))
+    while len(content) < length:
+        content += sock.recv(65536)
+    return answer, content
 
 
 def test_oversized_uploads_are_413_before_the_body_is_stored(tiny_separator, tmp_path):
@@ -295,6 +393,164 @@ def test_oversized_uploads_are_413_before_the_body_is_stored(tiny_separator, tmp
             clean(response, server.service.workdir)["error"] == "long.wav: 2.0 s long; this server separates up to 1 s"
         )
         assert files_in(server.service.workdir) == []
+
+
+def test_stalled_uploads_hold_no_queue_place_and_time_out(tiny_separator, tmp_path):
+    """Clients that send headers and a few hundred bytes of the body and then go silent (or trickle) hold no
+    place in the queue: with queue_size=1 and four of them, another client still separates a song. Each of
+    them gets a one-line 408 after the idle or total upload time, and its partial file is removed."""
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    idle, total = 3.0, 5.0
+    limits = {"queue_size": 1, "upload_idle_timeout": idle, "upload_timeout": total}
+    boundary = "b0undary"
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="slow.wav"\r\n\r\n'.encode()
+    with serving(tiny_separator, tmp_path, **limits) as server:
+        wait_ready(server.client)
+        head = (
+            f"POST /v1/separate HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 100000\r\n\r\n"
+        ).encode()
+        started = time.monotonic()
+        slow = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(4)]
+        for sock in slow:
+            sock.sendall(head + part + b"\0" * (300 - len(part)))  # 300 bytes of a 100000-byte body
+        trickling = threading.Event()
+
+        def trickle(sock: socket.socket) -> None:  # 10 bytes every 0.5 s: never idle, never done
+            while not trickling.wait(0.5):
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"\0" * 10)
+
+        threading.Thread(target=trickle, args=(slow[-1],), daemon=True).start()
+        wait_for(lambda: len(files_in(server.service.workdir)) == 4, "the four partial uploads")
+
+        response = server.client.post("/v1/separate", **upload(song))
+        assert response.status_code == 200, response.text
+        answers = [read_response(sock) for sock in slow]
+        elapsed = time.monotonic() - started
+        trickling.set()
+        for sock in slow:
+            sock.close()
+        stalled = f"upload stalled: nothing received for {idle:g} s; send it again"
+        too_slow = f"upload too slow: not complete after {total:g} s; send it faster"
+        for (answer, content), message in zip(answers, [stalled] * 3 + [too_slow], strict=True):
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert json.loads(content) == {"error": message}
+        assert elapsed >= total
+        assert files_in(server.service.workdir) == []
+
+
+def test_a_header_that_understates_the_duration_is_caught_while_decoding(tiny_separator, tmp_path):
+    """A Matroska file whose header says 0.5 s but which holds 3 s, against a 1 s limit: 413 with a one-line
+    message like the header check's, from /v1/separate and from a job, before any chunk reaches the network
+    (the decoded samples are counted in the first pass, the mix statistics); no file is left."""
+    mkv = write_understated_matroska(tmp_path / "short.mkv", seconds=3.0, header_seconds=0.5)
+    separator, gate = gated(tiny_separator)
+    message = "short.mkv: more than 1 s of audio (its header says 0.5 s); this server separates up to 1 s"
+    with serving(separator, tmp_path, max_duration=1.0) as server:
+        wait_ready(server.client)
+        calls = gate.calls
+        response = server.client.post("/v1/separate", **upload(mkv))
+        assert response.status_code == 413 and clean(response, server.service.workdir)["error"] == message
+        job = server.client.post("/v1/jobs", **upload(mkv)).json()
+        assert wait_job(server.client, job["id"])["error"] == message
+        result = server.client.get(f"/v1/jobs/{job['id']}/result")
+        assert result.status_code == 413 and clean(result)["error"] == message
+        assert gate.calls == calls, "the network ran on audio past the limit"
+        server.client.delete(f"/v1/jobs/{job['id']}")
+        assert files_in(server.service.workdir) == []
+
+
+def test_long_utf8_file_names_are_cut_to_fit_every_file_the_job_makes(tiny_separator, tmp_path):
+    """A name of 200 two-byte characters, and one of 255 bytes whose zip would be 256: the server cuts the name
+    (in bytes, at a character, keeping the extension) so that its copy, the stems' folder and the zip all fit
+    the 255 bytes a file name may have; the zip's members and its download name are that cut name."""
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    au = write_song(tmp_path / "song.au", 0.2, 44100, 2, format="AU", subtype="PCM_16")
+    names = {"é" * 200 + ".wav": song, "あ" * 84 + ".au": au}
+    assert len(("あ" * 84 + ".au").encode()) == 255
+    with serving(tiny_separator, tmp_path) as server:
+        wait_ready(server.client)
+        for name, path in names.items():
+            response = server.client.post("/v1/separate", files={"file": (name, path.read_bytes())})
+            assert response.status_code == 200, (name, response.text)
+            disposition = response.headers["content-disposition"]
+            zip_name = unquote(disposition.split("filename*=utf-8''")[1])
+            track = zip_name.removesuffix(".zip")
+            assert len(zip_name.encode()) <= 255 and track and name.startswith(track), zip_name
+            stems = read_zip(response.content, tmp_path / "got" / str(len(name)))
+            assert sorted(stems) == sorted(f"{track}/{stem}.wav" for stem in SOURCES)
+
+            job = server.client.post("/v1/jobs", files={"file": (name, path.read_bytes())}).json()
+            assert job["file"] == track + Path(name).suffix and len(job["file"].encode()) <= 200, job
+            assert wait_job(server.client, job["id"])["status"] == "done"
+        assert all(len(part.encode()) <= 255 for file in files_in(server.service.workdir) for part in file.split("/"))
+
+
+def test_a_finished_job_keeps_no_chunk_sized_arrays(tiny_separator, tmp_path):
+    """Finished jobs wait (up to job_ttl) for their clients; each must stay small. Measured with tracemalloc
+    over eight finished jobs: what they keep alive is less, per job, than one chunk's weight array (which a
+    Separator variant carries: 1.3 MiB at the default 7.8 s segment, 32 KiB here)."""
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    chunk_weight = tiny_separator.weight.nbytes
+    with serving(tiny_separator, tmp_path) as server:
+        wait_ready(server.client)
+        for _ in range(2):  # what the first requests allocate once (caches, the worker's state)
+            wait_job(server.client, server.client.post("/v1/jobs", **upload(song)).json()["id"])
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            ids = []
+            for _ in range(8):
+                ids.append(server.client.post("/v1/jobs", **upload(song)).json()["id"])
+                assert wait_job(server.client, ids[-1])["status"] == "done"
+            gc.collect()
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        per_job = sum(stat.size_diff for stat in after.compare_to(before, "filename")) / len(ids)
+        print(f"[serve] kept per finished job: {per_job / 1024:.1f} KiB; a chunk weight: {chunk_weight / 1024:.0f} KiB")
+        assert per_job < chunk_weight, (per_job, chunk_weight)
+        assert all(server.client.get(f"/v1/jobs/{i}").json()["status"] == "done" for i in ids)  # all still kept
+
+
+def test_without_a_token_browser_requests_are_checked(tiny_separator, tmp_path):
+    """No token: a Host header naming another domain (DNS rebinding) is 421, on every route; addresses,
+    localhost and --allowed-host names pass. A POST or DELETE from a page of another origin (a cross-site form
+    post) is 403; programs, which send no Origin, and same-origin pages pass. With a token neither check applies
+    (the token is the defence). Nothing is stored for a refused request."""
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    with serving(tiny_separator, tmp_path, allowed_hosts=["studio.example"]) as server:
+        wait_ready(server.client)
+        here = f"127.0.0.1:{server.port}"
+        for host in ("evil.example", f"evil.example:{server.port}", "127.0.0.1.evil.example"):
+            requests = [("GET", "/v1/health", {}), ("GET", "/v1/models", {}), ("POST", "/v1/separate", upload(song)),
+                        ("DELETE", "/v1/jobs/abc", {})]  # fmt: skip
+            for method, url, kwargs in requests:
+                response = server.client.request(method, url, headers={"Host": host}, **kwargs)
+                assert response.status_code == 421, (host, url, response.status_code)
+                assert f"Host {host!r} is not a name of this server" in clean(response)["error"]
+        for host in (here, f"localhost:{server.port}", f"[::1]:{server.port}", "STUDIO.example:80", "10.1.2.3"):
+            assert server.client.get("/v1/models", headers={"Host": host}).status_code == 200, host
+
+        for headers in [{"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
+                        {"Sec-Fetch-Site": "same-site"}, {"Origin": "null"},
+                        {"Origin": f"http://localhost:{server.port}"}]:  # fmt: skip
+            for method, url, kwargs in [("POST", "/v1/separate", upload(song)), ("POST", "/v1/jobs", upload(song)),
+                                        ("DELETE", "/v1/jobs/abc", {})]:  # fmt: skip
+                response = server.client.request(method, url, headers=headers, **kwargs)
+                assert response.status_code == 403, (headers, url, response.status_code)
+                assert f"cross-site {method} refused" in clean(response)["error"]
+            assert server.client.get("/v1/models", headers=headers).status_code == 200  # reading is not refused
+        assert files_in(server.service.workdir) == []
+        same_origin = {"Origin": f"http://{here}", "Sec-Fetch-Site": "same-origin"}
+        assert server.client.post("/v1/separate", headers=same_origin, **upload(song)).status_code == 200
+
+    with serving(tiny_separator, tmp_path, token="s3cret") as server:
+        wait_ready(server.client)
+        foreign = {"Host": "evil.example", "Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
+        assert server.client.post("/v1/separate", headers=foreign, **upload(song)).status_code == 200
 
 
 def test_non_audio_is_415_and_broken_audio_is_400_named_by_the_client_file(tiny_separator, tmp_path):
@@ -424,6 +680,8 @@ def test_serve_command_options_are_checked_like_the_other_commands(tiny_checkpoi
         (["--queue-size", "0"], "--queue-size 0: must be an integer > 0"),
         (["--max-upload", "lots"], "--max-upload lots: must be a size in bytes (e.g. 200mb)"),
         (["--overlap", "1"], "--overlap 1.0: must be in [0, 1)"),
+        (["--upload-idle-timeout", "0"], "--upload-idle-timeout 0.0: must be a number > 0"),
+        (["--allowed-host", "http://studio.example"], "--allowed-host http://studio.example: must be a host name"),
     ]:
         with pytest.raises(SystemExit) as stop:
             main(["serve", *args])
@@ -443,6 +701,104 @@ def test_serve_command_options_are_checked_like_the_other_commands(tiny_checkpoi
     assert "exit status: 0" in result.stdout
     for name in ("torch", "transformers", "jax", "flax"):
         assert f"loaded {name}: False" in result.stdout, name
+
+
+def test_serve_command_refuses_an_empty_token_and_filename_before_loading_anything(tmp_path):
+    """HDEMUCS_API_TOKEN set but empty would turn authentication off without a word: a usage error (exit 2, one
+    line), as is --filename (a zip always holds <track>/<stem>.<ext>); neither loads JAX or transformers."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HDEMUCS_API_TOKEN": "", "TMPDIR": str(tmp_path)}
+    for args, message in [
+        (["serve", "--host", "0.0.0.0"], "error: HDEMUCS_API_TOKEN is set but empty: set it to a secret, or unset it"),
+        (["serve", "--filename", "{stem}.{ext}"], "error: unrecognized arguments: --filename"),
+    ]:
+        result = run_script("cli_modules", env, *args)
+        assert "exit status: 2" in result.stdout
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error") or "rror:" in line]
+        assert len(errors) == 1 and message in errors[0], result.stderr
+        assert "Traceback" not in result.stderr
+        for name in ("torch", "transformers", "jax", "flax"):
+            assert f"loaded {name}: False" in result.stdout, name
+    assert files_in(tmp_path) == []
+
+
+def test_serve_command_without_the_extra_says_how_to_install_it_from_a_checkout(monkeypatch, capsys):
+    """Without FastAPI the command says to install the [serve] extra from the checkout (the package is not on
+    PyPI, so `pip install 'hdemucs-flax[serve]'` would name an unclaimed project)."""
+    monkeypatch.delitem(sys.modules, "modeling_hdemucs_flax.serve", raising=False)
+    monkeypatch.delattr(modeling_hdemucs_flax, "serve", raising=False)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # `import fastapi` raises ModuleNotFoundError
+    assert main(["serve"]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 1 and "install it from your checkout: pip install '.[serve]'" in errors[0], errors
+    assert "hdemucs-flax[" not in errors[0]
+
+
+def test_serve_command_output_options_are_every_requests_defaults(tiny_checkpoint_dir, jax_cache, tmp_path):
+    """`serve --flac --int24 --two-stems vocals --other-method minus`: a request without fields gets 24-bit FLAC
+    vocals and no_vocals (the mix minus the vocals); `format` and `two_stems` override one default each and keep
+    the others (a format that cannot hold 24-bit samples gets its own sample format); /v1/models says what the
+    defaults are."""
+    args = ["--model", str(tiny_checkpoint_dir), "--segment", str(SEGMENT_SECONDS), "-q"]
+    args += ["--flac", "--int24", "--two-stems", "vocals", "--other-method", "minus"]
+    env = {"HDEMUCS_FLAX_COMPILATION_CACHE": str(jax_cache), "JAX_PLATFORMS": "cpu", "HDEMUCS_API_TOKEN": None}
+    song = write_song(tmp_path / "in" / "song.wav", 0.3, 44100, 2, subtype="PCM_16")
+    cases = [
+        ({}, {"song/vocals.flac": "PCM_24", "song/no_vocals.flac": "PCM_24"}),
+        ({"format": "wav"}, {"song/vocals.wav": "PCM_24", "song/no_vocals.wav": "PCM_24"}),
+        ({"two_stems": "drums"}, {"song/drums.flac": "PCM_24", "song/no_drums.flac": "PCM_24"}),
+        ({"format": "mp3"}, {"song/vocals.mp3": "MPEG_LAYER_III", "song/no_vocals.mp3": "MPEG_LAYER_III"}),
+    ]
+    with ServeProcess(tmp_path, args, env) as server:
+        client = httpx.Client(base_url=server.url, timeout=120)
+        wait_ready(client)
+        models = clean(client.get("/v1/models"))
+        assert models["models"][0]["defaults"] == {"format": "flac", "two_stems": "vocals"}, models
+        for fields, expected in cases:
+            response = client.post("/v1/separate", **upload(song, **fields))
+            assert response.status_code == 200, (fields, response.text)
+            folder = tmp_path / "out" / "-".join(map(str, fields.values()))
+            stems = read_zip(response.content, folder)
+            assert {name: sf.info(folder / name).subtype for name in stems} == expected, fields
+            mix, _ = sf.read(song, dtype="float32", always_2d=True)
+            (vocals, _), (rest, _) = (stems[name] for name in expected)
+            if fields.get("format") != "mp3":  # minus: the two stems add up to the mix (to 24-bit rounding)
+                np.testing.assert_allclose(vocals + rest, mix.T, atol=1e-6)
+        client.close()
+        server.terminate()
+
+
+def test_serve_command_removes_what_a_killed_server_left_and_nothing_else(tiny_checkpoint_dir, jax_cache, tmp_path):
+    """A server killed with SIGKILL mid-job leaves its work folder (the upload, partial stems); the next server
+    started on the same --workdir removes it, and keeps a folder named after a process that is still running."""
+    work = tmp_path / "work"
+    args = ["--model", str(tiny_checkpoint_dir), "--segment", str(SEGMENT_SECONDS), "--workdir", str(work), "-q"]
+    env = {"HDEMUCS_FLAX_COMPILATION_CACHE": str(jax_cache), "JAX_PLATFORMS": "cpu", "HDEMUCS_API_TOKEN": None}
+    long_song = write_song(tmp_path / "in" / "long.wav", 60.0, 44100, 2, subtype="PCM_16")
+    with ServeProcess(tmp_path, args, env) as first:
+        client = httpx.Client(base_url=first.url, timeout=120)
+        wait_ready(client)
+        job = client.post("/v1/jobs", **upload(long_song)).json()
+        wait_for(lambda: client.get(f"/v1/jobs/{job['id']}").json()["chunks_done"] >= 1, "the first chunk")
+        client.close()
+        assert first.process is not None
+        first.process.kill()
+        first.process.wait(60)
+    left = files_in(work)
+    assert any(name.endswith("/in/long.wav") for name in left), left
+    [killed] = {work / name.split("/")[0] for name in left}
+
+    live = work / f".hdemucs-serve.{os.getpid()}-abcdefgh.work"  # this test's process is running
+    (live / "job").mkdir(parents=True)
+    (live / "job" / "keep.wav").write_bytes(b"")
+    os.utime(live, (time.time() - 3600, time.time() - 3600))
+    with ServeProcess(tmp_path, args, env) as second:
+        client = httpx.Client(base_url=second.url, timeout=120)
+        wait_ready(client)
+        client.close()
+        assert not killed.exists()
+        assert files_in(work) == [f"{live.name}/job/keep.wav"]
+        assert second.terminate() == 128 + signal.SIGTERM
+    assert files_in(work) == [f"{live.name}/job/keep.wav"]
 
 
 def test_serve_command_with_a_token_separates_and_shuts_down_cleanly_on_sigterm(
