@@ -261,7 +261,7 @@ def test_bfloat16_runs_and_error_is_reported(config):
     assert plan_layers(config) == bf16.module.plan
 
 
-# Mixed precision's stated error bound against float32 (docs/performance.md, "Mixed precision"): measured -65 dB (tiny) with these
+# Mixed precision's stated error bound against float32 (docs/performance.md): measured -65 dB (tiny) with these
 # re-drawn weights; torch's bf16 autocast on the same input is -37 dB from torch float32.
 MIXED_DB = -55
 
