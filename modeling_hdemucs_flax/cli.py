@@ -239,6 +239,13 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
         help="longest pause within an upload; a stalled one gets 408 (default: $HDEMUCS_API_UPLOAD_IDLE_TIMEOUT or 60)",
     )
     server.add_argument(
+        "--max-uploads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="uploads that may arrive at once; more get 429 (default: $HDEMUCS_API_MAX_UPLOADS or 16)",
+    )
+    server.add_argument(
         "--allowed-host",
         action="append",
         default=[],
@@ -475,6 +482,7 @@ _LIMIT_FLAGS = {
     "job_ttl": "--job-ttl",
     "upload_timeout": "--upload-timeout",
     "upload_idle_timeout": "--upload-idle-timeout",
+    "max_uploads": "--max-uploads",
 }
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -511,6 +519,7 @@ def serve_command(args: argparse.Namespace) -> int:
             job_ttl=args.job_ttl,
             upload_timeout=args.upload_timeout,
             upload_idle_timeout=args.upload_idle_timeout,
+            max_uploads=args.max_uploads,
         )
     except OptionError as error:
         flag = _LIMIT_FLAGS.get(error.option)

@@ -57,7 +57,7 @@ import time
 import uuid
 import zipfile
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,6 +128,8 @@ class ServeLimits:
     job_ttl: seconds a finished job's result is kept before its files are removed.
     upload_timeout: seconds an upload's body may take, from the request's headers to its last byte (408 beyond).
     upload_idle_timeout: longest pause in seconds between two pieces of an upload's body (408 beyond).
+    max_uploads: uploads that may arrive at once (429 beyond): with `max_upload_bytes`, it bounds the disk the
+        uploads in flight can take, and with the timeouts, how long stalled clients can hold those places.
     """
 
     max_upload_bytes: int = 200 * 10**6
@@ -136,6 +138,7 @@ class ServeLimits:
     job_ttl: float = 3600.0
     upload_timeout: float = 900.0  # 200 MB in 15 minutes is about 1.8 Mbit/s
     upload_idle_timeout: float = 60.0
+    max_uploads: int = 16
 
     # option name -> environment variable read by `from_env`
     ENV = {
@@ -145,6 +148,7 @@ class ServeLimits:
         "job_ttl": "HDEMUCS_API_JOB_TTL",
         "upload_timeout": "HDEMUCS_API_UPLOAD_TIMEOUT",
         "upload_idle_timeout": "HDEMUCS_API_UPLOAD_IDLE_TIMEOUT",
+        "max_uploads": "HDEMUCS_API_MAX_UPLOADS",
     }
 
     def __post_init__(self) -> None:
@@ -160,6 +164,7 @@ class ServeLimits:
         positive("job_ttl", False)
         positive("upload_timeout", False)
         positive("upload_idle_timeout", False)
+        positive("max_uploads", True)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, **given: object) -> ServeLimits:
@@ -173,7 +178,8 @@ class ServeLimits:
                 raw, source = env[variable], variable
             if raw is None:
                 continue
-            kind = parse_size if name == "max_upload_bytes" else (int if name == "queue_size" else float)
+            counts = name in ("queue_size", "max_uploads")
+            kind = parse_size if name == "max_upload_bytes" else (int if counts else float)
             try:
                 values[name] = kind(raw) if isinstance(raw, str) else raw
             except ValueError:
@@ -189,6 +195,7 @@ class ServeLimits:
             "job_ttl_seconds": self.job_ttl,
             "upload_timeout_seconds": self.upload_timeout,
             "upload_idle_timeout_seconds": self.upload_idle_timeout,
+            "max_uploads": self.max_uploads,
         }
 
 
@@ -341,6 +348,7 @@ class SeparationService:
         self.exit_status = 0
         self._lock = threading.Condition()
         self._waiting: deque[Job] = deque()
+        self._uploads = 0  # uploads in flight (see `uploading`)
         self._jobs: dict[str, Job] = {}
         self._running: Job | None = None
         self._stopping = threading.Event()
@@ -448,6 +456,20 @@ class SeparationService:
     def _check_room(self) -> None:
         if len(self._waiting) >= self.limits.queue_size:
             raise ApiError(429, f"the queue is full ({self.limits.queue_size} waiting); retry later")
+
+    @contextlib.contextmanager
+    def uploading(self) -> Iterator[None]:
+        """One of the `limits.max_uploads` places for an upload in flight (429 when none is free), held until
+        the upload has arrived and been queued or refused."""
+        with self._lock:
+            if self._uploads >= self.limits.max_uploads:
+                raise ApiError(429, f"too many uploads in progress ({self.limits.max_uploads}); retry later")
+            self._uploads += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._uploads -= 1
 
     def new_folder(self) -> tuple[str, Path]:
         job_id = uuid.uuid4().hex
@@ -989,14 +1011,15 @@ def create_app(
         place is taken only when the upload has arrived (`submit`)."""
         service.check_ready()
         service.check_room()
-        job_id, folder = service.new_folder()
-        try:
-            form, upload = await receive_upload(request, folder, limits)
-            job = await asyncio.to_thread(build_job, service, job_id, folder, form, upload)
-            service.submit(job)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+        with service.uploading():
+            job_id, folder = service.new_folder()
+            try:
+                form, upload = await receive_upload(request, folder, limits)
+                job = await asyncio.to_thread(build_job, service, job_id, folder, form, upload)
+                service.submit(job)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
         return job
 
     def result_response(job: Job, *, remove_after: bool) -> FileResponse:

@@ -440,6 +440,35 @@ def test_stalled_uploads_hold_no_queue_place_and_time_out(tiny_separator, tmp_pa
         assert files_in(server.service.workdir) == []
 
 
+def test_uploads_in_flight_are_bounded(tiny_separator, tmp_path):
+    """Uploads hold no queue place, but at most `max_uploads` may arrive at once (they take disk, and stalled ones
+    hold their place until a timeout): a third client gets 429 while two stall, and a place again once they are
+    refused."""
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    boundary = "b0undary"
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="slow.wav"\r\n\r\n'.encode()
+    with serving(tiny_separator, tmp_path, max_uploads=2, upload_idle_timeout=2.0) as server:
+        wait_ready(server.client)
+        head = (
+            f"POST /v1/separate HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 100000\r\n\r\n"
+        ).encode()
+        slow = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(2)]
+        for sock in slow:
+            sock.sendall(head + part)
+        wait_for(lambda: len(files_in(server.service.workdir)) == 2, "the two partial uploads")
+        response = server.client.post("/v1/separate", **upload(song))
+        assert response.status_code == 429 and clean(response)["error"] == (
+            "too many uploads in progress (2); retry later"
+        )
+        answers = [read_response(sock) for sock in slow]  # both stall past the idle timeout: 408
+        for sock in slow:
+            sock.close()
+        assert all(answer.startswith(b"HTTP/1.1 408") for answer, _ in answers)
+        response = server.client.post("/v1/separate", **upload(song))
+        assert response.status_code == 200, response.text
+
+
 def test_a_header_that_understates_the_duration_is_caught_while_decoding(tiny_separator, tmp_path):
     """A Matroska file whose header says 0.5 s but which holds 3 s, against a 1 s limit: 413 with a one-line
     message like the header check's, from /v1/separate and from a job, before any chunk reaches the network
