@@ -356,9 +356,21 @@ def test_models_lists_the_known_models_and_the_cached_ones(tmp_path, monkeypatch
     copied.write_bytes(b"a copy from another machine")
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split()[:3] == ["hdemucs-flax/hdemucs-high-musdb-plus", "(default)", "no"]
-    assert lines[2].split()[:3] == ["hdemucs-flax/hdemucs-high-musdb", "torchaudio", "file"]
-    assert "CC BY-NC-SA 4.0" in lines[1] and lines[-1].startswith(f"cache folder: {tmp_path / 'cache'}")
+    assert max(map(len, lines[:-1])) <= 100, lines  # a terminal's width; the last line is the cache's path
+    assert lines[:4] == [
+        "hdemucs-flax/hdemucs-high-musdb-plus (default)",
+        "    cached here:  no",
+        "    licence:      CC BY-NC-SA 4.0",
+        "    weights:      torchaudio's HDEMUCS_HIGH_MUSDB_PLUS",
+    ]
+    described = " ".join(line.strip() for line in lines[4 : lines.index("hdemucs-flax/hdemucs-high-musdb")])
+    assert described == (
+        "trained on:   MUSDB-HQ train and test sets plus 150 extra songs from an internal database produced for "
+        "Meta. The model has seen MUSDB18's test set, so MUSDB18 test scores are not a fair measure of it."
+    )
+    other = lines.index("hdemucs-flax/hdemucs-high-musdb")
+    assert lines[other + 1] == "    cached here:  torchaudio file"
+    assert lines[-1] == f"cache folder (HDEMUCS_FLAX_CACHE): {tmp_path / 'cache'}"
 
 
 def test_device_selection_and_the_status_line(tiny_checkpoint_dir, jax_cache, tmp_path, capsys, monkeypatch):
