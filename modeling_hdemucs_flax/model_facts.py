@@ -4,14 +4,15 @@ read from the model's config.json alone, without its weights, JAX or transformer
 The command line checks a run against these (the stems' paths, `--two-stems`, finished tracks) in a fraction of
 a second, before it spends seconds loading and compiling the network, or minutes downloading it. Where the
 config comes from follows `pretrained.load_model`'s reading of a `--model` value: a local folder's config.json,
-a Hub repo's (from the Hugging Face cache, else downloaded alone), or for the default model its entry in
-`downloads.BUNDLES`.
+a Hub repo's (from the Hugging Face cache, else fetched alone, in one attempt), or for the default model its
+entry in `downloads.BUNDLES`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from .config_rules import ARCHITECTURE_DEFAULTS, config_from_json
 from .downloads import BUNDLES
 
 DEFAULT_BUNDLE_NAME = "HDEMUCS_HIGH_MUSDB_PLUS"  # the model `load_model(None)` loads (see `pretrained.py`)
+FETCH_SECONDS = 10.0  # a Hub repo's config.json: one attempt, this long at most
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is about 1 kB
 
 
 @dataclass(frozen=True)
@@ -36,20 +39,33 @@ def looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec or os.path.exists(spec)
 
 
-def _hub_config(repo_id: str, revision: str | None) -> Path | None:
-    """The Hub repo's config.json: the Hugging Face cache's copy, else downloaded alone (unless offline); None
-    when it cannot be had."""
-    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+def _hub_config(repo_id: str, revision: str | None) -> bytes | None:
+    """The Hub repo's config.json: the Hugging Face cache's copy, else fetched alone in one attempt (unless
+    offline); None when it cannot be had.
 
-    # Any failure (an invalid repo id, an unknown repo, no network, a server error) leaves the answer to
-    # `load_model`, whose one-line errors say what is wrong and what to do: it tries the same repo next.
-    try:
+    One attempt, bounded by `FETCH_SECONDS`, rather than `hf_hub_download`'s five retries (23 s when the
+    connection is refused): whatever fails here makes `load_model`, which tries the same repo next, fail too and
+    say what is wrong and what to do, so a retry here would only double the wait."""
+    from huggingface_hub import constants, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.utils import build_hf_headers, get_session
+
+    try:  # any failure (an invalid repo id, an unknown repo, no network, a server error) is the loader's to word
         cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
         if isinstance(cached, str):
-            return Path(cached)
+            return Path(cached).read_bytes()
         if constants.HF_HUB_OFFLINE:
             return None
-        return Path(hf_hub_download(repo_id, "config.json", revision=revision or "main"))
+        url = hf_hub_url(repo_id, "config.json", revision=revision)
+        ends = time.monotonic() + FETCH_SECONDS
+        with get_session().get(url, headers=build_hf_headers(), timeout=FETCH_SECONDS, stream=True) as response:
+            if response.status_code != 200:
+                return None
+            data = b""
+            for chunk in response.iter_content(1 << 16):
+                data += chunk
+                if len(data) > MAX_CONFIG_BYTES or time.monotonic() > ends:
+                    return None
+            return data
     except Exception:
         return None
 
@@ -67,14 +83,18 @@ def read_model_facts(model: str | os.PathLike | None, revision: str | None = Non
         return ModelFacts(tuple(bundle.sources), bundle.sample_rate, channels)
     spec = str(model)
     if isinstance(model, os.PathLike) or looks_like_path(spec):
-        config_file: Path | None = Path(spec).expanduser() / "config.json"
+        config_file = Path(spec).expanduser() / "config.json"
+        try:
+            data = config_file.read_bytes() if config_file.is_file() else None
+        except OSError:
+            data = None
     else:
-        config_file = _hub_config(spec, revision)
-    if config_file is None or not config_file.is_file():
+        data = _hub_config(spec, revision)
+    if data is None:
         return None
     try:
-        fields = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON: `load_model` words it
+        fields = json.loads(data.decode("utf-8"))
+    except ValueError:  # not UTF-8, not JSON: `load_model` words it
         return None
     if not isinstance(fields, dict):
         return None

@@ -557,6 +557,26 @@ def test_a_hub_models_config_is_fetched_alone_to_check_a_run(tiny_checkpoint_dir
     assert not any("safetensors" in path for path in requested), requested
 
 
+def test_an_unreachable_hub_costs_the_pre_check_one_quick_attempt(tmp_path):
+    """The pre-check's fetch of a Hub repo's config.json is one attempt (no retries, whose 23 s the loader would
+    then spend again): connection refused gives up at once and leaves the answer to the loader."""
+    import socket
+
+    from .flows import flow_env
+
+    with socket.socket() as probe_socket:  # a port nobody listens on once it is closed
+        probe_socket.bind(("127.0.0.1", 0))
+        port = probe_socket.getsockname()[1]
+    env = flow_env(tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{port}")
+    code = (
+        "import time; from modeling_hdemucs_flax.model_facts import read_model_facts; t = time.monotonic(); "
+        "print(read_model_facts('someone/tiny'), time.monotonic() - t)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    facts, seconds = result.stdout.split()
+    assert facts == "None" and float(seconds) < 5, (result.stdout, result.stderr[-2000:])
+
+
 @pytest.mark.parametrize(
     "sources,problem",
     [
