@@ -471,10 +471,13 @@ def separate_command(args: argparse.Namespace) -> int:
     facts = _model_facts(args)
     if isinstance(facts, int):
         return facts
-    separator = load_separator(args, schedule, output) if facts is None else None
-    if isinstance(separator, int):
-        return separator
-    sources = facts.sources if facts is not None else separator.sources
+    if facts is None:
+        separator = load_separator(args, schedule, output)
+        if isinstance(separator, int):
+            return separator
+        sources = separator.sources
+    else:
+        separator, sources = None, facts.sources
     work = _prepare(args, tracks, output, sources)
     failed, done, skipped, audio_seconds = len(problems) + work.failed, 0, work.skipped, 0.0
     if not work.todo:

@@ -46,8 +46,10 @@ def _hub_config(repo_id: str, revision: str | None) -> bytes | None:
     One attempt, bounded by `FETCH_SECONDS`, rather than `hf_hub_download`'s five retries (23 s when the
     connection is refused): whatever fails here makes `load_model`, which tries the same repo next, fail too and
     say what is wrong and what to do, so a retry here would only double the wait."""
-    from huggingface_hub import constants, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub.utils import build_hf_headers, get_session
+    from huggingface_hub import constants, get_session, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.utils import (  # documented (utilities reference), not in the package's export list
+        build_hf_headers,  # pyright: ignore[reportPrivateImportUsage]
+    )
 
     try:  # any failure (an invalid repo id, an unknown repo, no network, a server error) is the loader's to word
         cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
