@@ -48,6 +48,15 @@ OUTPUT_FORMATS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "ogg": ("OGG", ("VORBIS",), "VORBIS"),
 }
 
+# What users call the formats and libsndfile's sample formats (messages use these words, not libsndfile's).
+FORMAT_NAMES = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3", "ogg": "Ogg Vorbis"}
+SAMPLE_FORMAT_NAMES = {
+    "PCM_16": "16-bit integer",
+    "PCM_24": "24-bit integer",
+    "PCM_32": "32-bit integer",
+    "FLOAT": "32-bit float",
+}
+
 # MPEG-1/2/2.5 layer III can only carry these rates (libsndfile refuses others when the file is opened).
 MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
@@ -336,6 +345,25 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return audio, info.sample_rate
 
 
+def _either(words: list[str]) -> str:
+    return " or ".join(words) if len(words) < 3 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def _unfit_subtype(ext: str, requested: str) -> str:
+    """Why `ext` files cannot be written with sample format `requested`, and which format can, in a user's
+    words: "MP3 files have no sample format to choose (...); write WAV or FLAC for 24-bit integer samples"."""
+    label, subtypes = FORMAT_NAMES[ext], OUTPUT_FORMATS[ext][1]
+    wanted = SAMPLE_FORMAT_NAMES.get(requested)
+    holders = [FORMAT_NAMES[other] for other, (_, kinds, _) in OUTPUT_FORMATS.items() if requested in kinds]
+    fix = f"; write {_either(holders)} for {wanted} samples" if wanted and holders else ""
+    held = [SAMPLE_FORMAT_NAMES[kind] for kind in subtypes if kind in SAMPLE_FORMAT_NAMES]
+    if not held:  # a lossy codec: its encoder decides the precision, there is nothing to choose
+        return f"{label} files have no sample format to choose (their encoder sets the precision){fix}"
+    if wanted is None:
+        return f"unknown sample format; {label} files hold {_either(held)} samples ({', '.join(subtypes)})"
+    return f"{label} files hold {_either(held)} samples, not {wanted}{fix}"
+
+
 def output_subtype(ext: str, input_subtype: str | None = None, requested: str | None = None) -> str:
     """The libsndfile subtype for a stem written as `ext`.
 
@@ -348,7 +376,7 @@ def output_subtype(ext: str, input_subtype: str | None = None, requested: str | 
     _, subtypes, default = OUTPUT_FORMATS[ext]
     if requested is not None:
         if requested not in subtypes:
-            raise OptionError("subtype", requested, f"{ext} files cannot hold it (possible: {', '.join(subtypes)})")
+            raise OptionError("subtype", requested, _unfit_subtype(ext, requested))
         return requested
     if input_subtype in subtypes:
         return input_subtype

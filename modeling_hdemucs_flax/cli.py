@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from . import OptionError, OutputOptions, SeparationOptions, Separator
+    from . import AudioInfo, OptionError, OutputOptions, SeparationOptions, Separator
     from .file_output import Track
+    from .model_facts import ModelFacts
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -304,6 +305,17 @@ def _error(message: object) -> None:
     print(f"error: {one_line(str(message))}", file=sys.stderr, flush=True)
 
 
+def usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    """Report a usage error found after parsing exactly as argparse reports its own (the command's usage line,
+    then `hdemucs-flax separate: error: MESSAGE`) and return `EXIT_USAGE`. Unlike `parser.error` it raises no
+    SystemExit, so a model loader may call it from a server's thread."""
+    from . import one_line
+
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
 def _follow(bar):
     """A Separator progress callback that moves the tqdm `bar`."""
 
@@ -359,8 +371,10 @@ def options_from(args: argparse.Namespace) -> tuple[SeparationOptions, OutputOpt
 
 def quiet_hub_logging() -> None:
     """Keep only errors from huggingface_hub's logger: it warns once per retry of an unreachable Hub, and the
-    model loader's own one-line error says what failed. Called after huggingface_hub is imported, since its
-    first import resets the level of its logger."""
+    model loader's own one-line error says what failed. huggingface_hub sets its logger's level when its logging
+    module is first imported, so that module is imported (light) before the level is set."""
+    import huggingface_hub.utils.logging  # noqa: F401  (sets the level that is replaced below)
+
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
@@ -387,15 +401,72 @@ def load_separator(args: argparse.Namespace, schedule: SeparationOptions, output
         _error(error)
         return EXIT_FAILED
     except OptionError as error:
-        _error(_as_usage(error))
-        return EXIT_USAGE
+        return usage_error(args.command_parser, _as_usage(error))
     _status(args.quiet, f"device: {separator.device}")
     _status(args.quiet, "compiling the model (cached for later runs) ...")
     separator.warmup()
     return separator
 
 
-def _plan(args: argparse.Namespace, tracks: list[Track], output: OutputOptions, sources: list[str]):
+def _model_facts(args: argparse.Namespace) -> ModelFacts | None | int:
+    """The `--model`'s sources, rate and channels from its config.json alone (see `model_facts`); None when the
+    config cannot be read here (the loader then says why); the exit status after a one-line error when the
+    config describes no usable model."""
+    from .errors import ConfigError
+    from .model_facts import read_model_facts
+
+    quiet_hub_logging()
+    try:
+        return read_model_facts(args.model, args.revision)
+    except ConfigError as error:  # worded as the loader words a bad config.json
+        _error(f"cannot load model {str(args.model)!r}: {error}")
+        return EXIT_FAILED
+
+
+@dataclasses.dataclass
+class _Work:
+    """A run once its inputs are checked: every track's stem paths, the tracks to separate with their headers,
+    and how many were skipped (finished before) or failed (not usable audio)."""
+
+    plan: dict[Track, dict[str, Path]]
+    todo: dict[Track, AudioInfo] = dataclasses.field(default_factory=dict)
+    skipped: int = 0
+    failed: int = 0
+
+
+def _file_error(path: Path, error: BaseException) -> str:
+    """One line naming the file: the package's own messages already start with it; anything else gets its type."""
+    from .errors import HDemucsFlaxError
+
+    if not isinstance(error, HDemucsFlaxError):
+        return f"{path}: {type(error).__name__}: {error}"
+    message = str(error)
+    return message if message.startswith(str(path)) else f"{path}: {message}"
+
+
+def _prepare(args: argparse.Namespace, tracks: list[Track], output: OutputOptions, sources: Sequence[str]) -> _Work:
+    """Plan every stem path (a plan that would lose data, or a `--two-stems` the model lacks, is a usage error:
+    exit 2), leave finished tracks alone under `--skip-existing`, and read every other input's header (a file
+    that is not usable audio gets its error line). Needs only the model's source names, not the model."""
+    from .audio_io import inspect_audio
+    from .errors import HDemucsFlaxError
+
+    work = _Work(plan=_plan(args, tracks, output, sources))
+    for track in tracks:
+        stems = work.plan[track]
+        if args.skip_existing and all(p.is_file() for p in stems.values()):
+            work.skipped += 1
+            print(f"{track.path}: skipped (its {len(stems)} stems exist)", flush=True)
+            continue
+        try:
+            work.todo[track] = inspect_audio(track.path)
+        except (HDemucsFlaxError, OSError, ValueError, RuntimeError) as error:
+            work.failed += 1
+            _error(_file_error(track.path, error))
+    return work
+
+
+def _plan(args: argparse.Namespace, tracks: list[Track], output: OutputOptions, sources: Sequence[str]):
     """Every stem path of every track, or a usage error naming the inputs that would lose data."""
     from . import OptionError
     from .file_output import plan_outputs
@@ -407,13 +478,17 @@ def _plan(args: argparse.Namespace, tracks: list[Track], output: OutputOptions, 
         parser.error(_as_usage(error))  # exits with status 2
 
 
-def _summary(done: int, skipped: int, failed: int, audio_seconds: float, wall_seconds: float) -> str:
-    """ "3 files separated (1 skipped, 1 failed): 182.4 s of audio in 45.2 s, 4.0x real time"."""
+def _summary(
+    done: int, skipped: int, failed: int, audio_seconds: float, wall_seconds: float, device: str | None = None
+) -> str:
+    """ "3 files separated (1 skipped, 1 failed): 182.4 s of audio in 45.2 s, 4.0x real time on cpu"; `device`
+    is where the network ran (None: it did not run)."""
     extra = ", ".join(f"{n} {what}" for n, what in ((skipped, "skipped"), (failed, "failed")) if n)
     speed = f", {audio_seconds / wall_seconds:.1f}x real time" if done and wall_seconds > 0 else ""
+    where = f" on {device}" if done and device else ""
     return (
         f"{done} file{'s' if done != 1 else ''} separated{f' ({extra})' if extra else ''}: "
-        f"{audio_seconds:.1f} s of audio in {wall_seconds:.1f} s{speed}"
+        f"{audio_seconds:.1f} s of audio in {wall_seconds:.1f} s{speed}{where}"
     )
 
 
@@ -428,50 +503,62 @@ def separate_command(args: argparse.Namespace) -> int:
     if not tracks:
         return EXIT_FAILED
 
-    # Heavy imports only once there is work: `--help` and usage errors stay fast.
+    # Everything the model's config.json tells (its sources) is checked before the weights are loaded and the
+    # network compiled: a usage error, a file that is not audio or a run with nothing left to do answers in a
+    # fraction of a second, without JAX. Only a model whose config cannot be read here is loaded first.
+    facts = _model_facts(args)
+    if isinstance(facts, int):
+        return facts
+    if facts is None:
+        separator = load_separator(args, schedule, output)
+        if isinstance(separator, int):
+            return separator
+        sources = separator.sources
+    else:
+        separator, sources = None, facts.sources
+    work = _prepare(args, tracks, output, sources)
+    failed, done, skipped, audio_seconds = len(problems) + work.failed, 0, work.skipped, 0.0
+    if not work.todo:
+        print(_summary(done, skipped, failed, audio_seconds, time.time() - started), flush=True)
+        return EXIT_OK if failed == 0 else EXIT_FAILED
+
+    # Heavy imports only once there is work: `--help`, usage errors and finished runs stay fast.
     from tqdm import tqdm
 
-    from . import HDemucsFlaxError, ModelOutputError, inspect_audio, separate_file
+    from . import HDemucsFlaxError, ModelOutputError, separate_file
     from .audio_io import sweep_partial_files
 
-    separator = load_separator(args, schedule, output)
-    if isinstance(separator, int):
-        return separator
-    plan = _plan(args, tracks, output, separator.sources)
-    for folder in {path.parent for paths in plan.values() for path in paths.values()}:
+    if separator is None:
+        separator = load_separator(args, schedule, output)
+        if isinstance(separator, int):
+            return separator
+    if tuple(separator.sources) != tuple(sources):  # the Hub repo changed between its config and its weights
+        loaded, planned = ", ".join(separator.sources), ", ".join(sources)
+        _error(f"the model loaded separates {loaded}, not the {planned} its config.json named; run again")
+        return EXIT_FAILED
+    for folder in {path.parent for track in work.todo for path in work.plan[track].values()}:
         sweep_partial_files(folder, started)  # what a killed earlier run left (only its own temporaries)
 
-    failed, done, skipped, audio_seconds = len(problems), 0, 0, 0.0
     disable = True if args.quiet else None  # tqdm: None = bars only on a terminal
-    with tqdm(total=len(tracks), desc="files", unit="file", position=0, disable=disable) as overall:
-        for track in tracks:
+    with tqdm(total=len(work.todo), desc="files", unit="file", position=0, disable=disable) as overall:
+        for track, info in work.todo.items():
             path = track.path
-            if args.skip_existing and all(p.is_file() for p in plan[track].values()):
-                skipped += 1
-                tqdm.write(f"{path}: skipped (its {len(plan[track])} stems exist)", file=sys.stdout)
-                overall.update(1)
-                continue
             with tqdm(desc=path.name, unit="chunk", position=1, leave=False, disable=disable) as bar:
                 try:
-                    seconds = inspect_audio(path).duration
                     written = separate_file(separator, track, args.out, output, progress=_follow(bar))
                 except ModelOutputError as error:  # the model is broken: every other file would fail too
                     _error(error)
                     return EXIT_FAILED
-                except HDemucsFlaxError as error:
+                except (HDemucsFlaxError, OSError, ValueError, RuntimeError, MemoryError) as error:  # one line
                     failed += 1
-                    message = str(error)
-                    _error(message if message.startswith(str(path)) else f"{path}: {message}")
-                except (OSError, ValueError, RuntimeError, MemoryError) as error:  # unforeseen: still one line
-                    failed += 1
-                    _error(f"{path}: {type(error).__name__}: {error}")
+                    _error(_file_error(path, error))
                 else:
                     done += 1
-                    audio_seconds += seconds
+                    audio_seconds += info.duration
                     folder = os.path.commonpath([str(p.parent) for p in written.values()])
                     tqdm.write(f"{path}: {len(written)} stems in {folder}", file=sys.stdout)
             overall.update(1)
-    print(_summary(done, skipped, failed, audio_seconds, time.time() - started), flush=True)
+    print(_summary(done, skipped, failed, audio_seconds, time.time() - started, separator.device), flush=True)
     return EXIT_OK if failed == 0 else EXIT_FAILED
 
 

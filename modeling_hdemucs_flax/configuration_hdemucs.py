@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
+from .config_rules import check_config
 from .downloads import DEFAULT_SOURCES
 from .errors import ConfigError
-
-MAX_SOURCES = 64
-MAX_WIDTH = 16_384  # channels of the deepest layer (high: 48 * 2**5 = 1536)
-SAMPLING_RATES = (1_000, 768_000)  # Hz
 
 # torchaudio.models.hdemucs_low / hdemucs_medium / hdemucs_high differ only in these two fields.
 PRESETS: dict[str, dict[str, int]] = {
@@ -81,7 +77,7 @@ class HDemucsConfig(PretrainedConfig):
         self.dconv_init = dconv_init
         self.sampling_rate = sampling_rate
         super().__init__(**kwargs)
-        self._validate()
+        check_config(self)  # one `ConfigError` line naming the field (shared with the command line's pre-check)
 
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> HDemucsConfig:
@@ -103,79 +99,6 @@ class HDemucsConfig(PretrainedConfig):
             "dconv_attn dconv_lstm dconv_init"
         ).split()
         return {name: getattr(self, name) for name in names}
-
-    def _validate(self) -> None:
-        """Every field's type and a sane range: a config.json from anywhere (a download, a user's edit) either
-        describes a model this machine can build or fails here, in one line naming the field, never later as
-        an OverflowError or a multi-terabyte allocation. The bounds are generous: several times the largest
-        torchaudio preset (high: 48 channels, growth 2, depth 6, nfft 4096, 44.1 kHz)."""
-
-        def need(ok: bool, field: str, rule: str) -> None:
-            if not ok:
-                raise ConfigError(f"HDemucsConfig.{field}={getattr(self, field)!r}: {rule}")
-
-        def is_int(value: Any, low: int, high: int) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-        def is_number(value: Any, low: float, high: float) -> bool:
-            return (
-                isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-                and low <= value <= high
-            )
-
-        sources = self.sources
-        need(
-            isinstance(sources, list)
-            and 0 < len(sources) <= MAX_SOURCES
-            and all(isinstance(s, str) and 0 < len(s) <= 64 for s in sources),
-            "sources",
-            f"must be a list of 1 to {MAX_SOURCES} source names (non-empty strings of at most 64 characters)",
-        )
-        need(len(set(sources)) == len(sources), "sources", "source names must be unique")
-        need(is_int(self.audio_channels, 1, 8), "audio_channels", "must be an int in [1, 8]")
-        need(is_int(self.channels, 1, 1024), "channels", "must be an int in [1, 1024]")
-        need(is_number(self.growth, 1e-3, 16), "growth", "must be a number in (0, 16]")
-        need(is_int(self.depth, 1, 16), "depth", "must be an int in [1, 16]")
-        need(
-            is_int(self.nfft, 16, 1 << 16) and self.nfft & (self.nfft - 1) == 0,
-            "nfft",
-            "must be a power of two in [16, 65536]",
-        )
-        widest = self.channels * self.growth ** (self.depth - 1)  # bounded by the checks above: no overflow
-        need(
-            widest <= MAX_WIDTH, "channels", f"with growth**(depth - 1) gives {widest:g} channels (at most {MAX_WIDTH})"
-        )
-        need(is_number(self.freq_emb, 0, 1e3), "freq_emb", "must be a finite number in [0, 1000]")
-        need(is_number(self.emb_scale, 1e-6, 1e6) and self.emb_scale > 0, "emb_scale", "must be a finite number > 0")
-        need(isinstance(self.emb_smooth, bool), "emb_smooth", "must be true or false")
-        need(is_int(self.stride, 1, 64), "stride", "must be an int in [1, 64]")
-        need(
-            is_int(self.kernel_size, self.stride, 256) and (self.kernel_size - self.stride) % 2 == 0,
-            "kernel_size",
-            "must be an int in [stride, 256] with (kernel_size - stride) even (torchaudio's decoder padding rule)",
-        )
-        need(is_int(self.time_stride, 1, 64), "time_stride", "must be an int in [1, 64]")
-        need(is_int(self.context, 0, 64), "context", "must be an int in [0, 64]")
-        need(is_int(self.context_enc, 0, 64), "context_enc", "must be an int in [0, 64]")
-        need(is_int(self.norm_starts, 0, 64), "norm_starts", "must be an int in [0, 64]")
-        need(is_int(self.norm_groups, 1, 1024), "norm_groups", "must be an int in [1, 1024]")
-        need(is_int(self.dconv_depth, -16, 16), "dconv_depth", "must be an int in [-16, 16] (negative: no dilation)")
-        need(is_number(self.dconv_comp, 1e-3, 1024) and self.dconv_comp > 0, "dconv_comp", "must be a number > 0")
-        need(is_int(self.dconv_attn, -64, 64), "dconv_attn", "must be an int (first layer index with attention)")
-        need(is_int(self.dconv_lstm, -64, 64), "dconv_lstm", "must be an int (first layer index with a BLSTM)")
-        need(is_number(self.dconv_init, -1e3, 1e3), "dconv_init", "must be a finite number")
-        need(
-            is_int(self.sampling_rate, *SAMPLING_RATES),
-            "sampling_rate",
-            f"must be an int in [{SAMPLING_RATES[0]}, {SAMPLING_RATES[1]}] (Hz)",
-        )
-        # The layer plan checks what depends on several fields at once (channel divisibility, frequency
-        # bins reaching exactly one, ...), so an impossible architecture fails here and not mid-forward.
-        from .layer_plan import plan_layers
-
-        plan_layers(self)
 
 
 AutoConfig.register(HDemucsConfig.model_type, HDemucsConfig)

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import os
 import re
+import string
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +231,34 @@ class OutputOptions:
         return out
 
 
+def _template_variables(template: str) -> set[str]:
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field}
+
+
+def _collision_hint(first: Track, second: Track, template: str) -> str:
+    """What keeps two tracks' stems apart: the first template variable that tells them apart and is missing from
+    `template`; for tracks that no variable tells apart (the same name in different folders, each given as a
+    file or as its own folder), the folder that holds both, given as the input so that {folder} differs."""
+    differing = {name for name, value in first.variables().items() if second.variables()[name] != value}
+    present = _template_variables(template)
+    for name in ("track", "trackext", "folder"):
+        if name in differing and name not in present:
+            example = "{folder}/{track}.{trackext}/{stem}.{ext}" if name == "trackext" else DEFAULT_FILENAME
+            return f"add {{{name}}} to the template (e.g. '{example}')"
+    if differing:  # every variable that differs is in the template, yet the paths meet (e.g. names differing in case)
+        return "choose another template, or separate them in two runs with different output folders"
+    parents = [str(track.path.parent) for track in (first, second)]
+    try:
+        common = os.path.commonpath(parents) or "."
+    except ValueError:  # one path relative, the other absolute
+        common = os.path.commonpath([os.path.abspath(p) for p in parents])
+    folder = "" if "folder" in present else " and add {folder} to the template"
+    return (
+        f"give the folder that holds both ({common}) as the input{folder}, so each keeps its subfolder, or "
+        "separate them in two runs with different output folders"
+    )
+
+
 def plan_outputs(
     tracks: Sequence[Track], output_dir: str | os.PathLike, options: OutputOptions, sources: Sequence[str]
 ) -> dict[Track, dict[str, Path]]:
@@ -263,9 +292,8 @@ def plan_outputs(
                         f"stems {other_stem} and {stem} of {track.path} would both be written to {path}; add {{stem}}"
                     )
                 else:
-                    rule = (
-                        f"{other.path} and {track.path} would both be written to {path}; "
-                        "add {trackext} or {folder} to the template"
+                    rule = f"{other.path} and {track.path} would both be written to {path}; " + _collision_hint(
+                        other, track, options.filename
                     )
                 raise OptionError("filename", options.filename, rule)
             taken[key] = (track, stem)

@@ -1,7 +1,13 @@
 """`hdemucs-flax models`: the known models, and which of them this machine already has (usable offline).
 
-    name                                   cached   licence           trained on
-    hdemucs-flax/hdemucs-high-musdb-plus   yes      CC BY-NC-SA 4.0   MUSDB-HQ train and test ... (default)
+    hdemucs-flax/hdemucs-high-musdb-plus (default)
+        cached here:  no
+        licence:      CC BY-NC-SA 4.0
+        weights:      torchaudio's HDEMUCS_HIGH_MUSDB_PLUS
+        trained on:   MUSDB-HQ train and test sets plus 150 extra songs from an internal database
+                      produced for Meta. ...
+
+Every line fits `WIDTH` columns (a model's facts stand under its name, long text is wrapped), paths aside.
 
 A model counts as cached when it can be loaded without the network: its converted copy in the Hugging Face
 cache, the default chain's own conversion in `cache_dir()/converted/`, or torchaudio's original file in
@@ -12,10 +18,14 @@ transformers.
 from __future__ import annotations
 
 import argparse
+import textwrap
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .downloads import TorchaudioBundle
+
+WIDTH = 100  # columns of the listing
+INDENT = "    "
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -47,20 +57,26 @@ def cached_copies(bundle: TorchaudioBundle) -> list[str]:
     return places
 
 
+def _entry(label: str, text: str) -> list[str]:
+    """`label: text` under a model's name, the text wrapped to `WIDTH` columns and aligned after the labels."""
+    indent = " " * len(INDENT + "cached here:  ")
+    first = f"{INDENT}{label + ':':<{len(indent) - len(INDENT)}}"
+    return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=indent, break_long_words=False)
+
+
 def models_command(args: argparse.Namespace) -> int:
     from .downloads import BUNDLES
+    from .model_facts import DEFAULT_BUNDLE_NAME
     from .runtime import cache_dir
 
-    default = BUNDLES["HDEMUCS_HIGH_MUSDB_PLUS"]
-    rows = [("model (--model)", "cached here", "licence", "torchaudio bundle, trained on")]
     for bundle in BUNDLES.values():
         name = bundle.hub_repo or bundle.name
-        if bundle is default:
-            name += " (default)"
-        data = bundle.training_data.split(".")[0]
-        rows.append((name, ", ".join(cached_copies(bundle)) or "no", bundle.licence, f"{bundle.name}: {data}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3])
-    print(f"cache folder: {cache_dir()} (HDEMUCS_FLAX_CACHE); any save_pretrained folder works as --model too")
+        print(f"{name} (default)" if bundle.name == DEFAULT_BUNDLE_NAME else name)
+        lines = _entry("cached here", ", ".join(cached_copies(bundle)) or "no")
+        lines += _entry("licence", bundle.licence)
+        lines += _entry("weights", f"torchaudio's {bundle.name}")
+        lines += _entry("trained on", bundle.training_data)
+        print("\n".join(lines))
+    print("Any folder written by save_pretrained (or `hdemucs-flax convert`) works as --model too.")
+    print(f"cache folder (HDEMUCS_FLAX_CACHE): {cache_dir()}")
     return 0

@@ -39,10 +39,12 @@ from .downloads import (
 )
 from .errors import DownloadError, HDemucsFlaxError, ModelLoadError, one_line
 from .layers import Dtype
+from .model_facts import DEFAULT_BUNDLE_NAME
+from .model_facts import looks_like_path as _looks_like_path
 from .modeling_flax_hdemucs import FlaxHDemucs
 from .runtime import cache_dir
 
-DEFAULT_BUNDLE = BUNDLES["HDEMUCS_HIGH_MUSDB_PLUS"]
+DEFAULT_BUNDLE = BUNDLES[DEFAULT_BUNDLE_NAME]
 # The converted HDEMUCS_HIGH_MUSDB_PLUS checkpoint on the Hub (see conversion/README.md).
 DEFAULT_MODEL: str = DEFAULT_BUNDLE.hub_repo or ""
 assert DEFAULT_MODEL, "the default bundle names its Hub repo"
@@ -54,11 +56,6 @@ logger = logging.getLogger(__name__)
 
 def _offline() -> bool:
     return bool(hf_constants.HF_HUB_OFFLINE)
-
-
-def _looks_like_path(spec: str) -> bool:
-    """A value that cannot be a Hub repo id ("name" or "namespace/name") is meant as a folder."""
-    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec or os.path.exists(spec)
 
 
 def _problem(error: BaseException) -> str:

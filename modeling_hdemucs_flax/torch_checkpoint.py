@@ -6,6 +6,8 @@ A checkpoint is untrusted input (it may come from anywhere), so the reader is de
 - every tensor's size, stride and offset are checked against its storage and the element count the
   checkpoint declares for that storage before any memory is touched, and a tensor may not hold more
   elements than its storage (a stride-0 tensor cannot blow 519 bytes up into 1 GiB);
+- the tensors together may not copy out more than a few times the bytes of the storages read (4,096 tensors
+  each viewing the whole of one 4 MB storage would otherwise ask for 16 GiB);
 - sizes are capped: the pickle, each storage and their total, whose uncompressed size may not exceed the
   file's own by much (torch stores storages uncompressed, so a zip bomb is refused before it is inflated);
   storages are read with bounds, never whole on the archive's word;
@@ -20,6 +22,7 @@ import io
 import os
 import pickle
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +52,11 @@ MAX_DIMS = 16
 # Deflated storages may expand to at most this multiple of the archive's size (float weights barely
 # compress; torch writes them uncompressed).
 MAX_EXPANSION = 4
+# The tensors' copies may total at most this multiple of the storage bytes read, plus COPY_SLACK. A state dict
+# copies each storage about once (torchaudio's HDemucs: 397 tensors, each its own storage: exactly once); tied
+# weights or a few views of one storage stay far below.
+MAX_COPIES = 4
+COPY_SLACK = 1 << 20
 
 
 class _Invalid(Exception):
@@ -71,7 +79,8 @@ def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+def _tensor_view(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    """torch._utils._rebuild_tensor_v2's tensor as a read-only view of `storage`, every bound checked first."""
     if not isinstance(storage, np.ndarray) or storage.ndim != 1:
         raise _Invalid("a tensor does not refer to a storage")
     size, stride = _int_tuple(size, "size"), _int_tuple(stride, "stride")
@@ -93,10 +102,9 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     if numel > storage.size:  # only overlapping strides (e.g. 0) can make a view larger than its storage
         raise _Invalid(f"a tensor of size {list(size)} holds {numel} elements, more than its storage's {storage.size}")
     itemsize = storage.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(
+    return np.lib.stride_tricks.as_strided(
         storage[storage_offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
     )
-    return np.array(view, copy=True)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *args):
@@ -186,12 +194,28 @@ class _Unpickler(pickle._Unpickler):
         self._archive = archive
         self._prefix = prefix
         self._storages: dict[tuple[str, str], np.ndarray] = {}
+        self._storage_bytes = 0  # read so far
+        self._copied_bytes = 0  # materialised by the tensors so far
+
+    def _rebuild_tensor(self, *args: Any) -> np.ndarray:
+        """torch._utils._rebuild_tensor_v2: the tensor as its own array, within the copy budget (see MAX_COPIES).
+        Its storage was read before this call (the persistent id comes first in the pickle), so the budget holds
+        at every step."""
+        view = _tensor_view(*args)
+        budget = MAX_COPIES * self._storage_bytes + COPY_SLACK
+        if self._copied_bytes + view.nbytes > budget:
+            raise _Invalid(
+                f"its tensors would copy out more than {budget} bytes, {MAX_COPIES} times the {self._storage_bytes} "
+                "bytes of their storages (many tensors viewing the same storage); a state dict needs no such copies"
+            )
+        self._copied_bytes += view.nbytes
+        return np.array(view, copy=True)
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "collections" and name == "OrderedDict":
             return OrderedDict
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor_v2
+            return self._rebuild_tensor
         if module == "torch._utils" and name == "_rebuild_parameter":
             return _rebuild_parameter
         if module == "torch" and name in _STORAGE_DTYPES:
@@ -208,6 +232,7 @@ class _Unpickler(pickle._Unpickler):
         if cache_key not in self._storages:
             itemsize = storage_type.dtype.itemsize
             raw = self._archive.read(f"{self._prefix}/data/{key}", expected=numel * itemsize)
+            self._storage_bytes += len(raw)
             self._storages[cache_key] = np.frombuffer(raw, dtype=storage_type.dtype)
         return self._storages[cache_key]
 
@@ -221,8 +246,19 @@ def _describe_keys(state: dict) -> str:
     return f" (top-level keys {', '.join(shown)})" if shown else ""
 
 
+# How every zip file starts (a local file header): a file that starts so but has no readable zip directory at
+# its end was cut short (an interrupted download or copy) or damaged, rather than being another kind of file.
+_ZIP_START = b"PK\x03\x04"
+
+
 def _load(path: Path) -> dict[str, np.ndarray]:
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as handle:
+            if handle.read(len(_ZIP_START)) == _ZIP_START:
+                raise _Invalid(
+                    "truncated or damaged torch checkpoint (a zip archive whose end is missing or unreadable); "
+                    "download or copy it again"
+                )
         raise _Invalid("not a torch checkpoint in zip format (torch >= 1.6 writes one by default)")
     with zipfile.ZipFile(path) as handle:
         archive = _Archive(handle, path.stat().st_size)
@@ -257,7 +293,12 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: not a readable torch checkpoint (nested too deeply)") from None
     except MemoryError:
         raise CheckpointError(f"{path}: not a readable torch checkpoint (too large for this machine)") from None
-    except Exception as error:  # zipfile, zlib, pickle: BadZipFile, UnpicklingError, EOFError, KeyError, ...
+    except (zipfile.BadZipFile, zlib.error) as error:  # a CRC mismatch, a corrupt deflate stream
+        text = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+        raise CheckpointError(
+            f"{path}: truncated or damaged torch checkpoint ({text}); download or copy it again"
+        ) from None
+    except Exception as error:  # pickle and the rest: UnpicklingError, EOFError, KeyError, ...
         # A KeyError's text is a key the file chose (an unknown opcode or memo entry): say what it means instead.
         text = "malformed pickle data" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({' '.join(text.split())[:200]})") from None

@@ -112,3 +112,10 @@ def write_checkpoint(
                 warnings.simplefilter("ignore")  # "Duplicate name" is the point
                 archive.writestr(name, raw)
     return path
+
+
+def write_copy_amplifier(path: Path, views: int = 4096, elements: int = 1 << 20) -> Path:
+    """One storage of `elements` floats (4 MiB) and `views` tensors that each view all of it: a file of about
+    4.5 MB whose tensors, each copied out on its own, would take `views` x 4 MiB (16 GiB)."""
+    tensors = [tensor(f"w{i}", "0", (elements,)) for i in range(views)]
+    return write_checkpoint(path, state_dict_pickle(tensors), {"0": bytes(4 * elements)})

@@ -110,5 +110,5 @@ def test_output_subtype_keeps_bit_depth(ext, given, requested, want):
 
 
 def test_output_subtype_rejects_impossible_requests():
-    with pytest.raises(OptionError, match=r"subtype='FLOAT': flac files cannot hold it"):
+    with pytest.raises(OptionError, match=r"subtype='FLOAT': FLAC files hold 16-bit integer or 24-bit integer "):
         output_subtype("flac", "PCM_16", "FLOAT")

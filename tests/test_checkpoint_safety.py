@@ -15,15 +15,16 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+import torchaudio
 
 from modeling_hdemucs_flax import CheckpointError, FlaxHDemucs, ModelLoadError, load_model
 from modeling_hdemucs_flax.cli import main
 from modeling_hdemucs_flax.torch_checkpoint import load_torch_state_dict
 
 from .audio_files import write_song
-from .conftest import SEGMENT, SEGMENT_SECONDS
+from .conftest import SEGMENT, SEGMENT_SECONDS, SOURCES
 from .flows import REPO_ROOT, run_script
-from .hostile_checkpoints import state_dict_pickle, tensor, write_checkpoint
+from .hostile_checkpoints import state_dict_pickle, tensor, write_checkpoint, write_copy_amplifier
 
 FLOATS = np.arange(16, dtype=np.float32)
 
@@ -130,15 +131,16 @@ def hostile_files(folder):
         state_dict_pickle([tensor("w", "0", (1,) * 17, numel=16)]),
         {"0": floats},
     )
+    cases["copies.pt"] = (write_copy_amplifier(folder / "copies.pt"), "its tensors would copy out more than")
     data = (folder / "outside.pt").read_bytes()
-    (folder / "cut.pt").write_bytes(data[: len(data) // 2])
-    cases["cut.pt"] = (folder / "cut.pt", "not a torch checkpoint in zip format")
+    (folder / "cut.pt").write_bytes(data[: len(data) // 2])  # an interrupted download: a zip without its end
+    cases["cut.pt"] = (folder / "cut.pt", "truncated or damaged torch checkpoint")
     (folder / "legacy.pt").write_bytes(pickle.dumps({"w": 1}))
     cases["legacy.pt"] = (folder / "legacy.pt", "not a torch checkpoint in zip format")
     crc = bytearray(data)
     crc[data.find(floats) + 3] ^= 0xFF  # a storage byte: the member's CRC no longer matches
     (folder / "crc.pt").write_bytes(bytes(crc))
-    cases["crc.pt"] = (folder / "crc.pt", "BadZipFile")
+    cases["crc.pt"] = (folder / "crc.pt", "truncated or damaged torch checkpoint (BadZipFile: Bad CRC-32")
     return cases
 
 
@@ -152,9 +154,52 @@ def test_hostile_checkpoints_are_one_line_errors(tmp_path):
         assert time.monotonic() - started < 5, name  # no exponential message, no gigabytes materialised
 
 
+def test_a_cut_file_is_called_truncated_and_another_file_not_a_checkpoint(tmp_path, capsys):
+    """`hdemucs-flax convert` on a checkpoint whose download was cut off says so (and to fetch it again); a file
+    that is no zip at all is still "not a torch checkpoint"."""
+    whole = write_checkpoint(
+        tmp_path / "whole.pt", state_dict_pickle([tensor("w", "0", (16,))]), {"0": FLOATS.tobytes()}
+    )
+    data = whole.read_bytes()
+    for cut in (len(data) - 1, len(data) - 30, len(data) // 2, 100):
+        (tmp_path / "cut.pt").write_bytes(data[:cut])
+        assert main(["convert", str(tmp_path / "cut.pt"), "-o", str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err
+        assert err == (
+            f"error: {tmp_path / 'cut.pt'}: truncated or damaged torch checkpoint (a zip archive whose end is missing "
+            "or unreadable); download or copy it again\n"
+        ), (cut, err)
+    (tmp_path / "notes.pt").write_text("my notes, not weights")
+    assert main(["convert", str(tmp_path / "notes.pt"), "-o", str(tmp_path / "out")]) == 1
+    assert "not a torch checkpoint in zip format" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_torchaudios_full_size_checkpoint_loads_within_the_copy_budget(tmp_path):
+    """The real layout (torchaudio's hdemucs_high: 397 tensors of 83.6 M parameters, each its own storage, 335 MB)
+    copies each storage exactly once: well inside the budget that refuses copy amplification."""
+    state = torchaudio.models.hdemucs_high(SOURCES).state_dict()
+    path = tmp_path / "high.pt"
+    torch.save(state, path)
+    loaded = load_torch_state_dict(path)
+    assert list(loaded) == list(state) and len(loaded) == 397
+    assert sum(a.size for a in loaded.values()) == 83_639_368
+    for key, value in state.items():
+        np.testing.assert_array_equal(loaded[key], value.numpy())
+
+
 def test_the_converter_answers_hostile_files_in_one_line(tmp_path, capsys):
     cases = hostile_files(tmp_path)
-    for name in ("outside.pt", "huge_stride.pt", "stride0.pt", "bomb.pt", "code.pt", "cut.pt"):
+    for name in (
+        "outside.pt",
+        "huge_stride.pt",
+        "stride0.pt",
+        "bomb.pt",
+        "code.pt",
+        "cut.pt",
+        "copies.pt",
+        "legacy.pt",
+    ):
         path, words = cases[name]
         assert main(["convert", str(path), "-o", str(tmp_path / f"out_{name}")]) == 1
         err = capsys.readouterr().err

@@ -9,6 +9,7 @@ start-up and cache tests run the command in subprocesses.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -56,6 +57,14 @@ def files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
+def exit_status(argv: list[str]) -> int:
+    """`main(argv)`'s exit status, whether it returns it or argparse raises it (a usage error)."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
 def test_every_input_format_rate_and_channel_count(tiny_checkpoint_dir, jax_cache, tmp_path, capsys):
     songs = {}
     for kind, (kwargs, ext, _) in INPUT_KINDS.items():
@@ -71,7 +80,7 @@ def test_every_input_format_rate_and_channel_count(tiny_checkpoint_dir, jax_cach
     *per_file, summary = captured.out.splitlines()  # one line per file, then the run's summary
     assert len(per_file) == len(songs)
     assert summary.startswith(f"{len(songs)} files separated: {0.25 * len(songs):.1f} s of audio in ")
-    assert summary.endswith("x real time")
+    assert summary.endswith("x real time on cpu")  # where the network ran, on a terminal or not
     for track, song in songs.items():
         kind = track.split("_")[0]
         source = sf.info(song)
@@ -117,9 +126,13 @@ def test_two_stems_and_filename_template(tiny_checkpoint_dir, jax_cache, tmp_pat
     assert files_under(tmp_path / "out") == ["my song.wav-no_vocals.wav", "my song.wav-vocals.wav"]
     assert main(cli(tiny_checkpoint_dir, jax_cache, *args, "-o", tmp_path / "none", "--other-method", "none")) == 0
     assert files_under(tmp_path / "none") == ["my song.wav-vocals.wav"]
-    assert main(cli(tiny_checkpoint_dir, jax_cache, song, "--two-stems", "kazoo", "-o", tmp_path / "x")) == 2
+    assert exit_status(cli(tiny_checkpoint_dir, jax_cache, song, "--two-stems", "kazoo", "-o", tmp_path / "x")) == 2
     err = capsys.readouterr().err
-    assert err == "error: --two-stems kazoo: the model has no such stem (it has drums, bass, other, vocals)\n"
+    assert err.startswith("usage: hdemucs-flax separate ")
+    assert err.endswith(
+        "\nhdemucs-flax separate: error: --two-stems kazoo: the model has no such stem (it has drums, bass, other, "
+        "vocals)\n"
+    )
 
 
 def test_bad_inputs_are_reported_and_the_rest_separated(tiny_checkpoint_dir, jax_cache, tmp_path, capsys):
@@ -159,7 +172,8 @@ def test_unknown_model_and_usage_errors(tmp_path, capsys):
     assert err.count("\n") == 1 and "empty_model: not a model folder (no config.json)" in err
     assert not (tmp_path / "out").exists()
     usage_errors = {
-        ("--flac", "--float32"): "--float32: flac files cannot hold it (possible: PCM_16, PCM_24)",
+        ("--flac", "--float32"): "--float32: FLAC files hold 16-bit integer or 24-bit integer samples, not 32-bit "
+        "float; write WAV for 32-bit float samples",
         ("--overlap", "1.0"): "--overlap 1.0: must be in [0, 1)",
         ("--shifts", "-1"): "--shifts -1: must be an integer in [0, 100]",
         ("--filename", "{album}/{stem}.{ext}"): "--filename '{album}/{stem}.{ext}': unknown variable",
@@ -305,7 +319,8 @@ def test_skip_existing_and_the_summary(tiny_checkpoint_dir, jax_cache, tmp_path,
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{first}: skipped (its 4 stems exist)"
     assert out[1].startswith(f"{tmp_path / 'in' / 'second.flac'}: 4 stems in ")
-    assert out[2].startswith("1 file separated (1 skipped): 0.3 s of audio in ") and out[2].endswith("x real time")
+    assert out[2].startswith("1 file separated (1 skipped): 0.3 s of audio in ")
+    assert out[2].endswith("x real time on cpu")
     assert (tmp_path / "out" / "first" / "drums.wav").stat().st_mtime_ns == stamp  # not redone
 
 
@@ -341,9 +356,21 @@ def test_models_lists_the_known_models_and_the_cached_ones(tmp_path, monkeypatch
     copied.write_bytes(b"a copy from another machine")
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split()[:3] == ["hdemucs-flax/hdemucs-high-musdb-plus", "(default)", "no"]
-    assert lines[2].split()[:3] == ["hdemucs-flax/hdemucs-high-musdb", "torchaudio", "file"]
-    assert "CC BY-NC-SA 4.0" in lines[1] and lines[-1].startswith(f"cache folder: {tmp_path / 'cache'}")
+    assert max(map(len, lines[:-1])) <= 100, lines  # a terminal's width; the last line is the cache's path
+    assert lines[:4] == [
+        "hdemucs-flax/hdemucs-high-musdb-plus (default)",
+        "    cached here:  no",
+        "    licence:      CC BY-NC-SA 4.0",
+        "    weights:      torchaudio's HDEMUCS_HIGH_MUSDB_PLUS",
+    ]
+    described = " ".join(line.strip() for line in lines[4 : lines.index("hdemucs-flax/hdemucs-high-musdb")])
+    assert described == (
+        "trained on:   MUSDB-HQ train and test sets plus 150 extra songs from an internal database produced for "
+        "Meta. The model has seen MUSDB18's test set, so MUSDB18 test scores are not a fair measure of it."
+    )
+    other = lines.index("hdemucs-flax/hdemucs-high-musdb")
+    assert lines[other + 1] == "    cached here:  torchaudio file"
+    assert lines[-1] == f"cache folder (HDEMUCS_FLAX_CACHE): {tmp_path / 'cache'}"
 
 
 def test_device_selection_and_the_status_line(tiny_checkpoint_dir, jax_cache, tmp_path, capsys, monkeypatch):
@@ -355,10 +382,11 @@ def test_device_selection_and_the_status_line(tiny_checkpoint_dir, jax_cache, tm
     assert main(cli(tiny_checkpoint_dir, jax_cache, song, "-o", tmp_path / "out", "--device", "cpu")) == 0
     assert "device: cpu\n" in capsys.readouterr().err
     assert main(cli(tiny_checkpoint_dir, jax_cache, song, "-o", tmp_path / "tpu", "--device", "tpu")) == 2
-    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
-    assert (
-        line.startswith("error: --device tpu: JAX finds no TPU here; it has cpu (") and not (tmp_path / "tpu").exists()
-    )
+    err = capsys.readouterr().err
+    assert err.startswith("usage: hdemucs-flax separate ")
+    [line] = [x for x in err.splitlines() if "error:" in x]
+    assert line.startswith("hdemucs-flax separate: error: --device tpu: JAX finds no TPU here; it has cpu (")
+    assert not (tmp_path / "tpu").exists()
 
 
 def test_device_flag_in_a_fresh_process(tiny_checkpoint_dir, tmp_path):
@@ -372,8 +400,9 @@ def test_device_flag_in_a_fresh_process(tiny_checkpoint_dir, tmp_path):
         [*base, "-o", str(tmp_path / "gpu"), "-d", "gpu"], env=env, capture_output=True, text=True, timeout=300
     )
     assert gpu.returncode == 2, gpu.stderr[-2000:]
-    lines = [x for x in gpu.stderr.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "--device gpu: JAX finds no GPU here (install JAX's CUDA wheels: " in lines[0], lines
+    lines = [x for x in gpu.stderr.splitlines() if "error:" in x]
+    assert len(lines) == 1 and lines[0].startswith("hdemucs-flax separate: error: --device gpu: "), lines
+    assert "JAX finds no GPU here (install JAX's CUDA wheels: " in lines[0] and gpu.stderr.startswith("usage: ")
     cpu = subprocess.run(
         [*base, "-o", str(tmp_path / "cpu"), "-d", "cpu"], env=env, capture_output=True, text=True, timeout=300
     )
@@ -444,3 +473,231 @@ def test_failure_midway_leaves_no_folder_either(tiny_pair, tmp_path):
     with pytest.raises(RuntimeError, match="device lost"):
         separate_file(separator, song, tmp_path / "out" / "deep" / "er")
     assert list((tmp_path / "out").iterdir()) == []  # "deep/er/song" was made for the stems and removed again
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What the model's config.json tells is checked before the model is loaded (issue 17)
+
+
+def config_only_model(folder: Path, checkpoint: Path, **changes) -> Path:
+    """A model folder with the tiny model's config.json (fields `changes` replaced) and a model.safetensors of
+    garbage: any run that reads the weights fails, so a run that answers correctly never read them."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    (folder / "model.safetensors").write_bytes(np.random.default_rng(0).bytes(3000))
+    return folder
+
+
+def run_light(env: dict[str, str], *argv: object) -> tuple[int, str, str]:
+    """`hdemucs-flax separate ARGV` in a fresh process that must import none of JAX, flax, transformers and torch:
+    (exit status, stdout, stderr), the import report taken off stdout."""
+    result = run_script("cli_modules", env, "separate", *map(str, argv))
+    out, report = result.stdout.split("loaded torch: ")
+    for name in ("torch", "transformers", "jax", "flax"):
+        assert f"loaded {name}: False" in "loaded torch: " + report, (argv, name, result.stderr[-2000:])
+    return int(report.rsplit("exit status: ", 1)[1]), out, result.stderr
+
+
+def test_what_the_config_tells_is_answered_without_loading_the_model(tiny_checkpoint_dir, tmp_path):
+    """A `--two-stems` typo, two inputs on one output, a file that is not audio and a `--skip-existing` run with
+    nothing left to do are answered from the model's config.json and the inputs' headers: JAX is never imported
+    and the (garbage) weights are never read."""
+    model = config_only_model(tmp_path / "model", tiny_checkpoint_dir)
+    a = write_song(tmp_path / "a" / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    b = write_song(tmp_path / "b" / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    notes = tmp_path / "notes.wav"
+    notes.write_text("my notes, not audio")
+    done = tmp_path / "done"
+    for stem in SOURCES:  # an earlier run's stems
+        write_song(done / "song" / f"{stem}.wav", 0.2, 44100, 2, subtype="PCM_16")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    common = ["--model", model, "-o", tmp_path / "out"]
+
+    status, _, err = run_light(env, a, "--two-stems", "kazoo", *common)
+    assert status == 2 and err.startswith("usage: hdemucs-flax separate ")
+    assert err.splitlines()[-1] == (
+        "hdemucs-flax separate: error: --two-stems kazoo: the model has no such stem (it has drums, bass, other, "
+        "vocals)"
+    )
+    status, _, err = run_light(env, a, b, *common)
+    assert status == 2 and f"{a} and {b} would both be written to {tmp_path / 'out' / 'song' / 'drums.wav'}" in err
+    status, out, err = run_light(env, notes, *common)
+    assert status == 1 and err == f"error: {notes}: not a readable audio file (Format not recognised.)\n"
+    assert out.startswith("0 files separated (1 failed): 0.0 s of audio in ")
+    status, out, err = run_light(env, a, "--model", model, "-o", done, "--skip-existing")
+    assert status == 0 and err == "", err
+    assert out.splitlines()[0] == f"{a}: skipped (its 4 stems exist)"
+    assert out.splitlines()[1].startswith("0 files separated (1 skipped): 0.0 s of audio in ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_hub_models_config_is_fetched_alone_to_check_a_run(tiny_checkpoint_dir, tmp_path):
+    """`--model user/repo`: only the repo's config.json is downloaded to answer a `--two-stems` typo; the weights
+    are not requested and JAX is not imported."""
+    from .flows import flow_env
+    from .hub_server import HubServer
+
+    files = {
+        "config.json": (tiny_checkpoint_dir / "config.json").read_bytes(),
+        "model.safetensors": (tiny_checkpoint_dir / "model.safetensors").read_bytes(),
+    }
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    with HubServer() as hub:
+        hub.create("someone/tiny", files=files)
+        env = flow_env(tmp_path, HF_ENDPOINT=hub.url)
+        status, _, err = run_light(env, song, "--model", "someone/tiny", "--two-stems", "voclas", "-o", tmp_path / "o")
+        requested = [path for _, path in hub.requests]
+    assert status == 2
+    assert err.splitlines()[-1] == (
+        "hdemucs-flax separate: error: --two-stems voclas: the model has no such stem (it has drums, bass, other, "
+        "vocals)"
+    )
+    assert any(path.endswith("/config.json") for path in requested), requested
+    assert not any("safetensors" in path for path in requested), requested
+
+
+def test_an_unreachable_hub_costs_the_pre_check_one_quick_attempt(tmp_path):
+    """The pre-check's fetch of a Hub repo's config.json is one attempt (no retries, whose 23 s the loader would
+    then spend again): connection refused gives up at once and leaves the answer to the loader."""
+    import socket
+
+    from .flows import flow_env
+
+    with socket.socket() as probe_socket:  # a port nobody listens on once it is closed
+        probe_socket.bind(("127.0.0.1", 0))
+        port = probe_socket.getsockname()[1]
+    env = flow_env(tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{port}")
+    code = (
+        "import time; from modeling_hdemucs_flax.model_facts import read_model_facts; t = time.monotonic(); "
+        "print(read_model_facts('someone/tiny'), time.monotonic() - t)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    facts, seconds = result.stdout.split()
+    assert facts == "None" and float(seconds) < 5, (result.stdout, result.stderr[-2000:])
+
+
+@pytest.mark.parametrize(
+    "sources,problem",
+    [
+        (["drums", "bass", "other", "voc/als"], "source 'voc/als' contains a path separator"),
+        (["drums", "bass", "other", "voc\\als"], "source 'voc\\\\als' contains a path separator"),
+        (["drums", "bass", "other", "vocals\x00"], "source 'vocals\\x00' contains a control character"),
+        (["drums", "bass", "other", ".wav"], "source '.wav' starts with a dot"),
+        (["drums", "bass", "other", ".."], "source '..' starts with a dot"),
+        (["vocals", "no_vocals"], "source 'no_vocals' is the name --two-stems vocals gives the accompaniment"),
+        (["Vocals", "vocals"], "source names must be unique ignoring case"),
+        (["drums", " bass"], "source ' bass' starts or ends with white space"),
+        (["drums", ""], "must be a list of 1 to 64 source names"),
+    ],
+)
+def test_source_names_that_cannot_be_file_names_are_refused(tiny_checkpoint_dir, tmp_path, sources, problem):
+    """A config.json's source names become stem file names: a name that would make a traceback, a hidden file, a
+    subfolder or a clash with `--two-stems`' no_STEM is refused in one line (exit 1: the model is unusable),
+    before the weights are read (which here are garbage) and before anything is written."""
+    model = config_only_model(tmp_path / "model", tiny_checkpoint_dir, sources=sources)
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    status, _, err = run_light(env, song, "--model", model, "-o", tmp_path / "out")
+    assert status == 1
+    assert err.startswith(f"error: cannot load model '{model}': HDemucsConfig.sources={sources!r}: "), err
+    assert problem in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+APART = "so each keeps its subfolder, or separate them in two runs with different output folders"
+
+
+@pytest.mark.parametrize(
+    "files,inputs,template,hint",
+    [
+        (  # the same name in two folders, given as files
+            ["a/song.wav", "b/song.wav"],
+            ["a/song.wav", "b/song.wav"],
+            None,
+            f"give the folder that holds both (.) as the input, {APART}",
+        ),
+        (  # ... given as their folders
+            ["a/song.wav", "b/song.wav"],
+            ["a", "b"],
+            None,
+            f"give the folder that holds both (.) as the input, {APART}",
+        ),
+        (  # ... with a template without {folder}
+            ["x/a/song.wav", "x/b/song.wav"],
+            ["x/a/song.wav", "x/b/song.wav"],
+            "{track}/{stem}.{ext}",
+            f"give the folder that holds both (x) as the input and add {{folder}} to the template, {APART}",
+        ),
+        (  # their folder given, a template without {folder}
+            ["a/song.wav", "b/song.wav"],
+            ["."],
+            "{track}/{stem}.{ext}",
+            "add {folder} to the template (e.g. '{folder}/{track}/{stem}.{ext}')",
+        ),
+        (  # one name, two extensions
+            ["a/song.flac", "a/song.wav"],
+            ["a"],
+            None,
+            "add {trackext} to the template (e.g. '{folder}/{track}.{trackext}/{stem}.{ext}')",
+        ),
+        (  # a template without {track}
+            ["a/other.wav", "a/song.wav"],
+            ["a/other.wav", "a/song.wav"],
+            "{folder}/{stem}.{ext}",
+            "add {track} to the template (e.g. '{folder}/{track}/{stem}.{ext}')",
+        ),
+    ],
+)
+def test_a_collision_names_the_fix_that_works(
+    tiny_checkpoint_dir, tmp_path, monkeypatch, capsys, files, inputs, template, hint
+):
+    """Two inputs on one output file: the hint depends on what tells them apart (issue 17, item 8)."""
+    root = tmp_path / "music"
+    for name in files:
+        write_song(root / name, 0.2, 44100, 2, subtype="PCM_16")
+    monkeypatch.chdir(root)
+    model = config_only_model(tmp_path / "model", tiny_checkpoint_dir)
+    flags = ["--filename", template] if template else []
+    assert exit_status(["separate", *inputs, *flags, "--model", str(model), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: hdemucs-flax separate ")
+    last = err.splitlines()[-1]
+    assert last.startswith("hdemucs-flax separate: error: --filename ") and " would both be written to " in last
+    assert last.endswith("; " + hint), last
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors_found_after_parsing_look_like_argparses(tiny_checkpoint_dir, jax_cache, tmp_path, capsys):
+    """An option argparse refuses, a plan that would lose data, a stem the model lacks and a device JAX lacks (found
+    only while the model loads): the same usage line, `hdemucs-flax separate: error: ...`, exit status 2."""
+    song = write_song(tmp_path / "in" / "vocals.wav", 0.2, 44100, 2, subtype="PCM_16")
+    base = cli(tiny_checkpoint_dir, jax_cache, song, "-o", tmp_path / "out")
+    cases = {
+        "--overlap 1.5: must be in [0, 1)": ["--overlap", "1.5"],
+        "--filename '{stem}.{ext}': the vocals stem of": ["--filename", "{stem}.{ext}", "-o", tmp_path / "in"],
+        "--two-stems kazoo: the model has no such stem": ["--two-stems", "kazoo"],
+        "--device tpu: JAX finds no TPU here": ["--device", "tpu"],
+    }
+    for message, extra in cases.items():
+        assert exit_status([*base, *map(str, extra)]) == 2, message
+        lines = capsys.readouterr().err.splitlines()
+        assert lines[0].startswith("usage: hdemucs-flax separate [-h]"), (message, lines)
+        assert lines[-1].startswith(f"hdemucs-flax separate: error: {message}"), (message, lines)
+        assert not any(line.startswith("error:") for line in lines), lines
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in (tmp_path / "in").iterdir()) == ["vocals.wav"]
+
+
+def test_mp3_with_a_sample_format_is_refused_in_plain_words(tmp_path, capsys):
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    cases = {
+        ("--mp3", "--int24"): "--int24: MP3 files have no sample format to choose (their encoder sets the "
+        "precision); write WAV or FLAC for 24-bit integer samples",
+        ("--ogg", "--float32"): "--float32: Ogg Vorbis files have no sample format to choose (their encoder sets the "
+        "precision); write WAV for 32-bit float samples",
+    }
+    for flags, message in cases.items():
+        assert exit_status(["separate", str(song), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.endswith(f"\nhdemucs-flax separate: error: {message}\n"), err
+        assert "MPEG_LAYER_III" not in err and "VORBIS" not in err and "PCM_" not in err

@@ -362,7 +362,10 @@ def test_command_exit_codes_and_messages(tiny_checkpoint_dir, jax_cache, tmp_pat
     with pytest.raises(SystemExit) as stop:
         main(["separate-dataset", str(songs), "-o", str(out), "--flac", "--float32"])
     assert stop.value.code == 2
-    assert "--float32: flac files cannot hold it" in capsys.readouterr().err
+    assert (
+        "--float32: FLAC files hold 16-bit integer or 24-bit integer samples, not 32-bit float"
+        in capsys.readouterr().err
+    )
 
     (tmp_path / "no_model").mkdir()
     fresh = ["separate-dataset", str(songs / "a"), "-o", str(tmp_path / "fresh"), "--model", str(tmp_path / "no_model")]

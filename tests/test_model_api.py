@@ -23,6 +23,7 @@ from modeling_hdemucs_flax import (
     convert_torchaudio_state_dict,
     to_torchaudio_state_dict,
 )
+from modeling_hdemucs_flax.config_rules import ARCHITECTURE_DEFAULTS, config_from_json
 from modeling_hdemucs_flax.layer_plan import plan_layers
 from modeling_hdemucs_flax.metrics import relative_error_db
 from modeling_hdemucs_flax.torch_checkpoint import load_torch_state_dict
@@ -78,6 +79,12 @@ def test_high_preset_size_matches_notes():
         ("channels", 1024, "at most 16384"),
         ("sources", [], "non-empty"),
         ("sources", ["a", "a"], "unique"),
+        ("sources", ["drums", "voc/als"], "contains a path separator"),
+        ("sources", ["drums", "line\nbreak"], "contains a control character"),
+        ("sources", [".."], "starts with a dot"),
+        ("sources", ["vocals", "no_vocals"], "the name --two-stems vocals gives the accompaniment"),
+        ("sources", ["Vocals", "vocals"], "unique ignoring case"),
+        ("sources", ["x" * 65], "at most 64 characters"),
         ("audio_channels", 0, "in [1, 8]"),
         ("kernel_size", 7, "even"),
         ("norm_groups", 5, "does not divide"),
@@ -96,6 +103,15 @@ def test_invalid_config_names_field_and_rule(field, value, words):
             HDemucsConfig(**{field: value})
     message = str(error.value)
     assert field in message and words in message and "\n" not in message
+
+
+def test_the_light_config_check_has_the_configs_defaults():
+    """The command line checks a config.json without transformers (`config_rules.config_from_json`), filling
+    missing fields with `ARCHITECTURE_DEFAULTS`: they are HDemucsConfig's signature defaults, field for field."""
+    signature = inspect.signature(HDemucsConfig.__init__).parameters
+    defaults = {name: p.default for name, p in signature.items() if name not in ("self", "kwargs")}
+    assert {**defaults, "sources": list(defaults["sources"])} == ARCHITECTURE_DEFAULTS
+    assert vars(config_from_json({})) == {name: getattr(HDemucsConfig(), name) for name in ARCHITECTURE_DEFAULTS}
 
 
 def test_module_tree_equals_conversion_table():

@@ -61,8 +61,18 @@ def test_every_extension_that_can_be_decoded_is_found(tmp_path):
 @pytest.mark.parametrize(
     "names,template,words",
     [
-        (["a/song.wav", "b/song.wav"], "{track}/{stem}.{ext}", "a/song.wav and {root}/b/song.wav would both"),
-        (["a/song.wav", "a/song.flac"], None, "a/song.flac and {root}/a/song.wav would both be written to"),
+        (
+            ["a/song.wav", "b/song.wav"],
+            "{track}/{stem}.{ext}",
+            "a/song.wav and {root}/b/song.wav would both be written to {root}/out/song/drums.wav; give the folder "
+            "that holds both ({root}) as the input and add {{folder}} to the template, so each keeps its subfolder",
+        ),
+        (
+            ["a/song.wav", "a/song.flac"],
+            None,
+            "a/song.flac and {root}/a/song.wav would both be written to {root}/out/song/drums.wav; add {{trackext}} "
+            "to the template",
+        ),
         (["a/song.wav"], "{track}.{ext}", "stems drums and bass of {root}/a/song.wav would both be written to"),
     ],
 )
