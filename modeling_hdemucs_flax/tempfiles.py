@@ -79,7 +79,9 @@ def finish(temp: str | os.PathLike, destination: str | os.PathLike) -> Path:
 _OWNED = re.compile(r"^\..+\.(?P<pid>\d+)-[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9_.]+)$")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (this process counts as running; so does a pid this system
+    cannot hold, to be safe: callers remove what belongs to dead processes only)."""
     if pid == os.getpid():
         return True
     try:
@@ -108,7 +110,7 @@ def sweep_stale(folder: str | os.PathLike, suffix: str, older_than: float) -> li
         try:
             if not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= older_than:
                 continue
-            if _alive(int(match.group("pid"))):
+            if process_alive(int(match.group("pid"))):
                 continue
             os.unlink(entry.path)
         except OSError:
