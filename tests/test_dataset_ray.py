@@ -9,13 +9,14 @@ Few runs, each checking much: a Ray run costs seconds of actor start-up.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from .audio_files import write_song
 from .conftest import SEGMENT_SECONDS, SOURCES
-from .flows import run_script
+from .flows import REPO_ROOT, run_script
 
 
 def dataset_run(ray_cluster, checkpoint, cache, inputs, out, *flags, env=None, timeout=300):
@@ -65,8 +66,7 @@ def test_a_ray_run_then_a_rerun_that_skips_everything(ray_cluster, tiny_checkpoi
     out = tmp_path / "out"
     first = dataset_run(ray_cluster, tiny_checkpoint_dir, jax_cache, [library], out, "--workers", "2")
     assert exit_status(first) == 1, first.stderr[-3000:]
-    errors = [line for line in first.stderr.splitlines() if line.startswith("error:")]
-    assert sorted(errors) == [
+    assert sorted(first.stderr.splitlines()) == [  # nothing else: no error-level line of Ray's own
         f"error: {library / 'empty.wav'}: empty file (0 bytes)",
         f"error: {library / 'notes.wav'}: not a readable audio file (Format not recognised.)",
     ]
@@ -103,6 +103,29 @@ def test_a_ray_run_then_a_rerun_that_skips_everything(ray_cluster, tiny_checkpoi
     assert sorted((r["key"], r["status"]) for r in manifest(out)) == [
         (k, "skipped") for k in sorted([*keys, "empty", "notes"])
     ]
+
+
+def test_a_cluster_of_its_own_runs_quietly_with_token_authentication(tiny_checkpoint_dir, jax_cache, tmp_path):
+    """Without --ray-address (and no RAY_ADDRESS or RAY_AUTH_MODE set) the command starts a local cluster for
+    itself: a successful run prints its summary line and nothing on stderr (no token-authentication warning, no
+    error-level line), and writes no token file into the home folder."""
+    write_song(tmp_path / "in" / "song.wav", 0.25, 44100, 2, subtype="PCM_16")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env.update(HOME=str(tmp_path / "home"), JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT))
+    argv = ["separate-dataset", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--engine", "ray", "-q"]
+    argv += [
+        "--model",
+        str(tiny_checkpoint_dir),
+        "--segment",
+        str(SEGMENT_SECONDS),
+        "--compilation-cache",
+        str(jax_cache),
+    ]
+    result = run_script("dataset_cli", env, *argv)
+    assert exit_status(result) == 0, result.stderr[-3000:]
+    assert f"{tmp_path / 'out'}: 1 separated, 0 skipped, 0 failed;" in result.stdout
+    assert result.stderr == ""
+    assert not (tmp_path / "home" / ".ray" / "auth_token").exists()
 
 
 def test_killed_worker_is_retried_and_a_poison_input_fails_after_max_attempts(
