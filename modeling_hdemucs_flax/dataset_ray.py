@@ -21,6 +21,7 @@ imports JAX: actors are fresh processes that load it themselves.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -28,7 +29,7 @@ import signal
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -132,29 +133,60 @@ def run_ray(
             track = waiting.popleft()
             running[actor.run.remote(track)] = (actor, track)
 
+    with _signals_between_ray_calls() as deliver:
+        try:
+            for actor in actors:
+                give(actor)
+            while running:
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+                deliver()
+                if not ready:
+                    continue
+                actor, _ = running.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except ray.exceptions.RayError as error:  # an actor that cannot even start (Ray's own failure)
+                    raise DatasetError(f"a Ray worker failed: {one_line(error)}") from None
+                if "fatal" in result:
+                    raise _fatal(result["fatal"])
+                add(result["row"], result["info"])
+                give(actor)
+        except KeyboardInterrupt:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+            store = open_store(spec.output, spec.storage_options)
+            for _, track in running.values():
+                # The try in progress, if it began; if its actor was still restarting after a crash, the crash is
+                # taken back instead (an input gets one try more, never one less).
+                forget_attempt(store, track.key, spec.run_id)
+            raise
+        finally:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+
+
+@contextlib.contextmanager
+def _signals_between_ray_calls() -> Iterator[Callable[[], None]]:
+    """Ray's blocking calls turn whatever a signal handler raises into a plain KeyboardInterrupt, so SIGTERM would
+    lose its `runtime.Terminated` (its message and exit status 143). Inside this block the process's own handlers
+    of SIGINT, SIGTERM and SIGHUP are not run by a signal; it is noted, and the `deliver()` this yields runs the
+    handler, outside Ray's calls. Signals arriving during the clean-up after an interrupt wait for its end."""
+    noted: list[int] = []
+    handlers: dict[int, Callable] = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            handler = signal.getsignal(number)
+            if callable(handler):
+                handlers[number] = handler
+                signal.signal(number, lambda signum, frame: noted.append(signum))
+
+    def deliver() -> None:
+        if noted:
+            number = noted.pop(0)
+            handlers[number](number, None)
+
     try:
-        for actor in actors:
-            give(actor)
-        while running:
-            (task,), _ = ray.wait(list(running), num_returns=1)
-            actor, _ = running.pop(task)
-            try:
-                result = ray.get(task)
-            except ray.exceptions.RayError as error:  # an actor that cannot even start (Ray's own failure)
-                raise DatasetError(f"a Ray worker failed: {one_line(error)}") from None
-            if "fatal" in result:
-                raise _fatal(result["fatal"])
-            add(result["row"], result["info"])
-            give(actor)
-    except KeyboardInterrupt:
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
-        store = open_store(spec.output, spec.storage_options)
-        for _, track in running.values():
-            # The try in progress, if it began; if its actor was still restarting after a crash, the crash is
-            # taken back instead (an input gets one try more, never one less).
-            forget_attempt(store, track.key, spec.run_id)
-        raise
+        yield deliver
     finally:
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)

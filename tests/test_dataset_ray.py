@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from .audio_files import write_song
 from .conftest import SEGMENT_SECONDS, SOURCES
-from .flows import REPO_ROOT, run_script
+from .dataset_helpers import start_command, wait_until
+from .flows import REPO_ROOT, error_lines, run_script
+from .hub_server import FileServer, trickle
 
 
 def dataset_run(ray_cluster, checkpoint, cache, inputs, out, *flags, env=None, timeout=300):
@@ -152,3 +155,24 @@ def test_killed_worker_is_retried_and_a_poison_input_fails_after_max_attempts(
     expected = [f"{key}/{stem}.flac" for key in ("crash_once", "fine") for stem in SOURCES]
     expected += [f"_hdemucs/markers/{key}.{digest}.done.json" for key in ("crash_once", "fine")]
     assert outputs(out) == sorted([*expected, f"_hdemucs/markers/poison.{digest}.failed.json"])
+
+
+def test_sigterm_stops_a_ray_run_without_counting_an_attempt(ray_cluster, tiny_checkpoint_dir, jax_cache, tmp_path):
+    """SIGTERM reaches the driver while an actor fetches its track (from a server that trickles it): the run ends
+    with the command's one line and 143 (Ray's own handler would exit at once), the actors are stopped and the
+    attempt the actor had counted is taken back, so the interrupt never adds up to a 'worker died' failure."""
+    song = write_song(tmp_path / "song.wav", 0.25, 44100, 2, subtype="PCM_16").read_bytes()
+    out = tmp_path / "out"
+    address, env = ray_cluster
+    with FileServer({"song.wav": trickle(song, 0.05)}) as server:
+        listing = tmp_path / "songs.txt"
+        listing.write_text(f"{server.url}/song.wav\n")
+        argv = ["separate-dataset", str(listing), "-o", str(out), "--engine", "ray", "--ray-address", address, "-q"]
+        argv += ["--model", str(tiny_checkpoint_dir), "--segment", str(SEGMENT_SECONDS)]
+        process = start_command([*argv, "--compilation-cache", str(jax_cache)], env)
+        wait_until(lambda: ("GET", "song.wav") in server.requests, process, "an actor fetches the track")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert error_lines(stderr) == ["error: terminated (SIGTERM); no partial stem files were kept"], stderr[-3000:]
+    assert not (out / "_hdemucs" / "attempts" / "song.json").exists()
