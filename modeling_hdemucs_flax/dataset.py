@@ -584,16 +584,18 @@ def separate_dataset(
     if engine == "ray" and importlib.util.find_spec("ray") is None:  # found, not imported: a re-run may need no Ray
         raise DatasetError(RAY_MISSING)
     separator = None
-    if model is not None and not isinstance(model, (str, os.PathLike)):
-        if engine != "local":
-            raise OptionError("model", type(model).__name__, "a ready Separator works with the local engine only")
-        separator, schedule, dtype = model, model.options, model.dtype.name
+    if model is None or isinstance(model, (str, os.PathLike)):
+        named = model
+    elif engine != "local":
+        raise OptionError("model", type(model).__name__, "a ready Separator works with the local engine only")
+    else:
+        named, separator, schedule, dtype = None, model, model.options, model.dtype.name
     schedule = schedule or SeparationOptions()
     output_options = output_options or OutputOptions(ext="flac")
     store = open_store(output, storage_options)
     tracks = plan_tracks(inputs, storage_options)
     check_output_paths(tracks, output_options)
-    source = separator_source(separator) if separator is not None else identify_model(model, revision)
+    source = separator_source(separator) if separator is not None else identify_model(named, revision)
     options = job_options(source.identity, dtype, schedule, output_options)
     digest = options_hash(options)
 
