@@ -581,8 +581,6 @@ def separate_dataset(
         raise OptionError("limit", limit, "must be an integer >= 1")
     if engine == "local" and resources.workers != 1:
         raise OptionError("workers", resources.workers, "the local engine runs one worker; use the ray engine")
-    if engine == "ray" and importlib.util.find_spec("ray") is None:  # found, not imported: a re-run may need no Ray
-        raise DatasetError(RAY_MISSING)
     separator = None
     if model is None or isinstance(model, (str, os.PathLike)):
         named = model
@@ -590,6 +588,8 @@ def separate_dataset(
         raise OptionError("model", type(model).__name__, "a ready Separator works with the local engine only")
     else:
         named, separator, schedule, dtype = None, model, model.options, model.dtype.name
+    if engine == "ray" and importlib.util.find_spec("ray") is None:  # found, not imported: a re-run may need no Ray
+        raise DatasetError(RAY_MISSING)
     schedule = schedule or SeparationOptions()
     output_options = output_options or OutputOptions(ext="flac")
     store = open_store(output, storage_options)
