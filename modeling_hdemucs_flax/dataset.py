@@ -16,6 +16,12 @@ The output location (a folder or fsspec URL) holds, besides the stems:
     _hdemucs/markers/KEY.HASH.failed.json  the input failed with these options (skipped until --retry-failed)
     _hdemucs/attempts/KEY.json          how many times a worker started this input (left behind by a crash)
     _hdemucs/staging/...                stems being written (file-system outputs; swept at start)
+    _hdemucs/lock, _hdemucs/lock.json   held by the run in progress (`Store.lock`): one run per output
+
+HASH is the hash of `job_options`: the model by its identity (`model_identity`: a folder's files by digest, a
+Hub repo by commit; never the path as typed), every separation and output option with defaults filled in, the
+package version. Markers of earlier versions hashed the model as typed; `_earlier_markers` recognises those
+that name this model.
 
 A track's key is its path relative to its input root (the folder given, a glob's fixed part, a file's
 folder, or the common folder of a list's paths) without the extension; its stems go to
@@ -27,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -41,16 +48,17 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .audio_io import inspect_audio
-from .dataset_plan import RESERVED, Track, check_output_paths, plan_tracks, stem_pattern
+from .dataset_plan import MANIFEST, RESERVED, SUMMARY, Track, check_output_paths, plan_tracks, stem_pattern
 from .errors import DatasetError, HDemucsFlaxError, OptionError, one_line
 from .file_output import OutputOptions, separate_file
-from .options import SeparationOptions
+from .model_identity import ModelSource, describe_change, identify_model, separator_source
+from .options import DEFAULT_SEGMENT, SeparationOptions
 from .storage import Store, local_copy, open_store
+from .tempfiles import process_alive
 
 if TYPE_CHECKING:
     from .separation import Separator
 
-MANIFEST, SUMMARY = "manifest.jsonl", "summary.json"
 MARKERS, ATTEMPTS, RUNS = f"{RESERVED}/markers", f"{RESERVED}/attempts", f"{RESERVED}/runs"
 ENGINES = ("local", "ray")
 HASH_LENGTH = 16
@@ -58,6 +66,9 @@ HASH_LENGTH = 16
 # its first n attempts, as a decoder crash or the out-of-memory killer would. Read by the driver only.
 ENV_TEST_EXIT_ON = "HDEMUCS_FLAX_TEST_EXIT_ON"
 EXIT_KILLED = 70
+RAY_MISSING = (
+    "the ray engine needs Ray: install the [ray] extra from your checkout of hdemucs-flax: pip install '.[ray]'"
+)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -65,15 +76,16 @@ EXIT_KILLED = 70
 
 
 def job_options(
-    model: str | None, revision: str | None, dtype: str, schedule: SeparationOptions, output: OutputOptions
+    model: dict[str, Any], dtype: str, schedule: SeparationOptions, output: OutputOptions
 ) -> dict[str, Any]:
-    """What a completion marker certifies: the model and revision, every separation and output option, the
-    package version. Two runs with equal `job_options` produce the same stems."""
+    """What a completion marker certifies: the model's identity (`ModelSource.identity`), every separation and
+    output option as used (the segment's default filled in), the package version. Two runs with equal
+    `job_options` produce the same stems."""
+    separation = dataclasses.replace(schedule, segment=schedule.segment_seconds)
     return {
         "model": model,
-        "revision": revision,
         "dtype": dtype,
-        "separation": dataclasses.asdict(schedule),
+        "separation": dataclasses.asdict(separation),
         "output": dataclasses.asdict(output),
         "version": __version__,
     }
@@ -89,6 +101,20 @@ def marker_path(key: str, digest: str, kind: str) -> str:
 
 def attempts_path(key: str) -> str:
     return f"{ATTEMPTS}/{key}.json"
+
+
+def forget_attempt(store: Store, key: str, run_id: str) -> None:
+    """Take back the attempt run `run_id` counted last for `key`: the try was interrupted (Ctrl-C, SIGTERM),
+    which says nothing about the input, so it must not count towards --max-attempts."""
+    record = json.loads(store.read_bytes(attempts_path(key)) or b"null")
+    if not record or not record["history"] or record["history"][-1].get("run") != run_id:
+        return
+    record["history"].pop()
+    record["attempts"] -= 1
+    if record["attempts"] > 0:
+        store.write_bytes(attempts_path(key), json.dumps(record).encode())
+    else:
+        store.remove(attempts_path(key))
 
 
 def list_markers(store: Store) -> dict[str, dict[str, set[str]]]:
@@ -121,11 +147,17 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """Everything a worker needs, as plain data (it travels to Ray actors). `options` is `job_options(...)`."""
+    """Everything a worker needs, as plain data (it travels to Ray actors). `options` is `job_options(...)`;
+    `model`, `revision` and `model_label` are the `ModelSource`'s load, revision and label; `run_id` marks this
+    run's attempts."""
 
     output: str
     options: dict
     options_hash: str
+    model: str | None = None
+    revision: str | None = None
+    model_label: str = ""
+    run_id: str = ""
     max_attempts: int = 3
     storage_options: dict | None = None
     compilation_cache: str | bool | None = None
@@ -145,16 +177,6 @@ def _staging_prefix(track: Track) -> str:
     return hashlib.sha1(track.key.encode()).hexdigest()[:12] + "-"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def worker_scratch(root: str | None) -> Path:
     """This process's scratch folder (downloads, object-store staging) under `root` (default: the system's
     temporary folder), after removing the folders of dead processes of this host (killed workers)."""
@@ -164,7 +186,7 @@ def worker_scratch(root: str | None) -> Path:
     for folder in base.iterdir():
         owner, _, rest = folder.name.rpartition("@")
         pid = rest.split("-", 1)[0]
-        if owner == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if owner == host and pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
     mine = base / f"{host}@{os.getpid()}-{uuid.uuid4().hex[:8]}"
     mine.mkdir()
@@ -207,12 +229,8 @@ class TrackWorker:
             from . import Separator, configure_compilation_cache
 
             configure_compilation_cache(spec.compilation_cache)
-            options = spec.options
             separator = Separator.from_pretrained(
-                options["model"],
-                revision=options["revision"],
-                dtype=options["dtype"],
-                **dataclasses.asdict(spec.schedule),
+                spec.model, revision=spec.revision, dtype=spec.options["dtype"], **dataclasses.asdict(spec.schedule)
             )
         self.output.stem_names(separator.sources)  # --two-stems must name one of this model's sources
         loaded = time.perf_counter()
@@ -260,15 +278,20 @@ class TrackWorker:
             return self._row(track, "failed", error=error, attempt=record["attempts"])
         self._copy = None
         record["attempts"] += 1
-        record["history"].append({"worker": self.worker, "device": self.info["device"], "started": _now()})
-        store.write_bytes(attempts_path(track.key), json.dumps(record).encode())
+        entry = {"worker": self.worker, "device": self.info["device"], "started": _now(), "run": self.spec.run_id}
+        record["history"].append(entry)
         try:
-            stems, seconds, timings = self._separate(track, record["attempts"])
-        except Exception as error:
-            message = _message(track, error, self._copy)
-            self._write_marker(track, "failed", {"error": message})
-            store.remove(attempts_path(track.key))
-            return self._row(track, "failed", error=message, attempt=record["attempts"])
+            store.write_bytes(attempts_path(track.key), json.dumps(record).encode())
+            try:
+                stems, seconds, timings = self._separate(track, record["attempts"])
+            except Exception as error:
+                message = _message(track, error, self._copy)
+                self._write_marker(track, "failed", {"error": message})
+                store.remove(attempts_path(track.key))
+                return self._row(track, "failed", error=message, attempt=record["attempts"])
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as `runtime.Terminated`: not the input's doing
+            forget_attempt(store, track.key, self.spec.run_id)
+            raise
         timings["wall_s"] = round(time.perf_counter() - started, 3)
         marker = {"stems": stems, "audio_seconds": seconds, "timings": timings, "attempt": record["attempts"]}
         self._write_marker(track, "done", marker)  # last: the track counts as done from here on
@@ -282,6 +305,7 @@ class TrackWorker:
             "source": track.source,
             "options_hash": self.spec.options_hash,
             "options": self.spec.options,
+            "model": self.spec.model_label,  # the model for people (the options hold its identity)
             "worker": self.worker,
             "device": self.info["device"],
             "finished": _now(),
@@ -529,20 +553,23 @@ def separate_dataset(
     inputs: files, folders (searched recursively), globs, fsspec URLs, or list / CSV / parquet files with a
         `path` column (see `plan_tracks`). output: where stems, markers and manifest.jsonl go.
     model, revision, dtype, schedule, output_options: as for `separate` (default format FLAC). `model` may be
-        a ready `Separator` (local engine only; its own schedule is used).
+        a ready `Separator` (local engine only; its own schedule and dtype are used). The model is identified
+        by content (`model_identity`), so finished inputs are skipped however its path is typed.
     engine: "local" (this process) or "ray" (`resources` says how many workers and what each reserves).
     overwrite: re-separate inputs whose marker records other options (without it that is a `DatasetError`);
         inputs done with the same options are skipped either way.
     retry_failed: separate only the inputs recorded as failed (by default those are skipped), with fresh
-        attempt counts. max_attempts: worker deaths an input may cause before it is recorded as failed.
+        attempt counts. max_attempts: worker deaths an input may cause before it is recorded as failed
+        (an interrupted try does not count).
     limit: separate at most this many of the inputs still to do (in key order).
     compilation_cache: the workers' persistent compilation cache (see `configure_compilation_cache`); None
         leaves this process's JAX configuration alone (local engine) / uses the default folder (Ray workers).
     storage_options: fsspec options for URLs (credentials, `endpoint_url`, ...).
     progress: a progress bar on stderr (None: only on a terminal). on_row: called with each manifest row.
 
-    Returns a `Report`. Raises `DatasetError` or `OptionError` for usage problems (before any work),
-    `ModelLoadError` when the model cannot be loaded.
+    One run at a time per output: the output is locked for the run (`Store.lock`). Returns a `Report`. Raises
+    `DatasetError` or `OptionError` for usage problems (before any work; also when another run holds the
+    output or it cannot be written), `ModelLoadError` when the model cannot be found or loaded.
     """
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if engine not in ENGINES:
@@ -552,94 +579,182 @@ def separate_dataset(
         raise OptionError("max_attempts", max_attempts, "must be an integer >= 1")
     if limit is not None and not (isinstance(limit, int) and limit >= 1):
         raise OptionError("limit", limit, "must be an integer >= 1")
-    separator = None
-    if model is not None and not isinstance(model, (str, os.PathLike)):
-        if engine != "local":
-            raise OptionError("model", type(model).__name__, "a ready Separator works with the local engine only")
-        separator, schedule = model, model.options
-        model = str(getattr(separator.model, "name_or_path", None) or "<Separator>")
     if engine == "local" and resources.workers != 1:
         raise OptionError("workers", resources.workers, "the local engine runs one worker; use the ray engine")
+    separator = None
+    if model is None or isinstance(model, (str, os.PathLike)):
+        named = model
+    elif engine != "local":
+        raise OptionError("model", type(model).__name__, "a ready Separator works with the local engine only")
+    else:
+        named, separator, schedule, dtype = None, model, model.options, model.dtype.name
+    if engine == "ray" and importlib.util.find_spec("ray") is None:  # found, not imported: a re-run may need no Ray
+        raise DatasetError(RAY_MISSING)
     schedule = schedule or SeparationOptions()
     output_options = output_options or OutputOptions(ext="flac")
-    options = job_options(None if model is None else os.fspath(model), revision, dtype, schedule, output_options)
-    digest = options_hash(options)
     store = open_store(output, storage_options)
-
     tracks = plan_tracks(inputs, storage_options)
     check_output_paths(tracks, output_options)
-    store.sweep_staging()
+    source = separator_source(separator) if separator is not None else identify_model(named, revision)
+    options = job_options(source.identity, dtype, schedule, output_options)
+    digest = options_hash(options)
+
+    with store.lock():
+        store.sweep_staging()
+        plan = _sort_tracks(store, tracks, options, digest, source, overwrite=overwrite, retry_failed=retry_failed)
+        if plan.mismatched:
+            raise _mismatch_error(store, plan.mismatched, options, source)
+        deferred = plan.todo[limit:] if limit is not None else []
+        todo = plan.todo[:limit] if limit is not None else plan.todo
+        if retry_failed:
+            for track in todo:
+                store.remove(attempts_path(track.key))
+
+        _archive_previous_run(store)
+        run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{uuid.uuid4().hex[:6]}"
+        log = RunLog(store, run_id, on_row)
+        for track in plan.done:
+            log.add(manifest_row(track, "skipped"))
+        for track in plan.failed_before:
+            log.add(manifest_row(track, "skipped", error="failed in an earlier run (--retry-failed retries it)"))
+        for track in plan.not_failed:
+            log.add(manifest_row(track, "skipped", error="not recorded as failed (--retry-failed runs only those)"))
+        spec = JobSpec(
+            output=os.fspath(output),
+            options=options,
+            options_hash=digest,
+            model=source.load,
+            revision=source.revision,
+            model_label=source.label,
+            run_id=run_id,
+            max_attempts=max_attempts,
+            storage_options=storage_options,
+            compilation_cache=_cache_setting(compilation_cache),
+            scratch_dir=None if scratch_dir is None else os.fspath(scratch_dir),
+            test_exit_on=json.loads(os.environ.get(ENV_TEST_EXIT_ON) or "{}"),
+        )
+        header = {
+            "engine": engine,
+            "output": store.root,
+            "model": source.label,
+            "options": options,
+            "options_hash": digest,
+            "inputs": len(tracks),
+            "to_separate": len(todo),
+        }
+        for track in deferred:
+            log.add(manifest_row(track, "skipped", error=f"left for a later run (--limit {limit})"))
+        skipped = len(plan.done) + len(plan.failed_before) + len(plan.not_failed) + len(deferred)
+        with _progress_bar(progress, skipped + len(todo), skipped) as bar:
+            log.on_row = _chain(on_row, bar.update_row if bar else None)
+            try:
+                if todo and engine == "local":
+                    _run_local(todo, spec, separator, log)
+                elif todo:
+                    from .dataset_ray import run_ray
+
+                    run_ray(todo, spec, resources, log.add)
+            finally:
+                summary = log.close(header)
+    return Report(store.root, store.url(MANIFEST), summary, log.failures, len(plan.failed_before))
+
+
+@dataclass
+class _Plan:
+    """The tracks of a run by what their markers say."""
+
+    done: list[Track] = field(default_factory=list)  # finished with these options: skipped
+    failed_before: list[Track] = field(default_factory=list)  # failed with these options: skipped
+    not_failed: list[Track] = field(default_factory=list)  # --retry-failed: not recorded as failed, skipped
+    todo: list[Track] = field(default_factory=list)
+    mismatched: list[tuple[Track, str]] = field(default_factory=list)  # finished with other options (a hash)
+
+
+def _sort_tracks(
+    store: Store,
+    tracks: Sequence[Track],
+    options: dict,
+    digest: str,
+    source: ModelSource,
+    *,
+    overwrite: bool,
+    retry_failed: bool,
+) -> _Plan:
+    """Sort `tracks` by their markers, listed once; earlier versions' markers for these options count as
+    this run's."""
     markers = list_markers(store)
-    done, failed_before, not_failed, todo, mismatched = [], [], [], [], []
+    same = {digest} | _earlier_markers(store, markers, digest, options, source)
+    plan = _Plan()
     for track in tracks:
         states = markers.get(track.key, {})
-        others = tuple(h for h, kinds in states.items() if h != digest and "done" in kinds)
-        if "done" in states.get(digest, ()):
-            done.append(track)
+        kinds = set().union(*(states.get(h, set()) for h in same))
+        others = tuple(h for h, found in states.items() if h not in same and "done" in found)
+        if "done" in kinds:
+            plan.done.append(track)
         elif others and not overwrite:
-            mismatched.append((track, others[0]))
-        elif "failed" in states.get(digest, ()) and not retry_failed:
-            failed_before.append(track)
-        elif retry_failed and "failed" not in states.get(digest, ()):
-            not_failed.append(track)  # --retry-failed: only the inputs recorded as failed
+            plan.mismatched.append((track, others[0]))
+        elif "failed" in kinds and not retry_failed:
+            plan.failed_before.append(track)
+        elif retry_failed and "failed" not in kinds:
+            plan.not_failed.append(track)  # --retry-failed: only the inputs recorded as failed
         else:
-            todo.append(dataclasses.replace(track, replaces=others))
-    if mismatched:
-        track, other = mismatched[0]
-        old = json.loads(store.read_bytes(marker_path(track.key, other, "done")) or b"{}").get("options", {})
-        changes = "; ".join(_differences(old, options)[:3]) or "other options"
-        raise DatasetError(
-            f"{len(mismatched)} input(s) were separated into {store.root} with other options (e.g. {track.key}: "
-            f"{changes}); pass --overwrite to separate them again with these options, or choose another output"
-        )
-    deferred = todo[limit:] if limit is not None else []
-    todo = todo[:limit] if limit is not None else todo
-    if retry_failed:
-        for track in todo:
-            store.remove(attempts_path(track.key))
+            plan.todo.append(dataclasses.replace(track, replaces=others))
+    return plan
 
-    _archive_previous_run(store)
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{uuid.uuid4().hex[:6]}"
-    log = RunLog(store, run_id, on_row)
-    for track in done:
-        log.add(manifest_row(track, "skipped"))
-    for track in failed_before:
-        log.add(manifest_row(track, "skipped", error="failed in an earlier run (--retry-failed retries it)"))
-    for track in not_failed:
-        log.add(manifest_row(track, "skipped", error="not recorded as failed (--retry-failed runs only those)"))
-    spec = JobSpec(
-        output=os.fspath(output),
-        options=options,
-        options_hash=digest,
-        max_attempts=max_attempts,
-        storage_options=storage_options,
-        compilation_cache=_cache_setting(compilation_cache),
-        scratch_dir=None if scratch_dir is None else os.fspath(scratch_dir),
-        test_exit_on=json.loads(os.environ.get(ENV_TEST_EXIT_ON) or "{}"),
+
+def _earlier_markers(
+    store: Store, markers: dict[str, dict[str, set[str]]], digest: str, options: dict, source: ModelSource
+) -> set[str]:
+    """The other hashes among `markers` whose markers certify `options` in an earlier version's terms: the model
+    as typed (which `source.named_by` checks: the same folder, repo and revision, or the default model) and the
+    segment left None for the default. One marker is read per hash (markers of one hash share their options)."""
+    first: dict[str, str] = {}
+    for key, states in markers.items():
+        for other, kinds in states.items():
+            if other != digest:
+                first.setdefault(other, marker_path(key, other, "done" if "done" in kinds else "failed"))
+    equal = set()
+    for other, path in first.items():
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            old = json.loads(store.read_bytes(path) or b"{}").get("options") or {}
+            if _in_current_terms(old, source) == options:
+                equal.add(other)
+    return equal
+
+
+def _in_current_terms(old: dict, source: ModelSource) -> dict | None:
+    """An earlier version's marker options (model and revision as typed, segment None for the default) as this
+    version writes them, if they name `source`'s model; else None."""
+    if (
+        isinstance(old.get("model"), dict)
+        or "revision" not in old
+        or not source.named_by(old["model"], old["revision"])
+    ):
+        return None
+    separation = dict(old.get("separation") or {})
+    if separation.get("segment") is None:
+        separation["segment"] = DEFAULT_SEGMENT
+    current = {key: value for key, value in old.items() if key != "revision"}
+    return {**current, "model": source.identity, "separation": separation}
+
+
+def _mismatch_error(store: Store, mismatched: list[tuple[Track, str]], options: dict, source: ModelSource) -> Exception:
+    """The usage error for inputs finished with other options, naming what differs (the model first)."""
+    track, other = mismatched[0]
+    old = json.loads(store.read_bytes(marker_path(track.key, other, "done")) or b"{}").get("options", {})
+    changes = []
+    if isinstance(old.get("model"), dict):
+        if old["model"] != options["model"]:
+            changes.append(describe_change(old["model"], source))
+    elif "model" in old:
+        changes.append(f"model {old['model']!r} (as an earlier version recorded it, typed) -> {source.label}")
+    rest = {key: value for key, value in old.items() if key not in ("model", "revision")}
+    changes += _differences(rest, {key: value for key, value in options.items() if key != "model"})
+    return DatasetError(
+        f"{len(mismatched)} input(s) were separated into {store.root} with other options (e.g. {track.key}: "
+        f"{'; '.join(changes[:3]) or 'other options'}); pass --overwrite to separate them again with these options, "
+        "or choose another output"
     )
-    header = {
-        "engine": engine,
-        "output": store.root,
-        "options": options,
-        "options_hash": digest,
-        "inputs": len(tracks),
-        "to_separate": len(todo),
-    }
-    for track in deferred:
-        log.add(manifest_row(track, "skipped", error=f"left for a later run (--limit {limit})"))
-    skipped = len(done) + len(failed_before) + len(not_failed) + len(deferred)
-    with _progress_bar(progress, skipped + len(todo), skipped) as bar:
-        log.on_row = _chain(on_row, bar.update_row if bar else None)
-        try:
-            if todo and engine == "local":
-                _run_local(todo, spec, separator, log)
-            elif todo:
-                from .dataset_ray import run_ray
-
-                run_ray(todo, spec, resources, log.add)
-        finally:
-            summary = log.close(header)
-    return Report(store.root, store.url(MANIFEST), summary, log.failures, len(failed_before))
 
 
 def _cache_setting(value: str | os.PathLike | bool | None) -> str | bool | None:

@@ -58,7 +58,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("-o", "--out", required=True, metavar="OUTPUT_URI", help="output folder or fsspec URL")
     run = sub.add_argument_group("engine")
     run.add_argument("--engine", choices=("local", "ray"), default="local", help="where to run (default: local)")
-    run.add_argument("--ray-address", default=None, metavar="A", help="join this Ray cluster (default: start one)")
+    run.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="A",
+        help="join this Ray cluster (default: $RAY_ADDRESS, else start a local one for this command)",
+    )
     run.add_argument("--workers", type=int, default=1, help="Ray actors, one Separator each (default: 1)")
     run.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs per worker (e.g. 1, 0.5)")
     run.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C", help="CPUs per worker (default: 1)")

@@ -18,11 +18,15 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from .audio_io import AUDIO_EXTENSIONS
-from .errors import DatasetError, OptionError
+from .errors import DatasetError, OptionError, one_line
 from .file_output import OutputOptions
 from .storage import filesystem, is_local_filesystem, is_url
 
 RESERVED = "_hdemucs"  # the output's folder of job records; no key may lie in it
+MANIFEST, SUMMARY = "manifest.jsonl", "summary.json"  # this run's rows and totals, beside the stems
+# The job's own names at the top of the output: no stem path may begin with one (compared case-insensitively,
+# as macOS and Windows file systems compare names).
+JOB_FILES = (MANIFEST, SUMMARY, RESERVED)
 LIST_EXTENSIONS = (".txt", ".lst", ".csv", ".parquet", ".pq")
 
 
@@ -100,6 +104,15 @@ def _remote_tracks(spec: str, storage_options: dict | None) -> list[Track]:
     fs, path = filesystem(spec, storage_options)
     if is_local_filesystem(fs):
         return _local_tracks(path)
+    try:
+        return _list_remote(spec, fs, path, storage_options)
+    except (DatasetError, FileNotFoundError):
+        raise
+    except Exception as error:  # whatever the protocol's driver raises (ftplib, botocore, aiohttp): one line
+        raise DatasetError(f"{spec}: cannot list it ({type(error).__name__}: {one_line(error)})") from None
+
+
+def _list_remote(spec: str, fs: Any, path: str, storage_options: dict | None) -> list[Track]:
     path = path.rstrip("/")
     if _has_magic(path):
         root = "/".join(_until_magic(path.split("/")))
@@ -126,33 +139,51 @@ def _remote_tracks(spec: str, storage_options: dict | None) -> list[Track]:
 
 def _catalogue_rows(spec: str, storage_options: dict | None) -> list[tuple[str, str | None]]:
     """(path, key or None) for each row of a list file (.txt/.lst: one path a line, # comments), a CSV file
-    or a parquet file with a `path` column (and optionally a `key` column)."""
+    or a parquet file with a `path` column (and optionally a `key` column). Text is UTF-8 (a byte-order mark, as
+    spreadsheet programs write, is allowed)."""
     import fsspec
 
     ext = posixpath.splitext(spec)[1].lower()
-    with fsspec.open(spec, "rb", **(storage_options or {})) as handle:
-        if ext in (".txt", ".lst"):
-            text = io.TextIOWrapper(cast(IO[bytes], handle), encoding="utf-8")
-            lines = (line.strip() for line in text)
-            return [(line, None) for line in lines if line and not line.startswith("#")]
-        if ext == ".csv":
-            import csv
+    try:
+        with fsspec.open(spec, "rb", **(storage_options or {})) as handle:
+            if ext in (".txt", ".lst", ".csv"):
+                return _text_rows(
+                    spec, ext, io.TextIOWrapper(cast(IO[bytes], handle), encoding="utf-8-sig", newline="")
+                )
+            return _parquet_rows(spec, handle)
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"{spec}: not UTF-8 text (it holds the byte {error.object[error.start]:#04x}); save the list as UTF-8"
+        ) from None
 
-            reader = csv.DictReader(io.TextIOWrapper(cast(IO[bytes], handle), encoding="utf-8", newline=""))
-            columns = reader.fieldnames or []
-            _need_path_column(spec, columns)
-            return [(row["path"].strip(), (row.get("key") or "").strip() or None) for row in reader if row["path"]]
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise DatasetError(f"{spec}: reading parquet needs pyarrow (pip install pyarrow)") from None
+
+def _text_rows(spec: str, ext: str, text: IO[str]) -> list[tuple[str, str | None]]:
+    if ext in (".txt", ".lst"):
+        lines = (line.strip() for line in text)
+        return [(line, None) for line in lines if line and not line.startswith("#")]
+    import csv
+
+    reader = csv.DictReader(text)
+    _need_path_column(spec, reader.fieldnames or [])
+    return [(row["path"].strip(), (row.get("key") or "").strip() or None) for row in reader if row["path"]]
+
+
+def _parquet_rows(spec: str, handle: Any) -> list[tuple[str, str | None]]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DatasetError(f"{spec}: reading parquet needs pyarrow (pip install pyarrow)") from None
+    try:
         table = pq.ParquetFile(handle)
         columns = table.schema_arrow.names
         _need_path_column(spec, columns)
         data = table.read(columns=[c for c in ("path", "key") if c in columns]).to_pydict()
-        keys = data.get("key") or [None] * len(data["path"])
-        pairs = zip(data["path"], keys, strict=True)
-        return [(str(p).strip(), (str(k).strip() or None) if k else None) for p, k in pairs if p]
+    except (pa.ArrowException, OSError) as error:  # not parquet, truncated, or corrupt pages
+        raise DatasetError(f"{spec}: not a readable parquet file ({one_line(error)})") from None
+    keys = data.get("key") or [None] * len(data["path"])
+    pairs = zip(data["path"], keys, strict=True)
+    return [(str(p).strip(), (str(k).strip() or None) if k else None) for p, k in pairs if p]
 
 
 def _need_path_column(spec: str, columns: Sequence[str]) -> None:
@@ -236,15 +267,25 @@ def stem_pattern(track: Track, output: OutputOptions) -> str:
 
 def check_output_paths(tracks: Sequence[Track], output: OutputOptions) -> None:
     """Raise `OptionError` unless every track's stems get their own files inside the output (the template
-    holds {stem}, stays inside the folder, and no two tracks share a path)."""
+    holds {stem}, stays inside the folder, and no two tracks share a path), and `DatasetError` naming the input
+    whose stems would take one of the job's own names (`JOB_FILES`: e.g. `summary.json.wav`, whose stems would
+    go to the folder `summary.json/`)."""
     if "{stem}" not in output.filename:
         raise OptionError("filename", output.filename, "must contain {stem} (each stem needs its own file)")
+    reserved = {name.casefold() for name in JOB_FILES}
     seen: dict[str, str] = {}
     for track in tracks:
         pattern = stem_pattern(track, output)
         normal = posixpath.normpath(pattern)
-        if normal.startswith(("../", "/")) or normal == ".." or normal.split("/")[0] == RESERVED:
+        if normal.startswith(("../", "/")) or normal == "..":
             raise OptionError("filename", output.filename, f"puts {track.key!r} outside the output folder")
+        first = normal.split("/")[0]
+        if first.casefold() in reserved:
+            raise DatasetError(
+                f"{track.source}: its stems would go to {first}/, a name the job keeps for its own records "
+                f"({', '.join(JOB_FILES)}); rename the file, give it another key (a CSV 'key' column), or put "
+                "every track's stems in a subfolder with --filename (e.g. 'stems/{folder}/{track}/{stem}.{ext}')"
+            )
         other = seen.setdefault(pattern, track.key)
         if other != track.key:
             raise OptionError(

@@ -1,42 +1,53 @@
-"""The `ray` engine of `separate_dataset`: Ray Data streams track paths to a pool of actors, each holding one
-`TrackWorker` (one Separator, loaded and compiled once per process), and the manifest rows back.
+"""The `ray` engine of `separate_dataset`: a pool of Ray actors, each holding one `TrackWorker` (one Separator,
+loaded and compiled once per process); the driver gives each idle actor the next track and adds the manifest
+row it returns.
 
-    from_items([{key, source, replaces}])  ->  map_batches(RayTrackWorker, batch_size=1,
-        compute=ActorPoolStrategy(size=workers), num_cpus, num_gpus, memory, resources={"TPU": n})
-        ->  iter_rows()  ->  RunLog.add
+    actors = RayTrackWorker x workers (num_cpus, num_gpus, memory, resources={"TPU": n},
+             max_restarts=-1, max_task_retries=-1)
+    driver: actor.run(track) for each idle actor  ->  ray.wait  ->  RunLog.add  ->  the next track
 
-Only paths travel between stages (a decoded 10-minute song would be 212 MB of float32). Ray restarts an
-actor that dies and retries its task without limit; `TrackWorker` counts attempts in the output store, so a
-poison input is recorded as failed after `max_attempts` deaths and the job goes on. This module imports Ray
-only inside `run_ray`, and the driver never imports JAX: actors are fresh processes that load it themselves.
+Only paths travel (a decoded 10-minute song would be 212 MB of float32). Ray restarts an actor that dies and
+retries its task without limit; `TrackWorker` counts attempts in the output store, so a poison input is
+recorded as failed after `max_attempts` deaths and the job goes on. An actor's constructor argument is the
+small `JobSpec`, sent inline with its creation task: nothing of it lives in the object store, so a restart cannot
+lose it. (Ray Data's actor pool, which this engine used before, hands every actor object-store references of its
+own, and Ray core reports each such restartable actor with an error-level line on stderr: ray-project/ray#57733.)
+
+A local cluster this command starts for itself runs with token authentication and a fresh token of its own in
+the environment (`RAY_AUTH_MODE=token`, `RAY_AUTH_TOKEN`; `_import_ray`), unless the user chose a mode: no
+warning, and no token file written to ~/.ray. This module imports Ray only inside `run_ray`, and the driver never
+imports JAX: actors are fresh processes that load it themselves.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+import secrets
+import signal
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, replace
+from typing import Any
 
-from .dataset import JobSpec, WorkerResources
+from .dataset import RAY_MISSING, JobSpec, WorkerResources, forget_attempt
 from .dataset_plan import Track
 from .errors import DatasetError, ModelLoadError, OptionError, one_line
-
-# Ray Data keeps its blocks in the object store; more than this many blocks cost more than they help. A block
-# holds ceil(tracks / blocks) paths, and a task (the unit Ray retries) takes one block at a time.
-MAX_BLOCKS = 20_000
+from .storage import open_store
 
 
 class RayTrackWorker:
-    """A Ray Data callable class: one `TrackWorker` per actor. A model that cannot be loaded is not retried
-    track after track: every row the actor returns then carries the fatal error, and the driver stops."""
+    """The actor class: one `TrackWorker`. A model that cannot be loaded is not retried track after track:
+    every call then returns the fatal error, and the driver stops."""
 
     def __init__(self, spec: dict, fractional_gpu: bool = False):
         if fractional_gpu:  # several actors share a GPU: JAX must not take 75 % of its memory each
             os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         from .dataset import TrackWorker
-        from .errors import HDemucsFlaxError, one_line
+        from .errors import HDemucsFlaxError
 
         self.worker, self.fatal = None, None
         try:
@@ -47,17 +58,11 @@ class RayTrackWorker:
                 fatal.update(option=error.option, value=str(error.value), rule=error.rule)
             self.fatal = fatal
 
-    def __call__(self, batch: dict) -> dict:
-        import numpy as np
-
-        results = []
-        for key, source, replaces in zip(batch["key"], batch["source"], batch["replaces"], strict=True):
-            if self.fatal is not None or self.worker is None:
-                results.append(json.dumps({"fatal": self.fatal}))
-                continue
-            track = Track(str(key), str(source), tuple(json.loads(str(replaces))))
-            results.append(json.dumps({"row": self.worker.run(track), "info": self.worker.info}))
-        return {"result": np.array(results, dtype=object)}
+    def run(self, track: Track) -> dict:
+        """{"row": manifest row, "info": worker info}, or {"fatal": ...} when the model could not be loaded."""
+        if self.fatal is not None or self.worker is None:
+            return {"fatal": self.fatal}
+        return {"row": self.worker.run(track), "info": self.worker.info}
 
 
 def _fatal(fatal: dict) -> Exception:
@@ -66,51 +71,122 @@ def _fatal(fatal: dict) -> Exception:
     return ModelLoadError(fatal["error"])
 
 
+def _import_ray(address: str) -> Any:
+    """Ray, imported for a run on the cluster at `address` ("local": one this command starts). For a cluster of
+    its own, token authentication (the cluster listens on the machine's address) with a fresh token in this
+    process's environment and its children's: Ray reads both when it is imported, so they are set first. (When
+    the caller imported Ray earlier, Ray's own default applies: a token file in ~/.ray and a warning.)"""
+    if address == "local" and "ray" not in sys.modules and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    try:
+        import ray
+    except ImportError:
+        raise DatasetError(RAY_MISSING) from None
+    return ray
+
+
+def _connect(ray: Any, address: str) -> None:
+    """Join the cluster at `address`, or start a local one ("local")."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        where = f"Ray cluster {address}" if address != "local" else "a local Ray cluster"
+        raise DatasetError(f"{where}: cannot start or join it ({one_line(error)})") from None
+    finally:
+        if on_sigterm is not None:  # ray.init makes SIGTERM exit at once; keep the command's handler (clean-up)
+            signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def run_ray(
     todo: Sequence[Track], spec: JobSpec, resources: WorkerResources, add: Callable[[dict, dict | None], None]
 ) -> None:
-    """Separate `todo` on a Ray cluster (`resources.ray_address`, else a new local one), calling `add(row,
-    worker info)` for each manifest row as it arrives."""
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise DatasetError("the ray engine needs Ray: pip install 'hdemucs-flax[ray]'") from None
-
+    """Separate `todo` on a Ray cluster (`resources.ray_address`, else $RAY_ADDRESS, else a new local one),
+    calling `add(row, worker info)` for each manifest row as it arrives. On an interrupt the actors are killed
+    and the attempts of the tracks they held are taken back (`forget_attempt`)."""
+    address = resources.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+    ray = _import_ray(address)
     if not ray.is_initialized():
-        try:
-            ray.init(
-                address=resources.ray_address,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
-        except (ConnectionError, RuntimeError, ValueError) as error:
-            where = f"--ray-address {resources.ray_address}" if resources.ray_address else "a local Ray cluster"
-            raise DatasetError(f"{where}: cannot start or join it ({one_line(error)})") from None
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # no "progress bars disabled" notice
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # the command line draws its own bar of tracks
-    context.print_on_execution_start = False
-
+        _connect(ray, address)
     if spec.compilation_cache is None:  # actors are this job's own processes: give them the default cache
         spec = replace(spec, compilation_cache=True)
-    items = [{"key": t.key, "source": t.source, "replaces": json.dumps(list(t.replaces))} for t in todo]
-    remote: dict = {}
+    options: dict[str, Any] = {
+        "num_cpus": resources.cpus_per_worker,
+        "num_gpus": resources.gpus_per_worker,
+        "max_restarts": -1,
+        "max_task_retries": -1,
+    }
+    if resources.memory_per_worker:
+        options["memory"] = resources.memory_per_worker
     if resources.tpus_per_worker:
-        remote["resources"] = {"TPU": resources.tpus_per_worker}
-    dataset = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS)).map_batches(
-        RayTrackWorker,
-        batch_size=1,
-        fn_constructor_kwargs={"spec": asdict(spec), "fractional_gpu": 0 < resources.gpus_per_worker < 1},
-        compute=ray.data.ActorPoolStrategy(size=resources.workers, max_tasks_in_flight_per_actor=1),
-        num_cpus=resources.cpus_per_worker,
-        num_gpus=resources.gpus_per_worker or None,
-        memory=resources.memory_per_worker,
-        **remote,
-    )
-    for record in dataset.iter_rows():
-        result = json.loads(record["result"])
-        if "fatal" in result:
-            raise _fatal(result["fatal"])
-        add(result["row"], result["info"])
+        options["resources"] = {"TPU": resources.tpus_per_worker}
+    worker_class = ray.remote(RayTrackWorker).options(**options)
+    arguments = (asdict(spec), 0 < resources.gpus_per_worker < 1)
+    actors = [worker_class.remote(*arguments) for _ in range(min(resources.workers, len(todo)))]
+    waiting = deque(todo)
+    running: dict[Any, tuple[Any, Track]] = {}  # task -> (actor, track)
+
+    def give(actor: Any) -> None:
+        if waiting:
+            track = waiting.popleft()
+            running[actor.run.remote(track)] = (actor, track)
+
+    with _signals_between_ray_calls() as deliver:
+        try:
+            for actor in actors:
+                give(actor)
+            while running:
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+                deliver()
+                if not ready:
+                    continue
+                actor, _ = running.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except ray.exceptions.RayError as error:  # an actor that cannot even start (Ray's own failure)
+                    raise DatasetError(f"a Ray worker failed: {one_line(error)}") from None
+                if "fatal" in result:
+                    raise _fatal(result["fatal"])
+                add(result["row"], result["info"])
+                give(actor)
+        except KeyboardInterrupt:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+            store = open_store(spec.output, spec.storage_options)
+            for _, track in running.values():
+                # The try in progress, if it began; if its actor was still restarting after a crash, the crash is
+                # taken back instead (an input gets one try more, never one less).
+                forget_attempt(store, track.key, spec.run_id)
+            raise
+        finally:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+
+
+@contextlib.contextmanager
+def _signals_between_ray_calls() -> Iterator[Callable[[], None]]:
+    """Ray's blocking calls turn whatever a signal handler raises into a plain KeyboardInterrupt, so SIGTERM would
+    lose its `runtime.Terminated` (its message and exit status 143). Inside this block the process's own handlers
+    of SIGINT, SIGTERM and SIGHUP are not run by a signal; it is noted, and the `deliver()` this yields runs the
+    handler, outside Ray's calls. Signals arriving during the clean-up after an interrupt wait for its end."""
+    noted: list[int] = []
+    handlers: dict[int, Callable] = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            handler = signal.getsignal(number)
+            if callable(handler):
+                handlers[number] = handler
+                signal.signal(number, lambda signum, frame: noted.append(signum))
+
+    def deliver() -> None:
+        if noted:
+            number = noted.pop(0)
+            handlers[number](number, None)
+
+    try:
+        yield deliver
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)

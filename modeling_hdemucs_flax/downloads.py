@@ -104,6 +104,10 @@ BUNDLES: dict[str, TorchaudioBundle] = {
 }
 
 
+# The default model of `pretrained.load_model` (its first Hub copy, its torchaudio file).
+DEFAULT_BUNDLE = BUNDLES["HDEMUCS_HIGH_MUSDB_PLUS"]
+
+
 def torchaudio_url(key: str) -> str:
     """Download URL of a torchaudio asset (`HDEMUCS_FLAX_TORCHAUDIO_URL` overrides the base)."""
     base = os.environ.get(ENV_TORCHAUDIO_URL) or TORCHAUDIO_BASE_URL
@@ -246,6 +250,11 @@ def torchaudio_checkpoint_path(bundle: TorchaudioBundle, directory: str | os.Pat
     matches."""
     root = Path(directory) if directory is not None else cache_dir() / "torchaudio"
     return root / bundle.key
+
+
+def converted_model_dir(bundle: TorchaudioBundle = DEFAULT_BUNDLE) -> Path:
+    """Where the default-model chain keeps its own conversion of `bundle`'s torchaudio checkpoint."""
+    return cache_dir() / "converted" / bundle.name.lower()
 
 
 def replace_directory(source: str | os.PathLike, destination: str | os.PathLike) -> None:

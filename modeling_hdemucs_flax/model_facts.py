@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config_rules import ARCHITECTURE_DEFAULTS, config_from_json
-from .downloads import BUNDLES
+from .downloads import DEFAULT_BUNDLE
+from .model_identity import looks_like_path
 
-DEFAULT_BUNDLE_NAME = "HDEMUCS_HIGH_MUSDB_PLUS"  # the model `load_model(None)` loads (see `pretrained.py`)
 FETCH_SECONDS = 10.0  # a Hub repo's config.json: one attempt, this long at most
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is about 1 kB
 
@@ -32,11 +32,6 @@ class ModelFacts:
     sources: tuple[str, ...]
     sample_rate: int
     audio_channels: int
-
-
-def looks_like_path(spec: str) -> bool:
-    """A `--model` value that cannot be a Hub repo id ("name" or "namespace/name") is meant as a folder."""
-    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec or os.path.exists(spec)
 
 
 def _hub_config(repo_id: str, revision: str | None) -> bytes | None:
@@ -80,7 +75,7 @@ def read_model_facts(model: str | os.PathLike | None, revision: str | None = Non
     reach): loading the model then says what is wrong. Raises `ConfigError` when the config.json is read and
     describes no usable model (a field out of range, a source name that cannot be a file name)."""
     if model is None:
-        bundle = BUNDLES[DEFAULT_BUNDLE_NAME]
+        bundle = DEFAULT_BUNDLE
         channels = bundle.overrides.get("audio_channels", ARCHITECTURE_DEFAULTS["audio_channels"])
         return ModelFacts(tuple(bundle.sources), bundle.sample_rate, channels)
     spec = str(model)

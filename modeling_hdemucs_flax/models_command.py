@@ -65,13 +65,12 @@ def _entry(label: str, text: str) -> list[str]:
 
 
 def models_command(args: argparse.Namespace) -> int:
-    from .downloads import BUNDLES
-    from .model_facts import DEFAULT_BUNDLE_NAME
+    from .downloads import BUNDLES, DEFAULT_BUNDLE
     from .runtime import cache_dir
 
     for bundle in BUNDLES.values():
         name = bundle.hub_repo or bundle.name
-        print(f"{name} (default)" if bundle.name == DEFAULT_BUNDLE_NAME else name)
+        print(f"{name} (default)" if bundle.name == DEFAULT_BUNDLE.name else name)
         lines = _entry("cached here", ", ".join(cached_copies(bundle)) or "no")
         lines += _entry("licence", bundle.licence)
         lines += _entry("weights", f"torchaudio's {bundle.name}")

@@ -31,7 +31,9 @@ from huggingface_hub import constants as hf_constants
 
 from .downloads import (
     BUNDLES,
+    DEFAULT_BUNDLE,
     TorchaudioBundle,
+    converted_model_dir,
     fetch_torchaudio_checkpoint,
     replace_directory,
     torchaudio_checkpoint_path,
@@ -39,17 +41,12 @@ from .downloads import (
 )
 from .errors import DownloadError, HDemucsFlaxError, ModelLoadError, one_line
 from .layers import Dtype
-from .model_facts import DEFAULT_BUNDLE_NAME
-from .model_facts import looks_like_path as _looks_like_path
+from .model_identity import check_model_folder, looks_like_path
 from .modeling_flax_hdemucs import FlaxHDemucs
-from .runtime import cache_dir
 
-DEFAULT_BUNDLE = BUNDLES[DEFAULT_BUNDLE_NAME]
 # The converted HDEMUCS_HIGH_MUSDB_PLUS checkpoint on the Hub (see conversion/README.md).
 DEFAULT_MODEL: str = DEFAULT_BUNDLE.hub_repo or ""
 assert DEFAULT_MODEL, "the default bundle names its Hub repo"
-# Extensions of files that are torch checkpoints rather than model folders.
-CHECKPOINT_EXTENSIONS = (".pt", ".pth", ".ckpt", ".th", ".bin")
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +64,7 @@ def _problem(error: BaseException) -> str:
 
 
 def _load_folder(path: Path, dtype, option: str) -> FlaxHDemucs:
-    if path.is_file():
-        if path.suffix.lower() in CHECKPOINT_EXTENSIONS:
-            raise ModelLoadError(
-                f"{path} is a torch checkpoint file, not a model folder; convert it once with "
-                f"`hdemucs-flax convert {path} -o FOLDER` and pass FOLDER as {option}"
-            )
-        raise ModelLoadError(f"{path} is a file, not a model folder; pass a folder written by save_pretrained")
-    if not path.is_dir():
-        raise ModelLoadError(f"{path}: no such model folder; pass a folder written by save_pretrained or a Hub repo id")
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{path}: not a model folder (no config.json); pass a folder written by save_pretrained")
+    check_model_folder(path, option)
     try:
         return FlaxHDemucs.from_pretrained(path, dtype=dtype)
     except Exception as error:  # any content: malformed JSON, absurd values, a garbage safetensors file
@@ -125,14 +112,9 @@ def load_model(
         return load_default_model(dtype=dtype, revision=revision, option=option)
     spec = str(model)
     path = Path(spec).expanduser()
-    if isinstance(model, os.PathLike) or _looks_like_path(spec):
+    if isinstance(model, os.PathLike) or looks_like_path(spec):
         return _load_folder(path, dtype, option)
     return _load_repo(spec, dtype, revision, option)
-
-
-def converted_model_dir(bundle: TorchaudioBundle = DEFAULT_BUNDLE) -> Path:
-    """Where the default chain keeps its own conversion of `bundle`'s torchaudio checkpoint."""
-    return cache_dir() / "converted" / bundle.name.lower()
 
 
 def load_default_model(

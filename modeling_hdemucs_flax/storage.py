@@ -8,6 +8,13 @@ stems are written locally and uploaded. Two kinds of output store, one interface
   `os.replace` publish each file in one step;
 - `ObjectStore` (anything else fsspec reaches): each PUT is atomic per object; there are no renames.
 
+One job at a time per output (`Store.lock`): two runs on one output would sweep each other's staging, write the
+same stems and count each other's attempts. A folder is locked with `flock` on `_hdemucs/lock` (the kernel
+releases it when the process ends, however it ends); an object store holds a lock object `_hdemucs/lock.json`
+(owner, host, pid, start, heartbeat), created only where none exists (S3's conditional PUT), refreshed every
+minute, removed at the end, and taken over when its owner is a dead process of this host or its heartbeat is
+older than five minutes (a run killed on another machine blocks its output that long).
+
 Paths inside a store are relative POSIX strings (`rock/song/drums.flac`). Standard library and fsspec only
 (fsspec comes with huggingface_hub); the object-store drivers (s3fs, gcsfs) are optional installs.
 """
@@ -21,14 +28,19 @@ if TYPE_CHECKING:
 
 import contextlib
 import glob
+import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from . import tempfiles
-from .errors import DatasetError
+from .errors import DatasetError, one_line
 
 
 def is_url(spec: str) -> bool:
@@ -49,6 +61,8 @@ def filesystem(url: str, storage_options: dict | None = None) -> tuple[AbstractF
         raise DatasetError(f"{url}: reading {protocol}:// needs {hint} (pip install {hint})") from error
     except ValueError as error:
         raise DatasetError(f"{url}: not a URL fsspec understands ({error})") from None
+    except OSError as error:  # a driver that connects when it is made (ftp://, sftp://) and cannot
+        raise DatasetError(f"{url}: cannot reach it ({one_line(error)})") from None
 
 
 def is_local_filesystem(fs: AbstractFileSystem) -> bool:
@@ -140,8 +154,30 @@ class Store:
         growing intervals and at `close()` (object store)."""
         raise NotImplementedError
 
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the output for this process for the `with` block (see the module doc). Raises `DatasetError`
+        when another run holds it (naming that run) or the output cannot be written."""
+        raise NotImplementedError
+
+    def _unwritable(self, error: OSError) -> DatasetError:
+        reason = error.strerror or one_line(error)
+        return DatasetError(f"{self.root}: cannot write to this output ({reason}); choose one you can write to")
+
+    def _in_use(self, holder: dict | None, note: str = "") -> DatasetError:
+        who = "another run"
+        if holder:
+            who = f"another run (pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')})"
+        return DatasetError(f"{self.root} is in use by {who}{note}; wait for it to finish, or choose another output")
+
 
 STAGING = "_hdemucs/staging"
+LOCK, LOCK_OBJECT = "_hdemucs/lock", "_hdemucs/lock.json"
+LOCK_HEARTBEAT_S, LOCK_STALE_S = 60.0, 300.0
+
+
+def _lock_owner() -> dict:
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "started": started}
 
 
 class LocalStore(Store):
@@ -212,6 +248,39 @@ class LocalStore(Store):
         target.parent.mkdir(parents=True, exist_ok=True)
         return LineSink(open(target, "w", encoding="utf-8"))
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        import fcntl
+
+        path = self._p(LOCK)
+        while True:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handle = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), tempfiles.file_mode())
+            except OSError as error:
+                raise self._unwritable(error) from None
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                holder = _read_json(os.read(handle, 4096)) if isinstance(error, BlockingIOError) else None
+                os.close(handle)
+                if isinstance(error, BlockingIOError):
+                    raise self._in_use(holder) from None
+                raise DatasetError(f"{self.root}: cannot lock this output ({one_line(error)})") from None
+            # The run before this one removes the file before it unlocks: lock the file now at the path, not one
+            # that was removed between this process's open and its flock.
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(handle), os.stat(path)):
+                    break
+            os.close(handle)
+        try:
+            os.ftruncate(handle, 0)
+            os.write(handle, json.dumps(_lock_owner()).encode())  # names this run to one that is refused
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            os.close(handle)
+
 
 class ObjectStore(Store):
     def __init__(self, root: str, storage_options: dict | None = None):
@@ -266,6 +335,77 @@ class ObjectStore(Store):
 
     def append_lines(self, rel: str) -> LineSink:
         return UploadingLineSink(self, rel)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        owner = _lock_owner()
+        self._take_lock(owner)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(owner, stop), name="hdemucs-lock", daemon=True)
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join()
+            holder = _read_json(self.read_bytes(LOCK_OBJECT))
+            if holder is None or holder.get("id") == owner["id"]:
+                self.remove(LOCK_OBJECT)
+
+    def _take_lock(self, owner: dict) -> None:
+        for _ in range(3):  # a stale lock removed, or a lock released while this process looked at it
+            data = json.dumps({**owner, "heartbeat": time.time()}).encode()
+            try:
+                self._create(LOCK_OBJECT, data)
+            except FileExistsError:
+                holder = _read_json(self.read_bytes(LOCK_OBJECT))
+                if holder is not None and not _abandoned(holder):
+                    age = time.time() - float(holder.get("heartbeat") or 0)
+                    note = f" (its lock {self.url(LOCK_OBJECT)} was renewed {age:.0f} s ago)"
+                    raise self._in_use(holder, note) from None
+                self.remove(LOCK_OBJECT)
+                continue
+            except OSError as error:
+                raise self._unwritable(error) from None
+            holder = _read_json(self.read_bytes(LOCK_OBJECT))  # a store without conditional writes: last one wins
+            if holder is None or holder.get("id") != owner["id"]:
+                raise self._in_use(holder) from None
+            return
+        raise self._in_use(None)
+
+    def _create(self, rel: str, data: bytes) -> None:
+        """Write `rel` only if it does not exist (FileExistsError otherwise); where the driver has no exclusive
+        write, a check before an ordinary write."""
+        try:
+            self.fs.pipe_file(self._p(rel), data, mode="create")
+        except TypeError:  # this driver's pipe_file takes no mode
+            if self.exists(rel):
+                raise FileExistsError(self.url(rel)) from None
+            self.write_bytes(rel, data)
+
+    def _heartbeat(self, owner: dict, stop: threading.Event) -> None:
+        while not stop.wait(LOCK_HEARTBEAT_S):
+            with contextlib.suppress(Exception):  # a missed beat is made up by the next one
+                self.write_bytes(LOCK_OBJECT, json.dumps({**owner, "heartbeat": time.time()}).encode())
+
+
+def _read_json(data: bytes | None) -> dict | None:
+    try:
+        value = json.loads(data) if data else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _abandoned(holder: dict) -> bool:
+    """Whether a lock object's owner is gone: a dead process of this host, or no heartbeat for `LOCK_STALE_S`."""
+    pid = holder.get("pid")
+    if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not tempfiles.process_alive(pid):
+        return True
+    try:
+        return time.time() - float(holder.get("heartbeat") or 0) > LOCK_STALE_S
+    except (TypeError, ValueError):
+        return True
 
 
 def open_store(output: str | os.PathLike, storage_options: dict | None = None) -> Store:

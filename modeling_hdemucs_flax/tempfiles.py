@@ -83,7 +83,9 @@ def finish(temp: str | os.PathLike, destination: str | os.PathLike) -> Path:
 _OWNED = re.compile(r"^\..+\.(?P<pid>\d+)-[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9_.]+)$")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (this process counts as running; so does a pid this system
+    cannot hold, to be safe: callers remove what belongs to dead processes only)."""
     if pid == os.getpid():
         return True
     try:
@@ -124,7 +126,7 @@ def sweep_stale(folder: str | os.PathLike, suffix: str, older_than: float) -> li
         try:
             if not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= older_than:
                 continue
-            if _alive(int(match.group("pid"))):
+            if process_alive(int(match.group("pid"))):
                 continue
             os.unlink(entry.path)
         except OSError:
@@ -152,7 +154,7 @@ def sweep_stale_folders(folder: str | os.PathLike, suffix: str, older_than: floa
             if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= older_than:
                 continue
             pid = int(match.group("pid"))
-            if pid != os.getpid() and _alive(pid):
+            if pid != os.getpid() and process_alive(pid):
                 continue
         except OSError:
             continue

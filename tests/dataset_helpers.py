@@ -4,12 +4,17 @@ on the moto S3 server (conftest's `s3_endpoint`), reached through fsspec/s3fs li
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import soundfile as sf
 
 from .audio_files import write_song
+from .flows import REPO_ROOT, SCRIPTS
 
 
 def s3_options(endpoint: str) -> dict:
@@ -92,3 +97,27 @@ class Place:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def start_command(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """`hdemucs-flax argv` as a real process (`scripts/dataset_cli.py`, the console script's entry point, which
+    turns SIGTERM into the interrupt Ctrl-C is), for tests that signal or kill it."""
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "dataset_cli.py"), *argv],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until(condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 240) -> None:
+    """Poll `condition` until it holds; fail naming `what` if `process` ends first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            stdout, stderr = process.communicate()
+            raise AssertionError(f"the command ended before {what}: {stdout[-2000:]}\n{stderr[-3000:]}")
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.1)

@@ -9,11 +9,14 @@ The tiny random-weight model runs every separation (compiled once per session); 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +29,9 @@ from modeling_hdemucs_flax.storage import LocalStore, ObjectStore
 
 from .audio_files import write_song
 from .conftest import SEGMENT_SECONDS, SOURCES
-from .dataset_helpers import Place, sha256
-from .flows import REPO_ROOT, run_script
+from .dataset_helpers import Place, sha256, start_command, wait_until
+from .flows import REPO_ROOT, error_lines, run_script
+from .hub_server import FileServer, trickle
 from .separation_helpers import FailingForward
 
 KEYS = ["pop/song", "rock/song", "solo"]
@@ -408,3 +412,176 @@ def test_command_on_s3(tiny_checkpoint_dir, jax_cache, s3_endpoint, tmp_path, ca
     assert [r["source"] for r in manifest(place)] == [bad, song]
     assert main(argv) == 0
     assert [r["status"] for r in manifest(place)] == ["skipped", "skipped"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Faults a user meets through the command: interrupts, unusable inputs and outputs, reserved names, two runs
+
+
+def model_args(checkpoint: Path, cache: Path, scratch: Path) -> list[str]:
+    """The tiny model, its compiled segment and the session's compilation cache, as command-line flags."""
+    return ["--model", str(checkpoint), "--segment", str(SEGMENT_SECONDS), "--compilation-cache", str(cache)] + [
+        "--scratch-dir",
+        str(scratch),
+    ]
+
+
+def command_env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu", "HDEMUCS_FLAX_CACHE": str(tmp_path)}
+
+
+def test_an_interrupted_track_is_not_counted_as_a_worker_death(tiny_checkpoint_dir, jax_cache, tmp_path, capsys):
+    """Ctrl-C (SIGINT), then SIGTERM, reach a real `separate-dataset` while it fetches its track from a server
+    that trickles it: each run ends with its one line and 128 + the signal, and takes back the attempt it had
+    counted, so with --max-attempts 2 the next run separates the track instead of recording it as failed."""
+    song = write_song(tmp_path / "song.wav", 0.25, 44100, 2, subtype="PCM_16").read_bytes()
+    out = tmp_path / "out"
+    with FileServer({"song.wav": trickle(song, 0.05)}) as server:
+        listing = tmp_path / "songs.txt"
+        listing.write_text(f"{server.url}/song.wav\n")
+        argv = ["separate-dataset", str(listing), "-o", str(out), "--max-attempts", "2", "-q"]
+        argv += model_args(tiny_checkpoint_dir, jax_cache, tmp_path / "scratch")
+        expected = {
+            signal.SIGINT: "error: interrupted; no partial stem files were kept",
+            signal.SIGTERM: "error: terminated (SIGTERM); no partial stem files were kept",
+        }
+        for number, line in expected.items():
+            server.requests.clear()
+            process = start_command(argv, command_env(tmp_path))
+            wait_until(lambda: ("GET", "song.wav") in server.requests, process, "the track is being fetched")
+            process.send_signal(number)
+            _, stderr = process.communicate(timeout=120)
+            assert process.returncode == 128 + number, stderr[-3000:]
+            assert error_lines(stderr) == [line], stderr[-3000:]
+            assert not (out / "_hdemucs" / "attempts" / "song.json").exists()
+        server.files["song.wav"] = song
+        assert main(argv) == 0
+    assert capsys.readouterr().out.startswith(f"{out}: 1 separated, 0 skipped, 0 failed;")
+    assert sorted(p.name for p in (out / "song").iterdir()) == [f"{s}.flac" for s in sorted(SOURCES)]
+
+
+def files(folder: Path) -> dict[str, tuple[int, int]]:
+    """{relative path: (size, mtime_ns)} of every file below `folder`."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def unusable(tmp_path: Path, case: str) -> tuple[list[str], str, str]:
+    """(inputs, output, the error line's text after 'error: ') of one kind of unusable input or output."""
+    songs = tmp_path / "in"
+    write_song(songs / "song.wav", 0.25, 44100, 2, subtype="PCM_16")
+    out = str(tmp_path / "out")
+    if case == "read-only output":  # sysfs: no process, root included, may create anything there
+        out = "/sys/hdemucs-flax-test-output"
+        reason = os.strerror(errno.EPERM if os.geteuid() == 0 else errno.EACCES)
+        return [str(songs)], out, f"{out}: cannot write to this output ({reason}); choose one you can write to"
+    if case == "non-UTF-8 CSV":
+        listing = tmp_path / "songs.csv"
+        listing.write_bytes("path\ncafé.wav\n".encode("latin-1"))
+        return [str(listing)], out, f"{listing}: not UTF-8 text (it holds the byte 0xe9); save the list as UTF-8"
+    if case == "corrupt parquet":
+        listing = tmp_path / "songs.parquet"
+        listing.write_bytes(b"PAR1" + bytes(range(256)) * 4 + b"PAR1")
+        return [str(listing)], out, f"{listing}: not a readable parquet file ("
+    if case == "unreachable ftp input":
+        url = f"ftp://127.0.0.1:{unused_port()}/music/"
+        return [url], out, f"{url}: cannot reach it ([Errno {errno.ECONNREFUSED}] Connection refused)"
+    assert case == "key summary.json"  # its stems would make the folder summary.json/
+    reserved = write_song(songs / "summary.json.wav", 0.25, 44100, 2, subtype="PCM_16")
+    return [str(songs)], out, f"{reserved}: its stems would go to summary.json/, a name the job keeps for its own"
+
+
+@pytest.mark.parametrize(
+    "case", ["read-only output", "non-UTF-8 CSV", "corrupt parquet", "unreachable ftp input", "key summary.json"]
+)
+def test_unusable_inputs_and_outputs_are_one_line_usage_errors(case, tiny_checkpoint_dir, jax_cache, tmp_path, capsys):
+    """Each is one `error:` line naming the file or URL and the problem (exit 2, before any work), never a
+    traceback; nothing is written to the output."""
+    inputs, out, message = unusable(tmp_path, case)
+    argv = ["separate-dataset", *inputs, "-o", out, *model_args(tiny_checkpoint_dir, jax_cache, tmp_path / "s")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {message}"), err
+    assert not Path(out).exists()
+
+
+def test_a_second_run_on_a_busy_output_is_refused(tiny_checkpoint_dir, jax_cache, tmp_path, capsys):
+    """While a real `separate-dataset` holds an output (fetching a track from a server that trickles it), a second
+    run on it is a usage error naming the first (exit 2) that touches nothing; once the first is killed with
+    SIGKILL, which leaves its lock file but no lock, the next run goes ahead."""
+    song = write_song(tmp_path / "song.wav", 0.25, 44100, 2, subtype="PCM_16").read_bytes()
+    local = write_song(tmp_path / "other" / "solo.wav", 0.25, 44100, 2, subtype="PCM_16")
+    out = tmp_path / "out"
+    flags = model_args(tiny_checkpoint_dir, jax_cache, tmp_path / "scratch")
+    with FileServer({"song.wav": trickle(song, 0.05)}) as server:
+        listing = tmp_path / "songs.txt"
+        listing.write_text(f"{server.url}/song.wav\n")
+        first = start_command(["separate-dataset", str(listing), "-o", str(out), "-q", *flags], command_env(tmp_path))
+        try:
+            wait_until(lambda: ("GET", "song.wav") in server.requests, first, "the first run fetches its track")
+            before = files(out)
+            assert main(["separate-dataset", str(local.parent), "-o", str(out), *flags]) == 2
+            err = capsys.readouterr().err
+            expected = f"error: {out} is in use by another run (pid {first.pid} on {socket.gethostname()}, started "
+            assert err.count("\n") == 1 and err.startswith(expected), err
+            assert err.endswith("); wait for it to finish, or choose another output\n"), err
+            assert files(out) == before
+        finally:
+            first.kill()
+            first.communicate(timeout=60)
+    assert (out / "_hdemucs" / "lock").exists()
+    assert main(["separate-dataset", str(local.parent), "-o", str(out), *flags]) == 0
+    assert capsys.readouterr().out.startswith(f"{out}: 1 separated, 0 skipped, 0 failed;")
+    assert not (out / "_hdemucs" / "lock").exists()  # released at the end of the run
+
+
+def test_an_object_store_output_is_held_by_a_lock_object(s3_endpoint, tiny_checkpoint_dir, jax_cache, tmp_path, capsys):
+    """On S3 the output's lock is the object `_hdemucs/lock.json`: a run is refused while another run's lock is
+    fresh (a live process of this host, or another host's recent heartbeat) and takes it over when its owner is
+    a dead process of this host or it has not been renewed for five minutes; it removes its own at the end."""
+    place = Place("s3", tmp_path, s3_endpoint)
+    place.song("in/song.wav", subtype="PCM_16")
+    options = [f"--storage-option={key}={value}" for key, value in place.storage_options.items()]
+    argv = ["separate-dataset", place.url("in"), "-o", place.url("out"), *options, "-q"]
+    argv += model_args(tiny_checkpoint_dir, jax_cache, tmp_path / "scratch")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host, now = socket.gethostname(), time.time()
+    holders = [  # (lock of another run, refused?)
+        ({"host": host, "pid": os.getppid(), "heartbeat": now - 30}, True),  # a live process here
+        ({"host": "elsewhere", "pid": 1, "heartbeat": now - 30}, True),
+        ({"host": host, "pid": int(dead.stdout), "heartbeat": now}, False),  # killed here: gone at once
+        ({"host": "elsewhere", "pid": 1, "heartbeat": now - 301}, False),  # no heartbeat for 5 minutes
+    ]
+    for holder, refused in holders:
+        lock = {"id": "other", "started": "2026-01-01T00:00:00Z", **holder}
+        place.write_bytes("out/_hdemucs/lock.json", json.dumps(lock).encode())
+        status = main(argv)
+        err = capsys.readouterr().err
+        if refused:
+            assert status == 2 and err.count("\n") == 1, err
+            who = f"another run (pid {holder['pid']} on {holder['host']}, started 2026-01-01T00:00:00Z)"
+            assert err.startswith(f"error: {place.url('out')} is in use by {who} (its lock "), err
+            assert "out/manifest.jsonl" not in place.files()
+        else:
+            assert status == 0, err
+            assert "out/_hdemucs/lock.json" not in place.files()
+    assert [r["status"] for r in manifest(place)] == ["skipped"]  # the first run taking over separated it
+
+
+def test_ray_engine_without_ray_says_how_to_install_the_extra(tiny_checkpoint_dir, tmp_path, monkeypatch, capsys):
+    """Without Ray the ray engine is a usage error before any work, advising the [ray] extra of the checkout (the
+    package is not on PyPI under its name)."""
+    write_song(tmp_path / "in" / "song.wav", 0.25, 44100, 2, subtype="PCM_16")
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as it does where Ray is not installed
+    argv = ["separate-dataset", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--engine", "ray"]
+    assert main([*argv, "--model", str(tiny_checkpoint_dir)]) == 2
+    assert capsys.readouterr().err == (
+        "error: the ray engine needs Ray: install the [ray] extra from your checkout of hdemucs-flax: "
+        "pip install '.[ray]'\n"
+    )
+    assert not (tmp_path / "out").exists()

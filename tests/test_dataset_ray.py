@@ -9,13 +9,17 @@ Few runs, each checking much: a Ray run costs seconds of actor start-up.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from .audio_files import write_song
 from .conftest import SEGMENT_SECONDS, SOURCES
-from .flows import run_script
+from .dataset_helpers import start_command, wait_until
+from .flows import REPO_ROOT, error_lines, run_script
+from .hub_server import FileServer, trickle
 
 
 def dataset_run(ray_cluster, checkpoint, cache, inputs, out, *flags, env=None, timeout=300):
@@ -65,8 +69,7 @@ def test_a_ray_run_then_a_rerun_that_skips_everything(ray_cluster, tiny_checkpoi
     out = tmp_path / "out"
     first = dataset_run(ray_cluster, tiny_checkpoint_dir, jax_cache, [library], out, "--workers", "2")
     assert exit_status(first) == 1, first.stderr[-3000:]
-    errors = [line for line in first.stderr.splitlines() if line.startswith("error:")]
-    assert sorted(errors) == [
+    assert sorted(first.stderr.splitlines()) == [  # nothing else: no error-level line of Ray's own
         f"error: {library / 'empty.wav'}: empty file (0 bytes)",
         f"error: {library / 'notes.wav'}: not a readable audio file (Format not recognised.)",
     ]
@@ -105,6 +108,29 @@ def test_a_ray_run_then_a_rerun_that_skips_everything(ray_cluster, tiny_checkpoi
     ]
 
 
+def test_a_cluster_of_its_own_runs_quietly_with_token_authentication(tiny_checkpoint_dir, jax_cache, tmp_path):
+    """Without --ray-address (and no RAY_ADDRESS or RAY_AUTH_MODE set) the command starts a local cluster for
+    itself: a successful run prints its summary line and nothing on stderr (no token-authentication warning, no
+    error-level line), and writes no token file into the home folder."""
+    write_song(tmp_path / "in" / "song.wav", 0.25, 44100, 2, subtype="PCM_16")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env.update(HOME=str(tmp_path / "home"), JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT))
+    argv = ["separate-dataset", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--engine", "ray", "-q"]
+    argv += [
+        "--model",
+        str(tiny_checkpoint_dir),
+        "--segment",
+        str(SEGMENT_SECONDS),
+        "--compilation-cache",
+        str(jax_cache),
+    ]
+    result = run_script("dataset_cli", env, *argv)
+    assert exit_status(result) == 0, result.stderr[-3000:]
+    assert f"{tmp_path / 'out'}: 1 separated, 0 skipped, 0 failed;" in result.stdout
+    assert result.stderr == ""
+    assert not (tmp_path / "home" / ".ray" / "auth_token").exists()
+
+
 def test_killed_worker_is_retried_and_a_poison_input_fails_after_max_attempts(
     ray_cluster, tiny_checkpoint_dir, jax_cache, tmp_path
 ):
@@ -129,3 +155,24 @@ def test_killed_worker_is_retried_and_a_poison_input_fails_after_max_attempts(
     expected = [f"{key}/{stem}.flac" for key in ("crash_once", "fine") for stem in SOURCES]
     expected += [f"_hdemucs/markers/{key}.{digest}.done.json" for key in ("crash_once", "fine")]
     assert outputs(out) == sorted([*expected, f"_hdemucs/markers/poison.{digest}.failed.json"])
+
+
+def test_sigterm_stops_a_ray_run_without_counting_an_attempt(ray_cluster, tiny_checkpoint_dir, jax_cache, tmp_path):
+    """SIGTERM reaches the driver while an actor fetches its track (from a server that trickles it): the run ends
+    with the command's one line and 143 (Ray's own handler would exit at once), the actors are stopped and the
+    attempt the actor had counted is taken back, so the interrupt never adds up to a 'worker died' failure."""
+    song = write_song(tmp_path / "song.wav", 0.25, 44100, 2, subtype="PCM_16").read_bytes()
+    out = tmp_path / "out"
+    address, env = ray_cluster
+    with FileServer({"song.wav": trickle(song, 0.05)}) as server:
+        listing = tmp_path / "songs.txt"
+        listing.write_text(f"{server.url}/song.wav\n")
+        argv = ["separate-dataset", str(listing), "-o", str(out), "--engine", "ray", "--ray-address", address, "-q"]
+        argv += ["--model", str(tiny_checkpoint_dir), "--segment", str(SEGMENT_SECONDS)]
+        process = start_command([*argv, "--compilation-cache", str(jax_cache)], env)
+        wait_until(lambda: ("GET", "song.wav") in server.requests, process, "an actor fetches the track")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert error_lines(stderr) == ["error: terminated (SIGTERM); no partial stem files were kept"], stderr[-3000:]
+    assert not (out / "_hdemucs" / "attempts" / "song.json").exists()

@@ -1,5 +1,5 @@
 """Runs `hdemucs-flax` (argv[1:]) in this process as the console script does, then prints which heavy libraries
-the driver imported (`loaded NAME: True|False`) and `exit status: N`."""
+the driver imported (`loaded NAME: True|False`) and `exit status: N`, and exits with that status."""
 
 import sys
 
@@ -12,3 +12,4 @@ except SystemExit as stop:  # argparse's --help and usage errors
 for name in ("jax", "ray", "torch", "transformers"):
     print(f"loaded {name}: {name in sys.modules}")
 print(f"exit status: {status}")
+sys.exit(status)
