@@ -254,8 +254,10 @@ class StemSeparator:
             for stem_path in stems.values():
                 bundle.write(stem_path, stem_path.name)
         channels = {1: "mono", 2: "stereo"}.get(info.channels, f"{info.channels}-channel")
+        # The stems hold exactly the decoded audio: their length, not the header's estimate, is the song's.
+        seconds = inspect_audio(next(iter(stems.values()))).duration
         summary = (
-            f"**{name}** ({format_seconds(info.duration)}, {info.sample_rate / 1000:g} kHz {channels}) → "
+            f"**{name}** ({format_seconds(seconds)}, {info.sample_rate / 1000:g} kHz {channels}) → "
             f"{len(stems)} stems in {format_seconds(time.monotonic() - started)}"
         )
         return Separated(stems, archive, summary)

@@ -508,6 +508,10 @@ def test_a_file_whose_header_understates_its_length_is_stopped_at_the_limit(serv
         assert f"{message}; this Space separates up to 10 s (trim the file" in text, text
         assert str(tmp_path) not in text and "Traceback" not in text
         print(f"[space] {path.name} refused in {time.monotonic() - started:.1f} s")
+    # under the limit, the summary gives the decoded length, not the header's
+    short = write_understated_matroska(tmp_path / "short.mkv", 6.0, 1.0)
+    *_, summary = client.predict(handle_file(short), "all", 0, 0.25, "wav", api_name="/separate")
+    assert "**short.mkv** (6 s, 44.1 kHz stereo)" in summary, summary
     assert server.alive()
 
 
