@@ -364,6 +364,15 @@ def _unfit_subtype(ext: str, requested: str) -> str:
     return f"{label} files hold {_either(held)} samples, not {wanted}{fix}"
 
 
+def check_channels(channels: int, model_channels: int, name: str) -> None:
+    """Raise `AudioError` naming `name` unless audio with `channels` channels can go through a model that separates
+    `model_channels` channels: the same count, or mono (duplicated to the model's channels). There is no implicit
+    downmix of more channels."""
+    if channels != model_channels and not (channels == 1 and model_channels > 1):
+        wanted = "mono or stereo" if model_channels == 2 else f"mono or {model_channels}-channel"
+        raise AudioError(f"{name}: {channels} channels is not supported (this model separates {wanted} audio)")
+
+
 def output_subtype(ext: str, input_subtype: str | None = None, requested: str | None = None) -> str:
     """The libsndfile subtype for a stem written as `ext`.
 

@@ -444,11 +444,14 @@ def _file_error(path: Path, error: BaseException) -> str:
     return message if message.startswith(str(path)) else f"{path}: {message}"
 
 
-def _prepare(args: argparse.Namespace, tracks: list[Track], output: OutputOptions, sources: Sequence[str]) -> _Work:
+def _prepare(
+    args: argparse.Namespace, tracks: list[Track], output: OutputOptions, sources: Sequence[str], channels: int
+) -> _Work:
     """Plan every stem path (a plan that would lose data, or a `--two-stems` the model lacks, is a usage error:
     exit 2), leave finished tracks alone under `--skip-existing`, and read every other input's header (a file
-    that is not usable audio gets its error line). Needs only the model's source names, not the model."""
-    from .audio_io import inspect_audio
+    that is not usable audio, or has channels the model cannot take, gets its error line). Needs only the
+    model's source names and channel count, not the model."""
+    from .audio_io import check_channels, inspect_audio
     from .errors import HDemucsFlaxError
 
     work = _Work(plan=_plan(args, tracks, output, sources))
@@ -459,7 +462,9 @@ def _prepare(args: argparse.Namespace, tracks: list[Track], output: OutputOption
             print(f"{track.path}: skipped (its {len(stems)} stems exist)", flush=True)
             continue
         try:
-            work.todo[track] = inspect_audio(track.path)
+            info = inspect_audio(track.path)
+            check_channels(info.channels, channels, str(track.path))
+            work.todo[track] = info
         except (HDemucsFlaxError, OSError, ValueError, RuntimeError) as error:
             work.failed += 1
             _error(_file_error(track.path, error))
@@ -513,10 +518,10 @@ def separate_command(args: argparse.Namespace) -> int:
         separator = load_separator(args, schedule, output)
         if isinstance(separator, int):
             return separator
-        sources = separator.sources
+        sources, channels = separator.sources, separator.audio_channels
     else:
-        separator, sources = None, facts.sources
-    work = _prepare(args, tracks, output, sources)
+        separator, sources, channels = None, facts.sources, facts.audio_channels
+    work = _prepare(args, tracks, output, sources, channels)
     failed, done, skipped, audio_seconds = len(problems) + work.failed, 0, work.skipped, 0.0
     if not work.todo:
         print(_summary(done, skipped, failed, audio_seconds, time.time() - started), flush=True)

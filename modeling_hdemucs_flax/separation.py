@@ -38,6 +38,7 @@ import numpy as np
 import soxr
 from jaxtyping import Float, Float32
 
+from .audio_io import check_channels
 from .errors import AudioError, ModelOutputError, OptionError
 from .layers import Dtype
 from .modeling_flax_hdemucs import FlaxHDemucs
@@ -712,9 +713,7 @@ class Separator:
 
     def check_channels(self, channels: int, name: str) -> None:
         """Raise `AudioError` naming `name` unless audio with `channels` channels can be separated."""
-        if channels != self.audio_channels and not (channels == 1 and self.audio_channels > 1):
-            wanted = "mono or stereo" if self.audio_channels == 2 else f"mono or {self.audio_channels}-channel"
-            raise AudioError(f"{name}: {channels} channels is not supported (this model separates {wanted} audio)")
+        check_channels(channels, self.audio_channels, name)
 
     def chunks_total(self, frames: int, sample_rate: int) -> int:
         """Forward-pass chunks (before batching) needed for `frames` samples at `sample_rate` Hz."""

@@ -500,9 +500,9 @@ def run_light(env: dict[str, str], *argv: object) -> tuple[int, str, str]:
 
 
 def test_what_the_config_tells_is_answered_without_loading_the_model(tiny_checkpoint_dir, tmp_path):
-    """A `--two-stems` typo, two inputs on one output, a file that is not audio and a `--skip-existing` run with
-    nothing left to do are answered from the model's config.json and the inputs' headers: JAX is never imported
-    and the (garbage) weights are never read."""
+    """A `--two-stems` typo, two inputs on one output, a file that is not audio, a file with more channels than the
+    model takes and a `--skip-existing` run with nothing left to do are answered from the model's config.json and
+    the inputs' headers: JAX is never imported and the (garbage) weights are never read."""
     model = config_only_model(tmp_path / "model", tiny_checkpoint_dir)
     a = write_song(tmp_path / "a" / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
     b = write_song(tmp_path / "b" / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
@@ -525,6 +525,11 @@ def test_what_the_config_tells_is_answered_without_loading_the_model(tiny_checkp
     status, out, err = run_light(env, notes, *common)
     assert status == 1 and err == f"error: {notes}: not a readable audio file (Format not recognised.)\n"
     assert out.startswith("0 files separated (1 failed): 0.0 s of audio in ")
+    six = write_song(tmp_path / "surround.wav", 0.2, 44100, 6, subtype="PCM_16")
+    status, out, err = run_light(env, six, *common)
+    assert status == 1 and err == (
+        f"error: {six}: 6 channels is not supported (this model separates mono or stereo audio)\n"
+    )
     status, out, err = run_light(env, a, "--model", model, "-o", done, "--skip-existing")
     assert status == 0 and err == "", err
     assert out.splitlines()[0] == f"{a}: skipped (its 4 stems exist)"
