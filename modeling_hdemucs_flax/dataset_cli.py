@@ -101,7 +101,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from .cli import EXIT_FAILED, EXIT_USAGE, _as_usage, _error, options_from
+    from .cli import EXIT_FAILED, _as_usage, _error, options_from, usage_error
 
     schedule, output = options_from(args)
     from tqdm import tqdm
@@ -142,12 +142,10 @@ def command(args: argparse.Namespace) -> int:
             progress=False if args.quiet else None,
             on_row=report_failure,
         )
-    except OptionError as error:
-        _error(_as_usage(error))
-        return EXIT_USAGE
+    except OptionError as error:  # usage errors look like argparse's own, as for every command
+        return usage_error(args.command_parser, _as_usage(error))
     except DatasetError as error:
-        _error(error)
-        return EXIT_USAGE
+        return usage_error(args.command_parser, str(error))
     except ModelLoadError as error:
         _error(error)
         return EXIT_FAILED

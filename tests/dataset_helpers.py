@@ -121,3 +121,13 @@ def wait_until(condition: Callable[[], bool], process: subprocess.Popen, what: s
             raise AssertionError(f"the command ended before {what}: {stdout[-2000:]}\n{stderr[-3000:]}")
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(0.1)
+
+
+def usage_message(err: str) -> str:
+    """The message of a usage error printed as argparse prints its own: the command's usage line(s), then one
+    `hdemucs-flax separate-dataset: error: MESSAGE` line (asserted here)."""
+    assert err.startswith("usage: hdemucs-flax separate-dataset "), err
+    lines = err.rstrip("\n").splitlines()
+    prefix = "hdemucs-flax separate-dataset: error: "
+    assert lines[-1].startswith(prefix) and not any(line.startswith(prefix) for line in lines[:-1]), err
+    return lines[-1][len(prefix) :]

@@ -21,7 +21,8 @@ from modeling_hdemucs_flax.pretrained import DEFAULT_BUNDLE, DEFAULT_MODEL
 
 from .audio_files import write_song
 from .conftest import SEGMENT_SECONDS
-from .flows import error_lines, flow_env, run_script
+from .dataset_helpers import usage_message
+from .flows import flow_env, run_script
 from .hub_server import HubServer
 
 MARKERS = Path("_hdemucs") / "markers"
@@ -89,11 +90,11 @@ def test_a_folder_is_one_model_however_it_is_typed_and_new_weights_are_another(
     before = sha256(folder / "model.safetensors")
     after = hashlib.sha256(new_weights(folder)).hexdigest()
     assert run("../models/tiny") == 2
-    assert capsys.readouterr().err == (
-        f"error: 1 input(s) were separated into {out} with other options (e.g. song: model {os.path.realpath(folder)}: "
+    assert usage_message(capsys.readouterr().err) == (
+        f"1 input(s) were separated into {out} with other options (e.g. song: model {os.path.realpath(folder)}: "
         "other files "
         f"(model.safetensors {before[:12]} -> {after[:12]})); pass --overwrite to separate them again with these "
-        "options, or choose another output\n"
+        "options, or choose another output"
     )
 
 
@@ -116,8 +117,8 @@ def test_markers_of_the_previous_version_are_recognised(tiny_checkpoint_dir, jax
     assert capsys.readouterr().out.startswith(f"{out}: 0 separated, 1 skipped, 0 failed;")
     monkeypatch.chdir(tmp_path)
     assert main([*argv, "models/tiny"]) == 2
-    assert capsys.readouterr().err.startswith(
-        f"error: 1 input(s) were separated into {out} with other options (e.g. song: model 'tiny' (as an earlier "
+    assert usage_message(capsys.readouterr().err).startswith(
+        f"1 input(s) were separated into {out} with other options (e.g. song: model 'tiny' (as an earlier "
         f"version recorded it, typed) -> {os.path.realpath(folder)}); pass --overwrite"
     )
 
@@ -185,11 +186,11 @@ def test_a_hub_model_is_identified_by_its_commit(tiny_checkpoint_dir, jax_cache,
         new = hub.commit("acme/tiny", "main", "\n".join(map(json.dumps, upload)).encode()).sha
         status, result = run(out, "--model", "acme/tiny")
         assert status == 2
-        assert error_lines(result.stderr) == [
-            f"error: 1 input(s) were separated into {out} with other options (e.g. song: model acme/tiny: commit "
+        assert usage_message(result.stderr) == (
+            f"1 input(s) were separated into {out} with other options (e.g. song: model acme/tiny: commit "
             f"{commit[:12]} -> {new[:12]}); pass --overwrite to separate them again with these options, or choose "
             "another output"
-        ]
+        )
 
         default = tmp_path / "default"
         status, result = run(default)
