@@ -310,6 +310,22 @@ class FileServer(_Base):
 # Misbehaving responses for FileServer: each returns a responder serving `content` wrongly.
 
 
+def unannounced(content: bytes):
+    """All of `content` in chunked transfer encoding, so the client learns no length in advance."""
+
+    def respond(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        for start in range(0, len(content), 1 << 16):
+            piece = content[start : start + (1 << 16)]
+            handler.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()
+
+    return respond
+
+
 def cut_mid_chunk(content: bytes):
     """Chunked transfer encoding, cut inside the second chunk (the client sees IncompleteRead)."""
 

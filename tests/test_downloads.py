@@ -21,11 +21,11 @@ import torch
 
 from modeling_hdemucs_flax import DownloadError
 from modeling_hdemucs_flax.cli import main
-from modeling_hdemucs_flax.downloads import download_file
+from modeling_hdemucs_flax.downloads import BUNDLES, download_file
 
 from .audio_files import write_song
 from .flows import REPO_ROOT, error_lines, flow_env, probe, run_script, tiny_bundle
-from .hub_server import FileServer, HubServer, content_length, cut_mid_chunk, trickle
+from .hub_server import FileServer, HubServer, content_length, cut_mid_chunk, trickle, unannounced
 from .reference import error_report
 
 CONTENT = np.random.default_rng(0).bytes(300_000)
@@ -35,23 +35,49 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
+CAP = len(CONTENT) // 3  # a size cap below CONTENT's length, for downloads of no known size
+
+
 @pytest.mark.parametrize(
-    "name,responder,size,words",
+    "name,responder,size,cap,words",
     [
-        ("cut", cut_mid_chunk(CONTENT), None, "connection lost (IncompleteRead)"),
-        ("malformed", content_length(CONTENT, "12abc"), None, "malformed Content-Length '12abc'"),
-        ("short", content_length(CONTENT, str(len(CONTENT) + 5000)), None, "got 300000 of 305000 bytes"),
-        ("mismatch", content_length(CONTENT, str(len(CONTENT))), len(CONTENT) - 10, "the file has"),
-        ("oversized", cut_mid_chunk(CONTENT), len(CONTENT) // 3, f"more than {len(CONTENT) // 3} bytes"),
+        ("cut", cut_mid_chunk(CONTENT), None, None, "connection lost (IncompleteRead)"),
+        ("malformed", content_length(CONTENT, "12abc"), None, None, "malformed Content-Length '12abc'"),
+        ("short", content_length(CONTENT, str(len(CONTENT) + 5000)), None, None, "got 300000 of 305000 bytes"),
+        ("mismatch", content_length(CONTENT, str(len(CONTENT))), len(CONTENT) - 10, None, "the file has"),
+        ("oversized", cut_mid_chunk(CONTENT), len(CONTENT) // 3, None, f"more than {len(CONTENT) // 3} bytes"),
+        # no size known: the cap still holds, whether the server announces its length or not
+        ("unknown size, no length", unannounced(CONTENT), None, CAP, f"sent more than the {CAP}-byte cap"),
+        ("unknown size, announced", CONTENT, None, CAP, f"offers {len(CONTENT)} bytes, more than the {CAP}-byte cap"),
     ],
 )
-def test_misbehaving_servers_give_one_line_and_leave_nothing(tmp_path, name, responder, size, words):
+def test_misbehaving_servers_give_one_line_and_leave_nothing(tmp_path, name, responder, size, cap, words):
     with FileServer({"f.bin": responder}) as server:
         with pytest.raises(DownloadError) as caught:
-            download_file(f"{server.url}/f.bin", tmp_path / "f.bin", size=size, progress=False)
+            download_file(f"{server.url}/f.bin", tmp_path / "f.bin", size=size, progress=False, max_size=cap)
     message = str(caught.value)
     assert words in message and "\n" not in message, message
     assert leftovers(tmp_path) == []
+
+
+def test_a_bundle_of_unknown_size_is_capped_on_the_converters_path(tmp_path, monkeypatch, capsys):
+    """HDEMUCS_HIGH_MUSDB's file has no published size or digest: `convert_torchaudio_hdemucs --bundle ...
+    --allow-unverified` downloads it capped at MAX_DOWNLOAD_BYTES (lowered here; 2 GiB for real) from a server
+    that sends more without announcing a length: one line, nothing kept."""
+    from conversion import convert_torchaudio_hdemucs as convert
+    from modeling_hdemucs_flax import downloads
+
+    assert BUNDLES["HDEMUCS_HIGH_MUSDB"].size is None and downloads.MAX_DOWNLOAD_BYTES == 2 * 1024**3
+    bundle = tiny_bundle(None)
+    monkeypatch.setattr(downloads, "MAX_DOWNLOAD_BYTES", CAP)
+    monkeypatch.setenv("HDEMUCS_FLAX_CACHE", str(tmp_path / "cache"))
+    with FileServer({bundle.key: unannounced(CONTENT)}) as server:
+        monkeypatch.setenv("HDEMUCS_FLAX_TORCHAUDIO_URL", server.url)
+        argv = ["--bundle", bundle.name, "--allow-unverified", "--output-dir", str(tmp_path / "out"), "--no-progress"]
+        assert convert.main(argv, bundles={bundle.name: bundle}) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: cannot download {server.url}/{bundle.key}: the server sent more than the {CAP}-byte cap"]
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == [] and not (tmp_path / "out").exists()
 
 
 def test_a_trickle_hits_the_overall_deadline(tmp_path):
