@@ -27,8 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax.numpy as jnp
-from huggingface_hub import constants as hf_constants
 
+from . import hub
 from .downloads import (
     BUNDLES,
     TorchaudioBundle,
@@ -37,7 +37,7 @@ from .downloads import (
     torchaudio_checkpoint_path,
     torchaudio_url,
 )
-from .errors import DownloadError, HDemucsFlaxError, ModelLoadError, one_line
+from .errors import DownloadError, HDemucsFlaxError, ModelLoadError, describe
 from .layers import Dtype
 from .modeling_flax_hdemucs import FlaxHDemucs
 from .runtime import cache_dir
@@ -50,23 +50,6 @@ assert DEFAULT_MODEL, "the default bundle names its Hub repo"
 CHECKPOINT_EXTENSIONS = (".pt", ".pth", ".ckpt", ".th", ".bin")
 
 logger = logging.getLogger(__name__)
-
-
-def _offline() -> bool:
-    return bool(hf_constants.HF_HUB_OFFLINE)
-
-
-def _looks_like_path(spec: str) -> bool:
-    """A value that cannot be a Hub repo id ("name" or "namespace/name") is meant as a folder."""
-    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec or os.path.exists(spec)
-
-
-def _problem(error: BaseException) -> str:
-    """One line for a failure while reading a model's files: our own and transformers' messages as they are,
-    anything else (a TypeError from a config.json holding a list, safetensors' errors) with its type."""
-    if isinstance(error, (HDemucsFlaxError, OSError)):
-        return one_line(error)
-    return f"{type(error).__name__}: {one_line(error)}"
 
 
 def _load_folder(path: Path, dtype, option: str) -> FlaxHDemucs:
@@ -83,31 +66,22 @@ def _load_folder(path: Path, dtype, option: str) -> FlaxHDemucs:
         raise ModelLoadError(f"{path}: not a model folder (no config.json); pass a folder written by save_pretrained")
     try:
         return FlaxHDemucs.from_pretrained(path, dtype=dtype)
-    except Exception as error:  # any content: malformed JSON, absurd values, a garbage safetensors file
-        raise ModelLoadError(f"cannot load model {str(path)!r}: {_problem(error)}") from error
+    except ModelLoadError:
+        raise
+    except HDemucsFlaxError as error:  # the config's or the checkpoint's own error (absurd values, missing keys)
+        raise ModelLoadError(f"cannot load model {str(path)!r}: {describe(error)}") from error
 
 
-def _load_repo(repo_id: str, dtype, revision: str | None, option: str, *, local_files_only: bool = False):
-    """`FlaxHDemucs.from_pretrained(repo_id)`; transformers' multi-line errors become one line."""
+def _load_repo(repo_id: str, dtype, revision: str | None, *, local_files_only: bool = False) -> FlaxHDemucs:
+    """`FlaxHDemucs.from_pretrained(repo_id)`: the Hub probed first, every failure a one-line ModelLoadError."""
     try:
         return FlaxHDemucs.from_pretrained(
             repo_id, dtype=dtype, revision=revision or "main", local_files_only=local_files_only
         )
-    except OSError as error:
-        if local_files_only or _offline():
-            raise ModelLoadError(
-                f"model {repo_id!r} is not in the Hugging Face cache and offline mode (HF_HUB_OFFLINE=1) forbids "
-                f"downloading it; run once online or pass a local model folder as {option}"
-            ) from error
-        text = str(error)
-        if "is not a local folder and is not a valid model identifier" in text or "Repository Not Found" in text:
-            raise ModelLoadError(
-                f"model {repo_id!r}: no such repository on {hf_constants.ENDPOINT} (or it is private and no token "
-                f"grants access); check the name or pass a local model folder as {option}"
-            ) from error
-        raise ModelLoadError(f"cannot load model {repo_id!r}: {_problem(error)}") from error
-    except Exception as error:
-        raise ModelLoadError(f"cannot load model {repo_id!r}: {_problem(error)}") from error
+    except ModelLoadError:
+        raise
+    except HDemucsFlaxError as error:
+        raise ModelLoadError(f"cannot load model {repo_id!r}: {describe(error)}") from error
 
 
 def load_model(
@@ -128,9 +102,9 @@ def load_model(
         return load_default_model(dtype=dtype, revision=revision, option=option)
     spec = str(model)
     path = Path(spec).expanduser()
-    if isinstance(model, os.PathLike) or _looks_like_path(spec):
+    if isinstance(model, os.PathLike) or hub.looks_like_path(spec):
         return _load_folder(path, dtype, option)
-    return _load_repo(spec, dtype, revision, option)
+    return _load_repo(spec, dtype, revision)
 
 
 def converted_model_dir(bundle: TorchaudioBundle = DEFAULT_BUNDLE) -> Path:
@@ -157,14 +131,14 @@ def load_default_model(
             return FlaxHDemucs.from_pretrained(converted, dtype=dtype)
         except Exception as error:
             raise ModelLoadError(
-                f"cached model {converted} is unreadable ({_problem(error)}); delete that folder to rebuild it"
+                f"cached model {converted} is unreadable ({describe(error)}); delete that folder to rebuild it"
             ) from error
     try:
-        return _load_repo(repo_id, dtype, revision, option, local_files_only=True)
+        return _load_repo(repo_id, dtype, revision, local_files_only=True)
     except ModelLoadError:
         pass
     local = torchaudio_checkpoint_path(bundle)
-    if _offline() and not local.is_file():
+    if hub.offline() and not local.is_file():
         raise ModelLoadError(
             f"the default model ({bundle.name}) is not cached and offline mode (HF_HUB_OFFLINE=1) forbids "
             f"downloading it; copy {bundle.filename} (from {torchaudio_url(bundle.key)}) to {local}, or convert "
@@ -173,7 +147,7 @@ def load_default_model(
     hub_problem = None
     if not local.is_file():
         try:
-            return _load_repo(repo_id, dtype, revision, option)
+            return _load_repo(repo_id, dtype, revision)
         except ModelLoadError as error:
             hub_problem = str(error)
         # The download shows its own progress bar; the Hub's failure is in the final error if this fails too.
@@ -189,7 +163,7 @@ def load_default_model(
     try:
         model = FlaxHDemucs.from_torchaudio(checkpoint, bundle.config(), dtype=dtype)
     except Exception as error:
-        raise ModelLoadError(f"cannot convert {checkpoint}: {_problem(error)}") from error
+        raise ModelLoadError(f"cannot convert {checkpoint}: {describe(error)}") from error
     save_pretrained_atomic(model, converted)
     checkpoint.unlink(missing_ok=True)  # the converted copy replaces it; it is re-verified if ever fetched again
     return model

@@ -4,7 +4,7 @@
 use to download (`hf_hub_download`, `snapshot_download`, `from_pretrained`) and to publish (`create_repo`,
 `create_branch`, `upload_folder`): repos live in memory as a chain of commits per branch. `FileServer` serves
 a dict of static files (torchaudio's asset server). Both log every request so tests can prove that an
-offline step made none.
+offline step made none. A Hub that is not there is played by `closed_port_url` (connection refused).
 
 Hub behaviour reproduced (the codes `huggingface_hub.utils.hf_raise_for_status` maps to exceptions):
 - `HEAD|GET /{repo}/resolve/{revision}/{path}`: 200 with `X-Repo-Commit`, `ETag` (the file's git blob sha1)
@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -305,6 +306,13 @@ class FileServer(_Base):
     def __init__(self, files: dict[str, bytes | Callable[[BaseHTTPRequestHandler], None]] | None = None) -> None:
         self.files = dict(files or {})
         super().__init__()
+
+
+def closed_port_url() -> str:
+    """`http://127.0.0.1:PORT` where nothing listens (the port was just free): every connection is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
 # Misbehaving responses for FileServer: each returns a responder serving `content` wrongly.
