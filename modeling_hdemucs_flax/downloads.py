@@ -11,7 +11,8 @@ Environment variables (read at call time):
 
 Downloads are capped at the file's known size (`MAX_DOWNLOAD_BYTES` when it is unknown), have an overall
 deadline besides the per-read timeout, and every failure (HTTP errors, cut connections, lying `Content-Length`s)
-is one `DownloadError` line. Imports nothing heavy (the bundle's config is built on demand), so
+is one `DownloadError` line. A file already in place that is not the expected one is reported, never deleted:
+it may be a copy the user made by hand. Imports nothing heavy (the bundle's config is built on demand), so
 `hdemucs-flax models` answers fast.
 """
 
@@ -145,6 +146,18 @@ def _expected_length(header: str | None, url: str, size: int | None, cap: int) -
     return length
 
 
+def check_file(path: str | os.PathLike, sha256: str | None, size: int | None) -> tuple[str, str | None]:
+    """(the file's sha256, None) when the file at `path` has the expected `size` and `sha256` (each checked when
+    given); otherwise (its sha256, what it has against what was expected, as a phrase: "sha256 1f2e..., 12
+    bytes; expected sha256 a004..., 334697255 bytes")."""
+    have, got = os.path.getsize(path), sha256_file(path)
+    if (size is None or have == size) and (sha256 is None or got == sha256.lower()):
+        return got, None
+    expected = [f"sha256 {sha256.lower()}"] if sha256 else []
+    expected += [f"{size} bytes"] if size is not None else []
+    return got, f"sha256 {got}, {have} bytes; expected {', '.join(expected)}"
+
+
 def download_file(
     url: str,
     destination: str | os.PathLike,
@@ -236,17 +249,23 @@ def fetch_torchaudio_checkpoint(
     """The bundle's checkpoint file, downloaded once into `directory` (default `cache_dir()/torchaudio`,
     keeping torchaudio's key layout) and verified. Returns (path, its sha256).
 
-    `sha256` (a digest the caller trusts) overrides the bundle's. A cached file is re-hashed on every call;
-    a cached file that fails the check is discarded and downloaded again. Raises `DownloadError`.
+    `sha256` (a digest the caller trusts) overrides the bundle's. A file already there (downloaded earlier, or
+    copied there by hand) is re-checked on every call and used when it matches; one that does not is left
+    where it is and reported (its sha256 and size against the expected ones): it may be the user's own copy,
+    so it is never deleted or overwritten. Raises `DownloadError`.
     """
     want = sha256 or bundle.sha256
     path = torchaudio_checkpoint_path(bundle, directory)
+    url = torchaudio_url(bundle.key)
     if path.is_file():
-        got = sha256_file(path)
-        if want is None or got == want.lower():
-            return path, got
-        path.unlink()  # stale or corrupt: fetch it again
-    got = download_file(torchaudio_url(bundle.key), path, sha256=want, size=bundle.size, progress=progress)
+        got, mismatch = check_file(path, want, bundle.size)
+        if mismatch is not None:
+            raise DownloadError(
+                f"{path} is not the expected {bundle.filename} ({mismatch}); it was left in place: replace it with "
+                f"the file from {url}, or delete it to download that"
+            )
+        return path, got
+    got = download_file(url, path, sha256=want, size=bundle.size, progress=progress)
     return path, got
 
 

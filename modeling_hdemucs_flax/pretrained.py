@@ -9,7 +9,9 @@ The default model (`model=None`) is found by trying, in order:
 1. the local cache: a converted copy in `cache_dir()/converted/<bundle>` or `DEFAULT_MODEL` in the Hugging
    Face cache;
 2. torchaudio's file already on this machine, in `cache_dir()/torchaudio/models/` (a copy brought from
-   another machine goes there), sha256-verified and converted without torch;
+   another machine goes there), sha256-verified and converted without torch. A file there that is not the
+   expected one stops the chain with an error saying so; it is never deleted, nor the file kept after its
+   conversion (only a file this chain downloaded itself is removed once converted);
 3. the converted Flax checkpoint `DEFAULT_MODEL` on the Hub;
 4. torchaudio's official HDEMUCS_HIGH_MUSDB_PLUS file (sha256-verified), downloaded, converted here without
    torch and saved into `cache_dir()/converted/<bundle>` for next time.
@@ -32,6 +34,7 @@ from . import hub
 from .downloads import (
     BUNDLES,
     TorchaudioBundle,
+    check_file,
     fetch_torchaudio_checkpoint,
     replace_directory,
     torchaudio_checkpoint_path,
@@ -138,34 +141,48 @@ def load_default_model(
     except ModelLoadError:
         pass
     local = torchaudio_checkpoint_path(bundle)
-    if hub.offline() and not local.is_file():
+    url = torchaudio_url(bundle.key)
+    if local.is_file():  # placed by hand (or left by an earlier run): used when it is the right file, kept
+        _, mismatch = check_file(local, bundle.sha256, bundle.size)
+        if mismatch is not None:
+            download = "" if hub.offline() else ", or delete it and run again to download it"
+            raise ModelLoadError(
+                f"{local} is not torchaudio's {bundle.filename} ({mismatch}); it was left in place",
+                f"replace it with the file from {url}{download}",
+            )
+        return _convert(local, bundle, dtype, converted)
+    if hub.offline():
         raise ModelLoadError(
             f"the default model ({bundle.name}) is not cached and offline mode (HF_HUB_OFFLINE=1) forbids "
-            f"downloading it; copy {bundle.filename} (from {torchaudio_url(bundle.key)}) to {local}, or convert "
+            f"downloading it; copy {bundle.filename} (from {url}) to {local}, or convert "
             f"it with `hdemucs-flax convert {bundle.filename} -o FOLDER` and pass FOLDER as {option}"
         )
-    hub_problem = None
-    if not local.is_file():
-        try:
-            return _load_repo(repo_id, dtype, revision)
-        except ModelLoadError as error:
-            hub_problem = str(error)
-        # The download shows its own progress bar; the Hub's failure is in the final error if this fails too.
-        logger.info("%s; converting torchaudio's %s checkpoint instead (once)", hub_problem, bundle.name)
+    try:
+        return _load_repo(repo_id, dtype, revision)
+    except ModelLoadError as error:
+        hub_problem = str(error)
+    # The download shows its own progress bar; the Hub's failure is in the final error if this fails too.
+    logger.info("%s; converting torchaudio's %s checkpoint instead (once)", hub_problem, bundle.name)
     try:
         checkpoint, _ = fetch_torchaudio_checkpoint(bundle, progress=progress)
     except DownloadError as error:
-        tried = f"the Hub copy failed ({hub_problem}) and so did" if hub_problem else "cannot use"
         raise ModelLoadError(
-            f"cannot get the default model: {tried} torchaudio's checkpoint ({error}); check the network, or "
-            f"copy {bundle.filename} to {local}, or pass a local model folder as {option}"
+            f"cannot get the default model: the Hub copy failed ({hub_problem}) and so did torchaudio's checkpoint "
+            f"({error}); check the network, or copy {bundle.filename} to {local}, or pass a local model folder as "
+            f"{option}"
         ) from error
+    model = _convert(checkpoint, bundle, dtype, converted)
+    checkpoint.unlink(missing_ok=True)  # downloaded by this call: the converted copy replaces it
+    return model
+
+
+def _convert(checkpoint: Path, bundle: TorchaudioBundle, dtype: Dtype, converted: Path) -> FlaxHDemucs:
+    """`bundle`'s verified torchaudio file converted without torch and saved as `converted` for next time."""
     try:
         model = FlaxHDemucs.from_torchaudio(checkpoint, bundle.config(), dtype=dtype)
     except Exception as error:
         raise ModelLoadError(f"cannot convert {checkpoint}: {describe(error)}") from error
     save_pretrained_atomic(model, converted)
-    checkpoint.unlink(missing_ok=True)  # the converted copy replaces it; it is re-verified if ever fetched again
     return model
 
 

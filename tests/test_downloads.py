@@ -1,7 +1,8 @@
 """Downloads against servers that misbehave (cut chunked transfers, lying Content-Lengths, oversized files, a
 trickle that never times out a read), temporaries of killed runs, a real command-line process stopped with
-SIGTERM mid-download, and the way to a model when offline (a torchaudio file copied in by hand, one error
-line saying where it goes and how to convert one)."""
+SIGTERM mid-download, the way to a model when offline (a torchaudio file copied in by hand, one error line
+saying where it goes and how to convert one), and a copied file that is not the right one (named, never
+deleted)."""
 
 from __future__ import annotations
 
@@ -134,7 +135,8 @@ def test_sigterm_during_a_download_leaves_no_part_file(tmp_path):
 
 def test_offline_the_default_model_comes_from_a_copied_torchaudio_file(tmp_path, tiny_pair, reference_sources):
     """HF_HUB_OFFLINE=1 and nothing cached: the error says where torchaudio's file goes (naming the option of
-    the application asking); once the file is there, it is verified, converted without torch and used."""
+    the application asking); once the file is there, it is verified, converted without torch and used, and the
+    file stays (what the user placed is never deleted)."""
     _, reference, _ = tiny_pair
     checkpoint = tmp_path / "tiny.pt"
     torch.save(reference.state_dict(), checkpoint)
@@ -156,6 +158,7 @@ def test_offline_the_default_model_comes_from_a_copied_torchaudio_file(tmp_path,
     )
     assert db <= -80
     assert "torch imported: False" in result.stdout
+    assert "copied file kept: True" in result.stdout
 
 
 def test_offline_command_line_says_what_works_in_one_line(tmp_path):
@@ -181,3 +184,39 @@ def test_a_checkpoint_file_given_as_model_says_to_convert_it(tmp_path, capsys):
         f"error: {checkpoint} is a torch checkpoint file, not a model folder; convert it once with "
         f"`hdemucs-flax convert {checkpoint} -o FOLDER` and pass FOLDER as --model\n"
     )
+
+
+def separate_command(song: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "modeling_hdemucs_flax", "separate", str(song), "-o", str(out), *extra]
+
+
+def run_command(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+PLUS = BUNDLES["HDEMUCS_HIGH_MUSDB_PLUS"]
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["offline", "online"])
+def test_a_copied_file_that_is_not_the_checkpoint_is_named_and_kept(tmp_path, offline):
+    """A file copied by hand to where the default chain looks, but not torchaudio's file (truncated, another
+    bundle's): one line naming its sha256 and size against the expected ones; the file stays as it was, and
+    nothing is downloaded (not even online: the user's file is theirs to replace)."""
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    target = tmp_path / "hdemucs_cache" / "torchaudio" / PLUS.key
+    target.parent.mkdir(parents=True)
+    copied = b"the first 42 bytes of a copy cut short..."
+    target.write_bytes(copied)
+    with HubServer() as hub, FileServer({PLUS.key: b"a server's file"}) as files:
+        mode = "1" if offline else None
+        env = flow_env(tmp_path, HF_ENDPOINT=hub.url, HDEMUCS_FLAX_TORCHAUDIO_URL=files.url, HF_HUB_OFFLINE=mode)
+        result = run_command(separate_command(song, tmp_path / "out"), env)
+    assert result.returncode == 1
+    online = "" if offline else ", or delete it and run again to download it"
+    assert result.stderr.splitlines() == [
+        f"error: {target} is not torchaudio's hdemucs_high_trained.pt (sha256 {hashlib.sha256(copied).hexdigest()}, "
+        f"{len(copied)} bytes; expected sha256 {PLUS.sha256}, {PLUS.size} bytes); it was left in place; replace it "
+        f"with the file from {files.url}/{PLUS.key}{online}"
+    ]
+    assert target.read_bytes() == copied and leftovers(target.parent) == [target.name]
+    assert files.requests == [] and hub.requests == []
