@@ -10,10 +10,10 @@ Environment variables (read at call time):
   `torchaudio/` folder.
 
 Downloads are capped at the file's known size (`MAX_DOWNLOAD_BYTES` when it is unknown), have an overall
-deadline besides the per-read timeout, and every failure (HTTP errors, cut connections, lying `Content-Length`s)
-is one `DownloadError` line. A file already in place that is not the expected one is reported, never deleted:
-it may be a copy the user made by hand. Imports nothing heavy (the bundle's config is built on demand), so
-`hdemucs-flax models` answers fast.
+deadline besides the per-read timeout, start only once a short probe found the server (`network.unreachable`),
+and every failure (HTTP errors, cut connections, lying `Content-Length`s) is one `DownloadError` line. A file
+already in place that is not the expected one is reported, never deleted: it may be a copy the user made by
+hand. Imports nothing heavy (the bundle's config is built on demand), so `hdemucs-flax models` answers fast.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import tempfiles
 from .errors import DownloadError
+from .network import unreachable
 from .runtime import cache_dir
 
 if TYPE_CHECKING:
@@ -265,6 +266,9 @@ def fetch_torchaudio_checkpoint(
                 f"the file from {url}, or delete it to download that"
             )
         return path, got
+    reason = unreachable(url)
+    if reason is not None:
+        raise DownloadError(f"cannot download {url}: {reason}")
     got = download_file(url, path, sha256=want, size=bundle.size, progress=progress)
     return path, got
 

@@ -15,8 +15,14 @@ The default model (`model=None`) is found by trying, in order:
 3. the converted Flax checkpoint `DEFAULT_MODEL` on the Hub;
 4. torchaudio's official HDEMUCS_HIGH_MUSDB_PLUS file (sha256-verified), downloaded, converted here without
    torch and saved into `cache_dir()/converted/<bundle>` for next time.
-With `HF_HUB_OFFLINE=1` only steps 1 and 2 run. Download locations follow `HF_ENDPOINT` (the Hub),
-`HDEMUCS_FLAX_TORCHAUDIO_URL` (torchaudio's asset server) and `HDEMUCS_FLAX_CACHE` (see `runtime.cache_dir`).
+With `HF_HUB_OFFLINE=1` only steps 1 and 2 run. Steps 3 and 4 each start with a short probe of their server
+(`network.unreachable`), so an unreachable network fails in seconds; the final error then gives the same
+recipe as the offline one (where the file goes, how to convert one). Download locations follow `HF_ENDPOINT`
+(the Hub), `HDEMUCS_FLAX_TORCHAUDIO_URL` (torchaudio's asset server) and `HDEMUCS_FLAX_CACHE` (see
+`runtime.cache_dir`).
+
+Progress (which source is tried, what is converted) is logged at INFO on this module's logger
+(`modeling_hdemucs_flax.pretrained`); the command line shows those records as status lines on a terminal.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jax.numpy as jnp
 
@@ -142,6 +149,10 @@ def load_default_model(
         pass
     local = torchaudio_checkpoint_path(bundle)
     url = torchaudio_url(bundle.key)
+    recipe = (
+        f"copy {bundle.filename} (from {url}) to {local}, or convert it with "
+        f"`hdemucs-flax convert {bundle.filename} -o FOLDER` and pass FOLDER as {option}"
+    )
     if local.is_file():  # placed by hand (or left by an earlier run): used when it is the right file, kept
         _, mismatch = check_file(local, bundle.sha256, bundle.size)
         if mismatch is not None:
@@ -150,27 +161,29 @@ def load_default_model(
                 f"{local} is not torchaudio's {bundle.filename} ({mismatch}); it was left in place",
                 f"replace it with the file from {url}{download}",
             )
+        logger.info("converting %s into %s (once) ...", local, converted)
         return _convert(local, bundle, dtype, converted)
     if hub.offline():
         raise ModelLoadError(
             f"the default model ({bundle.name}) is not cached and offline mode (HF_HUB_OFFLINE=1) forbids "
-            f"downloading it; copy {bundle.filename} (from {url}) to {local}, or convert "
-            f"it with `hdemucs-flax convert {bundle.filename} -o FOLDER` and pass FOLDER as {option}"
+            "downloading it",
+            recipe,
         )
+    logger.info("fetching the default model %s from the Hub (%s) ...", repo_id, hub.endpoint())
     try:
         return _load_repo(repo_id, dtype, revision)
     except ModelLoadError as error:
-        hub_problem = str(error)
-    # The download shows its own progress bar; the Hub's failure is in the final error if this fails too.
-    logger.info("%s; converting torchaudio's %s checkpoint instead (once)", hub_problem, bundle.name)
+        hub_problem = error.problem
+    host = urlsplit(url).netloc or url
+    logger.info("%s; fetching torchaudio's %s from %s instead ...", hub_problem, bundle.filename, host)
     try:
         checkpoint, _ = fetch_torchaudio_checkpoint(bundle, progress=progress)
     except DownloadError as error:
         raise ModelLoadError(
-            f"cannot get the default model: the Hub copy failed ({hub_problem}) and so did torchaudio's checkpoint "
-            f"({error}); check the network, or copy {bundle.filename} to {local}, or pass a local model folder as "
-            f"{option}"
-        ) from error
+            f"cannot get the default model: {hub_problem}, and {error}",
+            f"check the network and proxy settings, or {recipe}",
+        ) from None
+    logger.info("converting %s into %s (once) ...", checkpoint.name, converted)
     model = _convert(checkpoint, bundle, dtype, converted)
     checkpoint.unlink(missing_ok=True)  # downloaded by this call: the converted copy replaces it
     return model

@@ -4,7 +4,8 @@
 use to download (`hf_hub_download`, `snapshot_download`, `from_pretrained`) and to publish (`create_repo`,
 `create_branch`, `upload_folder`): repos live in memory as a chain of commits per branch. `FileServer` serves
 a dict of static files (torchaudio's asset server). Both log every request so tests can prove that an
-offline step made none. A Hub that is not there is played by `closed_port_url` (connection refused).
+offline step made none. A network that is not there is played by `closed_port_url` (connection refused) and
+`SilentServer` (accepts connections and never answers: a dead endpoint, or a proxy that swallows requests).
 
 Hub behaviour reproduced (the codes `huggingface_hub.utils.hf_raise_for_status` maps to exceptions):
 - `HEAD|GET /{repo}/resolve/{revision}/{path}`: 200 with `X-Repo-Commit`, `ETag` (the file's git blob sha1)
@@ -313,6 +314,34 @@ def closed_port_url() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+class SilentServer:
+    """Accepts TCP connections on 127.0.0.1 and never sends a byte (nor closes them while it runs): `url` as an
+    endpoint, or as `HTTPS_PROXY`, is a server that never answers."""
+
+    def __init__(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:  # closed by __exit__
+                return
+            self._held.append(connection)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._socket.close()
+        for connection in self._held:
+            connection.close()
 
 
 # Misbehaving responses for FileServer: each returns a responder serving `content` wrongly.

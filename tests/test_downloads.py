@@ -1,8 +1,9 @@
 """Downloads against servers that misbehave (cut chunked transfers, lying Content-Lengths, oversized files, a
 trickle that never times out a read), temporaries of killed runs, a real command-line process stopped with
 SIGTERM mid-download, the way to a model when offline (a torchaudio file copied in by hand, one error line
-saying where it goes and how to convert one), and a copied file that is not the right one (named, never
-deleted)."""
+saying where it goes and how to convert one), a copied file that is not the right one (named, never deleted),
+and a network that is not there (refused, unresolvable, silent, a proxy that never answers): seconds, not
+minutes, and the same recipe as offline."""
 
 from __future__ import annotations
 
@@ -25,8 +26,17 @@ from modeling_hdemucs_flax.cli import main
 from modeling_hdemucs_flax.downloads import BUNDLES, download_file
 
 from .audio_files import write_song
-from .flows import REPO_ROOT, error_lines, flow_env, probe, run_script, tiny_bundle
-from .hub_server import FileServer, HubServer, content_length, cut_mid_chunk, trickle, unannounced
+from .flows import REPO_ROOT, error_lines, flow_env, probe, run_on_terminal, run_script, tiny_bundle
+from .hub_server import (
+    FileServer,
+    HubServer,
+    SilentServer,
+    closed_port_url,
+    content_length,
+    cut_mid_chunk,
+    trickle,
+    unannounced,
+)
 from .reference import error_report
 
 CONTENT = np.random.default_rng(0).bytes(300_000)
@@ -220,3 +230,71 @@ def test_a_copied_file_that_is_not_the_checkpoint_is_named_and_kept(tmp_path, of
     ]
     assert target.read_bytes() == copied and leftovers(target.parent) == [target.name]
     assert files.requests == [] and hub.requests == []
+
+
+# How long a first run may take to fail when the network is not there, seconds (command start-up included, about
+# 3-6 s here). Measured before the probe: refused 28 s, unresolvable 34 s (huggingface_hub's 23 s of retries),
+# silent endpoint and silent proxy 147 s (each try waits 10 s, torchaudio's download 60 s). Measured with it:
+# 3.3 s, 3.3 s, 14.4 s, 13.4 s (two 5 s probes).
+FAST_FAIL_S = {"refused": 15, "unresolvable": 15, "silent endpoint": 30, "silent proxy": 30}
+NO_PROXY = {name: None for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy")}
+
+
+@pytest.mark.parametrize("mode", list(FAST_FAIL_S))
+def test_no_network_fails_fast_with_the_whole_recipe(tmp_path, mode):
+    """The first run with no way to the Hub or to download.pytorch.org: one line within seconds, saying why each
+    source failed and giving the offline recipe (where the file goes, how to convert one)."""
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    with SilentServer() as silent:
+        servers = {
+            "refused": (closed_port_url(), "refused the connection"),
+            "unresolvable": ("http://nonexistent.invalid", "host name nonexistent.invalid not resolved"),
+            "silent endpoint": (silent.url, f"no answer from {silent.url[7:]} within 5 s"),
+        }
+        if mode == "silent proxy":  # the real endpoints, through a proxy that never answers
+            proxy = {name: silent.url for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")}
+            env = flow_env(tmp_path, **{**NO_PROXY, **proxy})
+            hub_url, torchaudio_url = "https://huggingface.co", "https://download.pytorch.org/torchaudio"
+            why = f"no answer from the proxy {silent.url} (HTTPS_PROXY) within 5 s"
+        else:
+            hub_url, why = servers[mode]
+            torchaudio_url = hub_url
+            env = flow_env(tmp_path, HF_ENDPOINT=hub_url, HDEMUCS_FLAX_TORCHAUDIO_URL=hub_url, **NO_PROXY)
+        started = time.monotonic()
+        result = run_command(separate_command(song, tmp_path / "out"), env)
+        took = time.monotonic() - started
+    print(f"{mode}: failed after {took:.1f} s")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    target = tmp_path / "hdemucs_cache" / "torchaudio" / PLUS.key
+    assert line.startswith(
+        "error: cannot get the default model: model 'hdemucs-flax/hdemucs-high-musdb-plus' is not in the Hugging Face "
+        f"cache and the Hub ({hub_url}) cannot be reached ("
+    ), line
+    assert f", and cannot download {torchaudio_url}/{PLUS.key}: " in line and line.count(why) == 2, line
+    assert line.endswith(
+        f"; check the network and proxy settings, or copy hdemucs_high_trained.pt (from {torchaudio_url}/{PLUS.key}) "
+        f"to {target}, or convert it with `hdemucs-flax convert hdemucs_high_trained.pt -o FOLDER` and pass FOLDER "
+        "as --model"
+    ), line
+    assert took < FAST_FAIL_S[mode], took
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_terminal_is_told_which_source_is_tried(tmp_path):
+    """On a terminal, the first run says what it fetches from where while it waits (stderr as a pipe: the error
+    line alone, as the test above shows)."""
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    url = closed_port_url()
+    env = flow_env(tmp_path, HF_ENDPOINT=url, HDEMUCS_FLAX_TORCHAUDIO_URL=url, **NO_PROXY)
+    status, shown = run_on_terminal(separate_command(song, tmp_path / "out"), env)
+    assert status == 1
+    lines = shown.splitlines()
+    assert lines[:2] == [
+        "loading model (default) ...",
+        f"fetching the default model hdemucs-flax/hdemucs-high-musdb-plus from the Hub ({url}) ...",
+    ], lines
+    assert lines[2].endswith(f"; fetching torchaudio's hdemucs_high_trained.pt from {url[7:]} instead ..."), lines
+    assert lines[3].startswith("error: cannot get the default model: ") and len(lines) == 4, lines
+    quiet_status, quiet = run_on_terminal(separate_command(song, tmp_path / "out", "--quiet"), env)
+    assert quiet_status == 1 and [line.split(":")[0] for line in quiet.splitlines()] == ["error"]
