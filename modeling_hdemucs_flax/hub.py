@@ -73,7 +73,9 @@ def load_pretrained(load: Callable[..., Model], name: str | os.PathLike, *model_
 
 
 def _causes(error: BaseException) -> list[BaseException]:
-    chain, seen = [], set()
+    """`error` and the exceptions it was raised from or during, innermost last."""
+    chain: list[BaseException] = []
+    seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
