@@ -378,6 +378,27 @@ def quiet_hub_logging() -> None:
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
+class _LoadingStatus(logging.Handler):
+    """Shows the model loader's progress (INFO records of `modeling_hdemucs_flax.pretrained`: which source it
+    tries, what it converts) as status lines: on a terminal only, never with --quiet."""
+
+    def __init__(self, quiet: bool):
+        super().__init__(logging.INFO)
+        self.quiet = quiet
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _status(self.quiet, record.getMessage())
+
+
+def show_loading_status(quiet: bool) -> None:
+    """Route the model loader's progress records to `_status` (replacing an earlier call's route)."""
+    logger = logging.getLogger("modeling_hdemucs_flax.pretrained")  # the name, not the module: nothing heavy
+    for handler in [h for h in logger.handlers if isinstance(h, _LoadingStatus)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_LoadingStatus(quiet))
+    logger.setLevel(logging.INFO)
+
+
 def load_separator(args: argparse.Namespace, schedule: SeparationOptions, output: OutputOptions) -> Separator | int:
     """The Separator of `add_model_arguments`' options with `schedule`, compiled and ready; or the exit status
     after a one-line error (the model cannot be loaded: 1; an option this model or machine cannot honour: 2)."""
@@ -392,6 +413,7 @@ def load_separator(args: argparse.Namespace, schedule: SeparationOptions, output
         from . import Separator
 
         quiet_hub_logging()
+        show_loading_status(args.quiet)
         _status(args.quiet, f"loading model {args.model or '(default)'} ...")
         separator = Separator.from_pretrained(
             args.model, revision=args.revision, dtype=args.dtype, **dataclasses.asdict(schedule)

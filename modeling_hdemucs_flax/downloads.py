@@ -9,9 +9,11 @@ Environment variables (read at call time):
 - `HDEMUCS_FLAX_CACHE`: this package's cache folder (see `runtime.cache_dir`); downloads go to its
   `torchaudio/` folder.
 
-Downloads are capped at the file's known size, have an overall deadline besides the per-read timeout, and
-every failure (HTTP errors, cut connections, lying `Content-Length`s) is one `DownloadError` line. Imports
-nothing heavy (the bundle's config is built on demand), so `hdemucs-flax models` answers fast.
+Downloads are capped at the file's known size (`MAX_DOWNLOAD_BYTES` when it is unknown), have an overall
+deadline besides the per-read timeout, start only once a short probe found the server (`network.unreachable`),
+and every failure (HTTP errors, cut connections, lying `Content-Length`s) is one `DownloadError` line. A file
+already in place that is not the expected one is reported, never deleted: it may be a copy the user made by
+hand. Imports nothing heavy (the bundle's config is built on demand), so `hdemucs-flax models` answers fast.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import tempfiles
 from .errors import DownloadError
+from .network import unreachable
 from .runtime import cache_dir
 
 if TYPE_CHECKING:
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
 DEFAULT_SOURCES = ("drums", "bass", "other", "vocals")  # torchaudio's bundles' sources, HDemucsConfig's default
 DOWNLOAD_DEADLINE = 3600.0  # seconds for a whole download (335 MB at 100 kB/s); each read also times out
 READ_TIMEOUT = 60.0
+# Cap of a download whose size is not known in advance (HDEMUCS_HIGH_MUSDB's file, ~335 MB like the PLUS one,
+# or a server's unannounced length): far above any HDemucs checkpoint, far below filling a disk.
+MAX_DOWNLOAD_BYTES = 2 * 1024**3
 PART_SUFFIX = ".part"
 
 TORCHAUDIO_BASE_URL = "https://download.pytorch.org/torchaudio/"
@@ -128,7 +134,7 @@ def _check_digest(name: str, got: str, want: str | None) -> None:
         raise DownloadError(f"{name}: sha256 mismatch (got {got}, expected {want.lower()}); the file was rejected")
 
 
-def _expected_length(header: str | None, url: str, size: int | None) -> int | None:
+def _expected_length(header: str | None, url: str, size: int | None, cap: int) -> int | None:
     """The response's Content-Length as an int (None when absent); a malformed or oversized one is refused."""
     if header is None:
         return None
@@ -140,7 +146,21 @@ def _expected_length(header: str | None, url: str, size: int | None) -> int | No
         raise DownloadError(f"cannot download {url}: the server sent a negative Content-Length {length}")
     if size is not None and length != size:
         raise DownloadError(f"cannot download {url}: the server offers {length} bytes, the file has {size}")
+    if length > cap:
+        raise DownloadError(f"cannot download {url}: the server offers {length} bytes, more than the {cap}-byte cap")
     return length
+
+
+def check_file(path: str | os.PathLike, sha256: str | None, size: int | None) -> tuple[str, str | None]:
+    """(the file's sha256, None) when the file at `path` has the expected `size` and `sha256` (each checked when
+    given); otherwise (its sha256, what it has against what was expected, as a phrase: "sha256 1f2e..., 12
+    bytes; expected sha256 a004..., 334697255 bytes")."""
+    have, got = os.path.getsize(path), sha256_file(path)
+    if (size is None or have == size) and (sha256 is None or got == sha256.lower()):
+        return got, None
+    expected = [f"sha256 {sha256.lower()}"] if sha256 else []
+    expected += [f"{size} bytes"] if size is not None else []
+    return got, f"sha256 {got}, {have} bytes; expected {', '.join(expected)}"
 
 
 def download_file(
@@ -152,12 +172,14 @@ def download_file(
     progress: bool = True,
     deadline: float = DOWNLOAD_DEADLINE,
     read_timeout: float = READ_TIMEOUT,
+    max_size: int | None = None,
 ) -> str:
     """Download `url` to `destination` and return the file's sha256.
 
     The file is written under a temporary name beside `destination` and renamed only once complete and (when
     `sha256` is given) verified, so an interrupted or rejected download leaves nothing behind; temporaries a
-    killed earlier process left there are swept first. `size` (bytes, when known) caps what is accepted;
+    killed earlier process left there are swept first. `size` (bytes, when known) is the exact length
+    accepted; without it, at most `max_size` bytes are (default `MAX_DOWNLOAD_BYTES`, read at call time).
     `deadline` bounds the whole transfer in seconds, `read_timeout` each read. Raises `DownloadError` (one
     line) on network errors, cut or oversized transfers, timeouts and digest mismatches.
     """
@@ -169,6 +191,7 @@ def download_file(
     partial = tempfiles.new_name(destination, PART_SUFFIX)  # known before the file exists (see `finally`)
     digest = hashlib.sha256()
     ends = time.monotonic() + deadline
+    cap = MAX_DOWNLOAD_BYTES if max_size is None else max_size
     try:
         with os.fdopen(tempfiles.create(partial), "wb") as out:
             try:
@@ -179,8 +202,8 @@ def download_file(
                 reason = getattr(error, "reason", error)
                 raise DownloadError(f"cannot download {url}: {reason}") from None
             with response:
-                total = _expected_length(response.headers.get("Content-Length"), url, size)
-                limit = size if size is not None else total
+                total = _expected_length(response.headers.get("Content-Length"), url, size, cap)
+                limit = size if size is not None else total  # the exact length expected, when known
                 bar = tqdm(
                     total=limit,
                     unit="B",
@@ -196,8 +219,9 @@ def download_file(
                         # even when a server trickles a byte at a time.
                         while chunk := response.read1(1 << 20):
                             received += len(chunk)
-                            if limit is not None and received > limit:
-                                raise DownloadError(f"cannot download {url}: the server sent more than {limit} bytes")
+                            if received > (limit if limit is not None else cap):
+                                what = f"{limit} bytes" if limit is not None else f"the {cap}-byte cap"
+                                raise DownloadError(f"cannot download {url}: the server sent more than {what}")
                             out.write(chunk)
                             digest.update(chunk)
                             bar.update(len(chunk))
@@ -230,17 +254,26 @@ def fetch_torchaudio_checkpoint(
     """The bundle's checkpoint file, downloaded once into `directory` (default `cache_dir()/torchaudio`,
     keeping torchaudio's key layout) and verified. Returns (path, its sha256).
 
-    `sha256` (a digest the caller trusts) overrides the bundle's. A cached file is re-hashed on every call;
-    a cached file that fails the check is discarded and downloaded again. Raises `DownloadError`.
+    `sha256` (a digest the caller trusts) overrides the bundle's. A file already there (downloaded earlier, or
+    copied there by hand) is re-checked on every call and used when it matches; one that does not is left
+    where it is and reported (its sha256 and size against the expected ones): it may be the user's own copy,
+    so it is never deleted or overwritten. Raises `DownloadError`.
     """
     want = sha256 or bundle.sha256
     path = torchaudio_checkpoint_path(bundle, directory)
+    url = torchaudio_url(bundle.key)
     if path.is_file():
-        got = sha256_file(path)
-        if want is None or got == want.lower():
-            return path, got
-        path.unlink()  # stale or corrupt: fetch it again
-    got = download_file(torchaudio_url(bundle.key), path, sha256=want, size=bundle.size, progress=progress)
+        got, mismatch = check_file(path, want, bundle.size)
+        if mismatch is not None:
+            raise DownloadError(
+                f"{path} is not the expected {bundle.filename} ({mismatch}); it was left in place: replace it with "
+                f"the file from {url}, or delete it to download that"
+            )
+        return path, got
+    reason = unreachable(url)
+    if reason is not None:
+        raise DownloadError(f"cannot download {url}: {reason}")
+    got = download_file(url, path, sha256=want, size=bundle.size, progress=progress)
     return path, got
 
 

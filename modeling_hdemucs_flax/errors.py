@@ -2,9 +2,10 @@
 
 Every error hdemucs-flax raises for a user's input, option, file, model or download is an `HDemucsFlaxError`,
 so an application can catch them all in one place. Each subclass also derives from the built-in exception a
-caller would expect (`ValueError` for bad values, `RuntimeError` for failed operations), so existing
-`except ValueError` code keeps working. This module imports nothing heavy: the command line and the package
-face use it before JAX or transformers are loaded.
+caller would expect (`ValueError` for bad values, `RuntimeError` for failed operations; `ModelLoadError` also
+`OSError`, as transformers' loading errors are), so existing `except ValueError` code keeps working. This
+module imports nothing heavy: the command line and the package face use it before JAX or transformers are
+loaded.
 """
 
 from __future__ import annotations
@@ -45,8 +46,17 @@ class CheckpointError(HDemucsFlaxError, ValueError):
     """Weights that cannot be read or do not match the architecture; the message names the keys or the file."""
 
 
-class ModelLoadError(HDemucsFlaxError, RuntimeError):
-    """The requested model could not be found or loaded; the message says what is missing and how to provide it."""
+class ModelLoadError(HDemucsFlaxError, RuntimeError, OSError):
+    """The requested model could not be found or loaded; the message says what is missing and how to provide it.
+
+    `problem` is what went wrong and `fix` (when given apart) what to do; the message is `problem; fix`, so a
+    caller that explains several failed attempts in one line can quote the problems alone. Also an `OSError`:
+    `FlaxHDemucs.from_pretrained` raises it where transformers' own `from_pretrained` raises `OSError`, so code
+    written for transformers (`except OSError`) keeps working."""
+
+    def __init__(self, problem: str, fix: str | None = None):
+        self.problem, self.fix = problem, fix
+        super().__init__(f"{problem}; {fix}" if fix else problem)
 
 
 class ModelOutputError(HDemucsFlaxError, RuntimeError):
@@ -72,3 +82,12 @@ def one_line(error: BaseException | str) -> str:
     if not lines:
         return type(error).__name__ if isinstance(error, BaseException) else ""
     return " ".join(lines[0].split())
+
+
+def describe(error: BaseException) -> str:
+    """One line for a failure while reading a model's files: the package's own and OS-level messages (including
+    transformers', which are `OSError`s) as they are, anything else (a TypeError from a config.json holding a
+    list, safetensors' errors) with its type."""
+    if isinstance(error, (HDemucsFlaxError, OSError)):
+        return one_line(error)
+    return f"{type(error).__name__}: {one_line(error)}"

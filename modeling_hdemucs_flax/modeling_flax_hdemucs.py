@@ -26,6 +26,7 @@ from transformers.utils.generic import ModelOutput
 
 from .configuration_hdemucs import HDemucsConfig
 from .errors import AudioError, CheckpointError
+from .hub import load_pretrained
 from .hybrid_layers import HDecLayer, HEncLayer
 from .layer_plan import LSTM_LAYERS, HDemucsPlan, flax_name, plan_layers
 from .layers import LSTM, ConvTranspose, Dtype, accurate_sum
@@ -348,14 +349,24 @@ class FlaxHDemucs(FlaxPreTrainedModel):
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any
     ) -> FlaxHDemucs:
-        """transformers' `from_pretrained`, strict: a checkpoint whose parameters do not exactly match the
-        config (missing, unexpected or wrongly shaped) is an error, never silently re-initialised."""
+        """transformers' `from_pretrained`, strict, with one-line errors: a checkpoint whose parameters do not
+        exactly match the config (missing, unexpected or wrongly shaped) is a `CheckpointError`, never silently
+        re-initialised; a model that cannot be had (offline and not cached, the Hub unreachable, no such
+        repository, no weights, unreadable files) is a `ModelLoadError` (also an `OSError`, as transformers'
+        errors are). A Hub repo id is fetched only after a short probe of the endpoint (see `hub`)."""
         if kwargs.get("_do_init", True) is False:
             # transformers returns a (model, params) pair here
             return super().from_pretrained(  # pyright: ignore[reportReturnType]
                 pretrained_model_name_or_path, *model_args, **kwargs
             )
         kwargs.pop("_do_init", None)
+        return load_pretrained(cls._from_pretrained_strict, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def _from_pretrained_strict(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any
+    ) -> FlaxHDemucs:
+        """transformers' `from_pretrained` with its errors as they are, then the strictness check."""
         cls._missing_keys = set()
         cls._loaded_keys = None
         loaded: Any = super().from_pretrained(pretrained_model_name_or_path, *model_args, _do_init=False, **kwargs)

@@ -9,12 +9,20 @@ The default model (`model=None`) is found by trying, in order:
 1. the local cache: a converted copy in `cache_dir()/converted/<bundle>` or `DEFAULT_MODEL` in the Hugging
    Face cache;
 2. torchaudio's file already on this machine, in `cache_dir()/torchaudio/models/` (a copy brought from
-   another machine goes there), sha256-verified and converted without torch;
+   another machine goes there), sha256-verified and converted without torch. A file there that is not the
+   expected one stops the chain with an error saying so; it is never deleted, nor the file kept after its
+   conversion (only a file this chain downloaded itself is removed once converted);
 3. the converted Flax checkpoint `DEFAULT_MODEL` on the Hub;
 4. torchaudio's official HDEMUCS_HIGH_MUSDB_PLUS file (sha256-verified), downloaded, converted here without
    torch and saved into `cache_dir()/converted/<bundle>` for next time.
-With `HF_HUB_OFFLINE=1` only steps 1 and 2 run. Download locations follow `HF_ENDPOINT` (the Hub),
-`HDEMUCS_FLAX_TORCHAUDIO_URL` (torchaudio's asset server) and `HDEMUCS_FLAX_CACHE` (see `runtime.cache_dir`).
+With `HF_HUB_OFFLINE=1` only steps 1 and 2 run. Steps 3 and 4 each start with a short probe of their server
+(`network.unreachable`), so an unreachable network fails in seconds; the final error then gives the same
+recipe as the offline one (where the file goes, how to convert one). Download locations follow `HF_ENDPOINT`
+(the Hub), `HDEMUCS_FLAX_TORCHAUDIO_URL` (torchaudio's asset server) and `HDEMUCS_FLAX_CACHE` (see
+`runtime.cache_dir`).
+
+Progress (which source is tried, what is converted) is logged at INFO on this module's logger
+(`modeling_hdemucs_flax.pretrained`); the command line shows those records as status lines on a terminal.
 """
 
 from __future__ import annotations
@@ -25,21 +33,23 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jax.numpy as jnp
-from huggingface_hub import constants as hf_constants
 
+from . import hub
 from .downloads import (
     BUNDLES,
     DEFAULT_BUNDLE,
     TorchaudioBundle,
+    check_file,
     converted_model_dir,
     fetch_torchaudio_checkpoint,
     replace_directory,
     torchaudio_checkpoint_path,
     torchaudio_url,
 )
-from .errors import DownloadError, HDemucsFlaxError, ModelLoadError, one_line
+from .errors import DownloadError, HDemucsFlaxError, ModelLoadError, describe
 from .layers import Dtype
 from .model_identity import check_model_folder, looks_like_path
 from .modeling_flax_hdemucs import FlaxHDemucs
@@ -51,47 +61,26 @@ assert DEFAULT_MODEL, "the default bundle names its Hub repo"
 logger = logging.getLogger(__name__)
 
 
-def _offline() -> bool:
-    return bool(hf_constants.HF_HUB_OFFLINE)
-
-
-def _problem(error: BaseException) -> str:
-    """One line for a failure while reading a model's files: our own and transformers' messages as they are,
-    anything else (a TypeError from a config.json holding a list, safetensors' errors) with its type."""
-    if isinstance(error, (HDemucsFlaxError, OSError)):
-        return one_line(error)
-    return f"{type(error).__name__}: {one_line(error)}"
-
-
 def _load_folder(path: Path, dtype, option: str) -> FlaxHDemucs:
     check_model_folder(path, option)
     try:
         return FlaxHDemucs.from_pretrained(path, dtype=dtype)
-    except Exception as error:  # any content: malformed JSON, absurd values, a garbage safetensors file
-        raise ModelLoadError(f"cannot load model {str(path)!r}: {_problem(error)}") from error
+    except ModelLoadError:
+        raise
+    except HDemucsFlaxError as error:  # the config's or the checkpoint's own error (absurd values, missing keys)
+        raise ModelLoadError(f"cannot load model {str(path)!r}: {describe(error)}") from error
 
 
-def _load_repo(repo_id: str, dtype, revision: str | None, option: str, *, local_files_only: bool = False):
-    """`FlaxHDemucs.from_pretrained(repo_id)`; transformers' multi-line errors become one line."""
+def _load_repo(repo_id: str, dtype, revision: str | None, *, local_files_only: bool = False) -> FlaxHDemucs:
+    """`FlaxHDemucs.from_pretrained(repo_id)`: the Hub probed first, every failure a one-line ModelLoadError."""
     try:
         return FlaxHDemucs.from_pretrained(
             repo_id, dtype=dtype, revision=revision or "main", local_files_only=local_files_only
         )
-    except OSError as error:
-        if local_files_only or _offline():
-            raise ModelLoadError(
-                f"model {repo_id!r} is not in the Hugging Face cache and offline mode (HF_HUB_OFFLINE=1) forbids "
-                f"downloading it; run once online or pass a local model folder as {option}"
-            ) from error
-        text = str(error)
-        if "is not a local folder and is not a valid model identifier" in text or "Repository Not Found" in text:
-            raise ModelLoadError(
-                f"model {repo_id!r}: no such repository on {hf_constants.ENDPOINT} (or it is private and no token "
-                f"grants access); check the name or pass a local model folder as {option}"
-            ) from error
-        raise ModelLoadError(f"cannot load model {repo_id!r}: {_problem(error)}") from error
-    except Exception as error:
-        raise ModelLoadError(f"cannot load model {repo_id!r}: {_problem(error)}") from error
+    except ModelLoadError:
+        raise
+    except HDemucsFlaxError as error:
+        raise ModelLoadError(f"cannot load model {repo_id!r}: {describe(error)}") from error
 
 
 def load_model(
@@ -114,7 +103,7 @@ def load_model(
     path = Path(spec).expanduser()
     if isinstance(model, os.PathLike) or looks_like_path(spec):
         return _load_folder(path, dtype, option)
-    return _load_repo(spec, dtype, revision, option)
+    return _load_repo(spec, dtype, revision)
 
 
 def load_default_model(
@@ -136,41 +125,61 @@ def load_default_model(
             return FlaxHDemucs.from_pretrained(converted, dtype=dtype)
         except Exception as error:
             raise ModelLoadError(
-                f"cached model {converted} is unreadable ({_problem(error)}); delete that folder to rebuild it"
+                f"cached model {converted} is unreadable ({describe(error)}); delete that folder to rebuild it"
             ) from error
     try:
-        return _load_repo(repo_id, dtype, revision, option, local_files_only=True)
+        return _load_repo(repo_id, dtype, revision, local_files_only=True)
     except ModelLoadError:
         pass
     local = torchaudio_checkpoint_path(bundle)
-    if _offline() and not local.is_file():
+    url = torchaudio_url(bundle.key)
+    recipe = (
+        f"copy {bundle.filename} (from {url}) to {local}, or convert it with "
+        f"`hdemucs-flax convert {bundle.filename} -o FOLDER` and pass FOLDER as {option}"
+    )
+    if local.is_file():  # placed by hand (or left by an earlier run): used when it is the right file, kept
+        _, mismatch = check_file(local, bundle.sha256, bundle.size)
+        if mismatch is not None:
+            download = "" if hub.offline() else ", or delete it and run again to download it"
+            raise ModelLoadError(
+                f"{local} is not torchaudio's {bundle.filename} ({mismatch}); it was left in place",
+                f"replace it with the file from {url}{download}",
+            )
+        logger.info("converting %s into %s (once) ...", local, converted)
+        return _convert(local, bundle, dtype, converted)
+    if hub.offline():
         raise ModelLoadError(
             f"the default model ({bundle.name}) is not cached and offline mode (HF_HUB_OFFLINE=1) forbids "
-            f"downloading it; copy {bundle.filename} (from {torchaudio_url(bundle.key)}) to {local}, or convert "
-            f"it with `hdemucs-flax convert {bundle.filename} -o FOLDER` and pass FOLDER as {option}"
+            "downloading it",
+            recipe,
         )
-    hub_problem = None
-    if not local.is_file():
-        try:
-            return _load_repo(repo_id, dtype, revision, option)
-        except ModelLoadError as error:
-            hub_problem = str(error)
-        # The download shows its own progress bar; the Hub's failure is in the final error if this fails too.
-        logger.info("%s; converting torchaudio's %s checkpoint instead (once)", hub_problem, bundle.name)
+    logger.info("fetching the default model %s from the Hub (%s) ...", repo_id, hub.endpoint())
+    try:
+        return _load_repo(repo_id, dtype, revision)
+    except ModelLoadError as error:
+        hub_problem = error.problem
+    host = urlsplit(url).netloc or url
+    logger.info("%s; fetching torchaudio's %s from %s instead ...", hub_problem, bundle.filename, host)
     try:
         checkpoint, _ = fetch_torchaudio_checkpoint(bundle, progress=progress)
     except DownloadError as error:
-        tried = f"the Hub copy failed ({hub_problem}) and so did" if hub_problem else "cannot use"
         raise ModelLoadError(
-            f"cannot get the default model: {tried} torchaudio's checkpoint ({error}); check the network, or "
-            f"copy {bundle.filename} to {local}, or pass a local model folder as {option}"
-        ) from error
+            f"cannot get the default model: {hub_problem}, and {error}",
+            f"check the network and proxy settings, or {recipe}",
+        ) from None
+    logger.info("converting %s into %s (once) ...", checkpoint.name, converted)
+    model = _convert(checkpoint, bundle, dtype, converted)
+    checkpoint.unlink(missing_ok=True)  # downloaded by this call: the converted copy replaces it
+    return model
+
+
+def _convert(checkpoint: Path, bundle: TorchaudioBundle, dtype: Dtype, converted: Path) -> FlaxHDemucs:
+    """`bundle`'s verified torchaudio file converted without torch and saved as `converted` for next time."""
     try:
         model = FlaxHDemucs.from_torchaudio(checkpoint, bundle.config(), dtype=dtype)
     except Exception as error:
-        raise ModelLoadError(f"cannot convert {checkpoint}: {_problem(error)}") from error
+        raise ModelLoadError(f"cannot convert {checkpoint}: {describe(error)}") from error
     save_pretrained_atomic(model, converted)
-    checkpoint.unlink(missing_ok=True)  # the converted copy replaces it; it is re-verified if ever fetched again
     return model
 
 

@@ -8,8 +8,11 @@ flows themselves are scripts in `tests/scripts/`.
 from __future__ import annotations
 
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +106,35 @@ def run_converter(env: dict[str, str], *argv: str, timeout: float = 300) -> subp
     result = subprocess.run(converter(*argv), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     print(f"--- converter stdout ---\n{result.stdout}\n--- converter stderr (tail) ---\n{result.stderr[-3000:]}")
     return result
+
+
+def run_on_terminal(command: list[str], env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
+    """Run `command` (cwd: the repo root) with its stderr on a pseudo-terminal, as a user at a terminal sees it
+    (status lines are shown only there); stdout is captured apart. Returns (exit status, what stderr showed)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    shown = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ready, _, _ = select.select([controller], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                process.kill()
+                raise subprocess.TimeoutExpired(command, timeout)
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: every holder of the terminal closed it
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+        process.communicate(timeout=60)
+    text = shown.decode(errors="replace").replace("\r\n", "\n")
+    print(f"--- terminal ---\n{text[-3000:]}")
+    return process.returncode, text
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -4,7 +4,8 @@
 use to download (`hf_hub_download`, `snapshot_download`, `from_pretrained`) and to publish (`create_repo`,
 `create_branch`, `upload_folder`): repos live in memory as a chain of commits per branch. `FileServer` serves
 a dict of static files (torchaudio's asset server). Both log every request so tests can prove that an
-offline step made none.
+offline step made none. A network that is not there is played by `closed_port_url` (connection refused) and
+`SilentServer` (accepts connections and never answers: a dead endpoint, or a proxy that swallows requests).
 
 Hub behaviour reproduced (the codes `huggingface_hub.utils.hf_raise_for_status` maps to exceptions):
 - `HEAD|GET /{repo}/resolve/{revision}/{path}`: 200 with `X-Repo-Commit`, `ETag` (the file's git blob sha1)
@@ -23,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -307,7 +309,58 @@ class FileServer(_Base):
         super().__init__()
 
 
+def closed_port_url() -> str:
+    """`http://127.0.0.1:PORT` where nothing listens (the port was just free): every connection is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+class SilentServer:
+    """Accepts TCP connections on 127.0.0.1 and never sends a byte (nor closes them while it runs): `url` as an
+    endpoint, or as `HTTPS_PROXY`, is a server that never answers."""
+
+    def __init__(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:  # closed by __exit__
+                return
+            self._held.append(connection)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._socket.close()
+        for connection in self._held:
+            connection.close()
+
+
 # Misbehaving responses for FileServer: each returns a responder serving `content` wrongly.
+
+
+def unannounced(content: bytes):
+    """All of `content` in chunked transfer encoding, so the client learns no length in advance."""
+
+    def respond(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        for start in range(0, len(content), 1 << 16):
+            piece = content[start : start + (1 << 16)]
+            handler.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()
+
+    return respond
 
 
 def cut_mid_chunk(content: bytes):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +31,10 @@ from modeling_hdemucs_flax.metrics import relative_error_db
 from modeling_hdemucs_flax.torch_checkpoint import load_torch_state_dict
 from modeling_hdemucs_flax.weight_conversion import param_shapes
 
+from .audio_files import write_song
 from .conftest import SOURCES
-from .flows import run_script
+from .flows import REPO_ROOT, flow_env, run_script
+from .hub_server import HubServer, closed_port_url
 from .reference import error_report, music_like, tiny_config, torch_model
 from .separation_helpers import CompileCounter
 
@@ -191,6 +195,87 @@ def test_from_pretrained_rejects_incomplete_checkpoint(tiny_pair, tmp_path):
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "flax"})
     with pytest.raises(CheckpointError, match=r"unexpected \['bogus/kernel'\]"):
         FlaxHDemucs.from_pretrained(tmp_path)
+
+
+def from_pretrained_outcomes(env: dict[str, str], calls: list[tuple[str, str, dict]]) -> dict[str, dict]:
+    """{call: outcome} of each (loader, name, kwargs) in `calls`, the loader being `FlaxHDemucs` or `FlaxAutoModel`,
+    run in a fresh process with `env` (see scripts/from_pretrained_errors.py)."""
+    result = run_script("from_pretrained_errors", {**env, "USE_TORCH": "0"}, json.dumps(calls))
+    assert result.returncode == 0
+    outcomes = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(outcomes) == len(calls)
+    return {o["call"]: o for o in outcomes}
+
+
+def test_from_pretrained_failures_are_one_line_model_load_errors(tmp_path, tiny_checkpoint_dir):
+    """The README's `FlaxHDemucs.from_pretrained(repo_id)` fails as `load_model` does: a one-line `ModelLoadError`,
+    also an `OSError` like transformers' own errors, for an unknown repo or revision, a repo without weights,
+    unreadable files, offline without a cached copy, and an unreachable Hub (found by a probe in well under
+    huggingface_hub's 23 s of retries; a cached copy is then used). transformers' `FlaxAutoModel` reads the
+    config itself first (its errors stay transformers'); from there on it gets the same lines."""
+    tiny = {name: (tiny_checkpoint_dir / name).read_bytes() for name in ("config.json", "model.safetensors")}
+    repos = {
+        "acme/tiny": tiny,
+        "acme/config-only": {"config.json": tiny["config.json"]},
+        "acme/not-json": {"config.json": b"{depth: six", "model.safetensors": tiny["model.safetensors"]},
+        "acme/garbage": {"config.json": tiny["config.json"], "model.safetensors": b"not safetensors"},
+    }
+    with HubServer() as hub:
+        for repo, files in repos.items():
+            hub.create(repo, files=files)
+        url = hub.url
+        calls = [("FlaxHDemucs", repo, {}) for repo in [*repos, "acme/missing"]]
+        calls += [("FlaxHDemucs", "acme/tiny", {"revision": "v9"})]
+        calls += [("FlaxAutoModel", repo, {}) for repo in ("acme/tiny", "acme/config-only", "acme/garbage")]
+        online = from_pretrained_outcomes(flow_env(tmp_path, HF_ENDPOINT=url), calls)
+    offline = from_pretrained_outcomes(
+        flow_env(tmp_path, HF_HUB_OFFLINE="1"), [("FlaxHDemucs", "hdemucs-flax/hdemucs-high-musdb-plus", {})]
+    )
+    refused = closed_port_url()  # the same Hugging Face cache, which now holds acme/tiny
+    calls = [("FlaxHDemucs", "acme/tiny", {}), ("FlaxHDemucs", "acme/x", {})]
+    unreachable = from_pretrained_outcomes(flow_env(tmp_path, HF_ENDPOINT=refused), calls)
+    assert online["FlaxHDemucs acme/tiny"]["type"] is None and online["FlaxAutoModel acme/tiny"]["type"] is None
+    assert unreachable["FlaxHDemucs acme/tiny"]["type"] is None  # from the cache, at once
+    assert max(o["seconds"] for o in unreachable.values()) < 8, unreachable
+
+    local = "pass a local model folder"
+    no_weights = f"model 'acme/config-only' on {url} has no weights file (model.safetensors or flax_model.msgpack); "
+    no_weights += "pass a folder written by save_pretrained"
+    expected = {
+        "FlaxHDemucs acme/missing": f"model 'acme/missing': no such repository on {url} (or it is private and no "
+        f"token grants access); check the name at {url}/acme/missing or {local}",
+        'FlaxHDemucs acme/tiny {"revision": "v9"}': f"model 'acme/tiny' has no revision 'v9' on {url}; check its "
+        f"branches and tags at {url}/acme/tiny",
+        "FlaxHDemucs acme/config-only": no_weights,
+        "FlaxAutoModel acme/config-only": no_weights,
+        "FlaxHDemucs acme/not-json": "cannot load model 'acme/not-json': It looks like the config file at ",
+        "FlaxHDemucs acme/garbage": "cannot load model 'acme/garbage': SafetensorError: ",
+        "FlaxAutoModel acme/garbage": "cannot load model 'acme/garbage': SafetensorError: ",
+        "FlaxHDemucs hdemucs-flax/hdemucs-high-musdb-plus": "model 'hdemucs-flax/hdemucs-high-musdb-plus' is not in "
+        "the Hugging Face cache and offline mode (HF_HUB_OFFLINE=1) forbids downloading it; run once online or "
+        f"{local}",
+        "FlaxHDemucs acme/x": f"model 'acme/x' is not in the Hugging Face cache and the Hub ({refused}) cannot be "
+        f"reached ({refused[7:]} refused the connection); check the network and proxy settings, or {local}",
+    }
+    outcomes = {**online, **offline, **unreachable}
+    for call, want in expected.items():
+        got = outcomes[call]
+        assert got["type"] == "ModelLoadError" and got["oserror"], got
+        assert got["message"].startswith(want) and "\n" not in got["message"], (want, got)
+
+
+def test_an_unknown_repo_on_the_command_line_names_it_and_where_to_check(tmp_path):
+    song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
+    with HubServer() as hub:
+        command = [sys.executable, "-m", "modeling_hdemucs_flax", "separate", str(song), "-o", str(tmp_path / "out")]
+        command += ["--model", "acme/no-such-model"]
+        env = flow_env(tmp_path, HF_ENDPOINT=hub.url)
+        result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: model 'acme/no-such-model': no such repository on {hub.url} (or it is private and no token grants "
+        f"access); check the name at {hub.url}/acme/no-such-model or pass a local model folder"
+    ]
 
 
 def test_torch_checkpoint_reader_without_torch(tiny_pair, tmp_path):
