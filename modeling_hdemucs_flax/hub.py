@@ -49,7 +49,6 @@ def offline() -> bool:
     return bool(hf_constants.HF_HUB_OFFLINE)
 
 
-
 def load_pretrained(load: Callable[..., Model], name: str | os.PathLike, *model_args: Any, **kwargs: Any) -> Model:
     """`load(name, *model_args, **kwargs)` (transformers' `from_pretrained`) with the probe and the one-line
     errors described in the module doc. Raises `ModelLoadError`, or the package's own errors as they are."""

@@ -21,6 +21,7 @@ import re
 import secrets
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 _UMASK_LOCK = threading.Lock()
@@ -109,25 +110,38 @@ def new_folder(destination: str | os.PathLike, suffix: str) -> Path:
         return path
 
 
+def _left_behind(folder: str | os.PathLike, suffix: str, older_than: float, folders: bool) -> Iterator[os.DirEntry]:
+    """The entries of `folder` (not below it) named by `new_name` with `suffix`, files or (`folders`) folders,
+    last modified before `older_than` and owned by a process that is no longer running. A name of this very
+    process counts for folders, as old as that: the id belonged to an earlier process (a restarted container's
+    process 1). An entry that cannot be examined is passed over; a folder that cannot be read yields nothing."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        match = _OWNED.match(entry.name)
+        if match is None or match.group("suffix") != suffix:
+            continue
+        try:
+            kind = entry.is_dir(follow_symlinks=False) if folders else entry.is_file(follow_symlinks=False)
+            if not kind or entry.stat(follow_symlinks=False).st_mtime >= older_than:
+                continue
+        except OSError:
+            continue
+        pid = int(match.group("pid"))
+        if folders and pid == os.getpid() or not process_alive(pid):
+            yield entry
+
+
 def sweep_stale(folder: str | os.PathLike, suffix: str, older_than: float) -> list[Path]:
     """Remove temporaries named by `create` with `suffix` in `folder` (not below it) that an earlier process
     left: last modified before `older_than` (a `time.time()` value, e.g. when this run started) and owned by a
     process id that is no longer running on this machine. Anything else is left alone. Returns what was
     removed; a folder that does not exist or cannot be read is not an error."""
     removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = _OWNED.match(entry.name)
-        if match is None or match.group("suffix") != suffix:
-            continue
+    for entry in _left_behind(folder, suffix, older_than, folders=False):
         try:
-            if not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= older_than:
-                continue
-            if process_alive(int(match.group("pid"))):
-                continue
             os.unlink(entry.path)
         except OSError:
             continue
@@ -142,22 +156,7 @@ def sweep_stale_folders(folder: str | os.PathLike, suffix: str, older_than: floa
     after this very process is swept too when it is that old: the id belonged to an earlier process (a
     restarted container's process 1). Anything else is left alone; returns what was removed."""
     removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = _OWNED.match(entry.name)
-        if match is None or match.group("suffix") != suffix:
-            continue
-        try:
-            if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= older_than:
-                continue
-            pid = int(match.group("pid"))
-            if pid != os.getpid() and process_alive(pid):
-                continue
-        except OSError:
-            continue
+    for entry in _left_behind(folder, suffix, older_than, folders=True):
         shutil.rmtree(entry.path, ignore_errors=True)
         if not os.path.lexists(entry.path):
             removed.append(Path(entry.path))
