@@ -33,6 +33,26 @@ MAX_BATCH_SIZE = 256
 # - seed: `jax.random.key` takes a signed 64-bit integer.
 SEED_RANGE = (-(2**63), 2**63 - 1)
 
+# Chunks per forward pass when none is given, per device of each JAX platform, before anything was measured on
+# this machine:
+# - cpu: 1, measured (docs/performance.md, benchmarks/bench_batch_size.py): batch 2 is within noise of batch 1,
+#   batch 4 is 14 % slower (its working set leaves the cache), and every chunk more holds more memory.
+# - gpu, tpu: 8, what `--batch-size auto` starts from and falls back to until it has measured the device
+#   (`batch_tuning`). XLA's memory analysis of the full-size model's forward pass on 7.8 s chunks counts 0.26 GB of
+#   temporaries per chunk, so 8 chunks (about 2 GB with the weights) fit the 75 % of an 8 GB GPU that JAX takes;
+#   whether 8 is the fastest is what the tuner measures.
+DEFAULT_BATCH_SIZES = {"cpu": 1, "gpu": 8, "tpu": 8}
+_PLATFORM_NAMES = {"cuda": "gpu", "rocm": "gpu"}  # JAX's backend names for its "gpu" platform
+
+
+def default_batch_size(platform: str) -> int:
+    """Chunks per forward pass, per device, on JAX platform `platform` ("cpu", "gpu" — or "cuda"/"rocm" — "tpu",
+    as `jax.Device.platform` or `jax.default_backend()` names it) when the user gives none and nothing has been
+    measured: 1 on CPU (measured), 8 on an accelerator (see `DEFAULT_BATCH_SIZES`), 1 on a platform this package
+    does not know."""
+    name = platform.lower()
+    return DEFAULT_BATCH_SIZES.get(_PLATFORM_NAMES.get(name, name), 1)
+
 
 def _is_int(value: object) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
