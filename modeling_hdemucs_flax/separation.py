@@ -170,15 +170,41 @@ class OverlapAdd:
     For each shift pass s: out_s(t) = sum_k w(t - start_k) y_k(t) / sum_k w(t - start_k); the result is the
     mean over passes. Chunks must be added in order of start; `pop(frontier)` returns the finished samples
     before `frontier` (no chunk yet to come covers them). Sums are kept in float64 (with high overlap and
-    a sharp weight, many small float32 terms would cost ~1e-6 of accuracy); output is float32. Storage is
-    bounded by the span of the chunks in flight.
+    a sharp weight, many small float32 terms would cost ~1e-6 of accuracy); output is float32.
+
+    The sums live in buffers that popped samples leave by an offset, not by a copy, and that grow (doubling) only
+    when the chunks in flight span more than they hold: adding a chunk or popping costs time in proportion to the
+    samples it touches, not to the span held. Storage is bounded by twice the span of the chunks in flight
+    (about one segment when each chunk's finished samples are popped as it is added, as `run_schedule` does).
     """
 
     def __init__(self, length: int, n_shifts: int, weight: Float[np.ndarray, " segment"], out_shape: tuple[int, ...]):
         self.length, self.weight = length, weight
         self.base = 0  # first sample not yet returned
+        self._offset = 0  # where sample `base` is in the buffers
+        self._covered = 0  # samples from `base` on that some chunk has reached
         self._acc = np.zeros((n_shifts, *out_shape, 0), np.float64)
         self._wsum = np.zeros((n_shifts, 0), np.float64)
+
+    def _reserve(self, needed: int) -> None:
+        """Room for samples [base, base + needed): the covered samples slide to the buffers' start (into larger,
+        zeroed buffers when `needed` is over half their size) and everything after them is zero."""
+        capacity = self._wsum.shape[-1]
+        if self._offset + needed <= capacity:
+            return
+        held = slice(self._offset, self._offset + self._covered)
+        if 2 * needed > capacity:
+            capacity = 2 * needed
+            acc = np.zeros((*self._acc.shape[:-1], capacity), np.float64)
+            wsum = np.zeros((self._wsum.shape[0], capacity), np.float64)
+        else:  # in place (numpy copies overlapping ranges correctly); only popped samples are not zero
+            acc, wsum = self._acc, self._wsum
+        acc[..., : self._covered] = self._acc[..., held]
+        wsum[:, : self._covered] = self._wsum[:, held]
+        if acc is self._acc:
+            acc[..., self._covered : held.stop] = 0
+            wsum[:, self._covered : held.stop] = 0
+        self._acc, self._wsum, self._offset = acc, wsum, 0
 
     def add(self, shift: int, start: int, chunk: Float[np.ndarray, "*out segment"]) -> None:
         """Accumulate `chunk` (*out_shape, segment) for pass `shift`; only samples inside [0, length) count."""
@@ -186,25 +212,27 @@ class OverlapAdd:
         lo, hi = max(start, self.base), min(start + segment, self.length)
         if hi <= lo:
             return
-        needed = hi - self.base
-        if needed > self._acc.shape[-1]:
-            grow = needed - self._acc.shape[-1]
-            self._acc = np.concatenate([self._acc, np.zeros((*self._acc.shape[:-1], grow), np.float64)], axis=-1)
-            self._wsum = np.concatenate([self._wsum, np.zeros((self._wsum.shape[0], grow), np.float64)], axis=-1)
+        self._reserve(hi - self.base)
+        self._covered = max(self._covered, hi - self.base)
         w = self.weight[lo - start : hi - start]
-        self._acc[shift, ..., lo - self.base : hi - self.base] += chunk[..., lo - start : hi - start] * w
-        self._wsum[shift, lo - self.base : hi - self.base] += w
+        at = slice(self._offset + lo - self.base, self._offset + hi - self.base)
+        self._acc[shift, ..., at] += chunk[..., lo - start : hi - start] * w
+        self._wsum[shift, at] += w
 
     def pop(self, frontier: int) -> Float32[np.ndarray, "*out n"]:
         """Finished output for samples [base, min(frontier, length)): (*out_shape, n) float32."""
         n = max(0, min(frontier, self.length) - self.base)
-        assert n <= self._acc.shape[-1], "popping samples no chunk has covered"
-        wsum = self._wsum[:, :n]
+        assert n <= self._covered, "popping samples no chunk has covered"
+        done = slice(self._offset, self._offset + n)
+        wsum = self._wsum[:, done]
         assert (wsum > 0).all(), "a sample without weight (chunk plan does not cover the song)"
-        acc = self._acc[..., :n]
-        out = (acc / wsum.reshape(wsum.shape[0], *([1] * (acc.ndim - 2)), n)).mean(axis=0).astype(np.float32)
-        self._acc = self._acc[..., n:].copy()
-        self._wsum = self._wsum[:, n:].copy()
+        acc = self._acc[..., done]
+        if len(acc) == 1:  # one pass: its mean is itself; divided in float64 and rounded once, with no temporaries
+            out = np.divide(acc[0], wsum[0], out=np.empty(acc.shape[1:], np.float32))
+        else:
+            out = (acc / wsum.reshape(wsum.shape[0], *([1] * (acc.ndim - 2)), n)).mean(axis=0).astype(np.float32)
+        self._offset += n
+        self._covered -= n
         self.base += n
         return out
 
@@ -340,13 +368,13 @@ def run_schedule(
 
 
 def _finish_batch(rows: list[tuple[int, _Song, Chunk]], future: Future, failed: set[int]) -> Iterator[Event]:
+    """Blend a batch's outputs into their songs, chunk by chunk, handing on each chunk's finished samples at once
+    (the samples held for blending stay about one segment, whatever the batch size)."""
     outputs = future.result()
-    touched: dict[int, _Song] = {}
     for row, (index, song, chunk) in enumerate(rows):
-        if index not in failed:
-            song.add(chunk, outputs[row])
-            touched[index] = song
-    for index, song in touched.items():
+        if index in failed:
+            continue
+        song.add(chunk, outputs[row])
         block = song.pop()
         if block.shape[-1]:
             yield Event(index, "block", block)
