@@ -28,7 +28,7 @@ import functools
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -48,8 +48,12 @@ from .runtime import describe_devices
 STD_EPS = 1e-8  # added to the mix's std (demucs's api.py) so silence normalises to silence, not NaN
 BLOCK = 1 << 16  # samples per block read from a file or handed between stages
 Progress = Callable[[int, int], None]  # (chunks_done, chunks_total)
-# float32 (batch, channels, segment) -> (batch, sources, channels, segment): one batch through the network
-Forward = Callable[[Float32[np.ndarray, "batch channels segment"]], Float[np.ndarray, "batch sources channels segment"]]
+# float32 (batch, channels, segment) -> (batch, sources, channels, segment): one batch through the network. The
+# output may be a `jax.Array` still being computed (JAX dispatches asynchronously): the schedule converts it to
+# numpy, which waits for it, only once the next batch has been handed to the network.
+Forward = Callable[
+    [Float32[np.ndarray, "batch channels segment"]], Float[np.ndarray | jax.Array, "batch sources channels segment"]
+]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -310,10 +314,6 @@ class Event(NamedTuple):
     value: Any = None
 
 
-def _run_network(forward: Forward, inputs: np.ndarray) -> np.ndarray:
-    return np.asarray(forward(inputs), np.float32)
-
-
 def run_schedule(
     songs: Iterable[Callable[[], _Song]], forward: Forward, *, batch_size: int, channels: int, segment: int
 ) -> Iterator[Event]:
@@ -324,8 +324,10 @@ def run_schedule(
     `songs` opens each signal when its first chunk is needed (an exception there, or while reading it, fails
     that signal only: an "failed" event). The network runs in a worker thread, one batch at a time, while this
     thread reads and chunks the next batch's input and overlap-adds and hands on the previous batch's output:
-    decoding, resampling, blending and the consumer's own work (writing stems) overlap with the network. An
-    exception from `forward` ends the whole schedule.
+    decoding, resampling, blending and the consumer's own work (writing stems) overlap with the network. Two
+    batches are in flight: batch n + 1 is handed to the network before batch n's output is converted to numpy,
+    so an asynchronous network (JAX's dispatch) has the next batch queued on its device while the previous
+    output is downloaded and blended. An exception from `forward` ends the whole schedule.
     """
     openers = enumerate(songs)
     current: tuple[int, _Song] | None = None
@@ -358,19 +360,25 @@ def run_schedule(
                     pending.append(Event(index, "failed", error))
                     continue
                 rows.append((index, song, chunk))
-            future = network.submit(_run_network, forward, inputs) if rows else None
+            future = network.submit(forward, inputs) if rows else None
             if in_flight is not None:  # the previous batch, while this one runs
-                yield from _finish_batch(*in_flight, failed)
+                yield from _finish_batch(*in_flight, failed, following=future)
             yield from pending
             if future is None:
                 return
             in_flight = (rows, future)
 
 
-def _finish_batch(rows: list[tuple[int, _Song, Chunk]], future: Future, failed: set[int]) -> Iterator[Event]:
+def _finish_batch(
+    rows: list[tuple[int, _Song, Chunk]], future: Future, failed: set[int], following: Future | None
+) -> Iterator[Event]:
     """Blend a batch's outputs into their songs, chunk by chunk, handing on each chunk's finished samples at once
-    (the samples held for blending stay about one segment, whatever the batch size)."""
-    outputs = future.result()
+    (the samples held for blending stay about one segment, whatever the batch size). An output still being
+    computed is waited for only once the `following` batch has been handed to the network."""
+    output = future.result()
+    if following is not None and _still_computing(output):
+        wait([following])  # not `.result()`: an error of the next batch is raised once this one is handed on
+    outputs = np.asarray(output, np.float32)
     for row, (index, song, chunk) in enumerate(rows):
         if index in failed:
             continue
@@ -380,6 +388,15 @@ def _finish_batch(rows: list[tuple[int, _Song, Chunk]], future: Future, failed: 
             yield Event(index, "block", block)
         if song.complete:
             yield Event(index, "done")
+
+
+def _still_computing(output: Any) -> bool:
+    """Whether converting a network's output to numpy would wait for it: a `jax.Array` that is not ready, or any
+    other array-like but numpy's."""
+    if isinstance(output, np.ndarray):
+        return False
+    is_ready = getattr(output, "is_ready", None)
+    return not is_ready() if callable(is_ready) else True
 
 
 def overlap_add_stream(
@@ -543,7 +560,8 @@ def _adapt_channels_out(stems: np.ndarray, channels: int) -> np.ndarray:
 
 def network_forward(model: FlaxHDemucs, devices: Sequence[Any] | None = None) -> Forward:
     """The model's own jitted forward pass (compiled once per shape, in the model's compute dtype) on numpy
-    batches, with the parameters the model holds at call time.
+    batches, with the parameters the model holds at call time. It returns the output as JAX dispatched it, without
+    waiting for the device (`np.asarray` of it waits).
 
     `devices` (more than one): each batch is split over them along its first axis (`NamedSharding` over a
     one-axis mesh "batch"; the batch size must be a multiple of their number) and the parameters are
@@ -553,8 +571,8 @@ def network_forward(model: FlaxHDemucs, devices: Sequence[Any] | None = None) ->
     if devices is None or len(devices) <= 1:
         device = devices[0] if devices else None
 
-        def forward(batch: np.ndarray) -> np.ndarray:
-            return np.asarray(model(batch if device is None else jax.device_put(batch, device)).sources)
+        def forward(batch: np.ndarray) -> jax.Array:
+            return model(batch if device is None else jax.device_put(batch, device)).sources
 
         return forward
 
@@ -564,10 +582,10 @@ def network_forward(model: FlaxHDemucs, devices: Sequence[Any] | None = None) ->
     rows, replicated = NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
     placed: dict[str, Any] = {}  # the replicated copy of the parameters the model holds (made once per set)
 
-    def sharded(batch: np.ndarray) -> np.ndarray:
+    def sharded(batch: np.ndarray) -> jax.Array:
         if placed.get("source") is not model.params:
             placed.update(source=model.params, params=jax.device_put(model.params, replicated))
-        return np.asarray(model(jax.device_put(batch, rows), params=placed["params"]).sources)
+        return model(jax.device_put(batch, rows), params=placed["params"]).sources
 
     return sharded
 
@@ -622,9 +640,10 @@ class Separator:
             `SeparationOptions` (validated there).
         progress: default callback (chunks_done, chunks_total) for `separate` / `stream`.
         forward: what runs one batch of chunks, float32 (batch_size, audio_channels, segment samples) ->
-            (batch_size, sources, audio_channels, segment samples), always called with exactly that shape.
-            None: `network_forward(model, devices)`. Another callable (a stand-in network, a wrapper that
-            records or fails) changes the network and nothing else.
+            (batch_size, sources, audio_channels, segment samples) as numpy or a `jax.Array` (which may still
+            be computing), always called with exactly that shape. None: `network_forward(model, devices)`.
+            Another callable (a stand-in network, a wrapper that records or fails) changes the network and
+            nothing else.
         devices: JAX devices (`jax.Device`) to split every batch over (e.g. `jax.local_devices()`);
             `batch_size` must be a multiple of their number. None: JAX's default device.
     """
@@ -736,8 +755,9 @@ class Separator:
         return (self.batch_size, self.audio_channels, self.segment_samples)
 
     def warmup(self) -> None:
-        """Compile (or load from the persistent cache) the forward pass now rather than on the first chunk."""
-        self.forward(np.zeros(self.input_shape, np.float32))
+        """Compile (or load from the persistent cache) the forward pass now rather than on the first chunk, and
+        run it once (waiting for its output)."""
+        np.asarray(self.forward(np.zeros(self.input_shape, np.float32)))
 
     def check_channels(self, channels: int, name: str) -> None:
         """Raise `AudioError` naming `name` unless audio with `channels` channels can be separated."""

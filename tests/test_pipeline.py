@@ -95,6 +95,51 @@ def test_next_chunk_is_read_and_previous_output_consumed_while_the_network_runs(
         assert position[("consumed", k - 1)] < position[("network end", k)], (k, log.events)
 
 
+class Dispatched:
+    """What an asynchronous network (JAX's dispatch) returns: an output numpy must wait for. Converting it to numpy
+    (`np.asarray`, the wait for the device) is logged as ("converted", batch)."""
+
+    def __init__(self, values: np.ndarray, batch: int, log: list):
+        self.values, self.batch, self.log = values, batch, log
+
+    def __array__(self, dtype=None, copy=None):
+        self.log.append(("converted", self.batch))
+        return self.values if dtype is None else self.values.astype(dtype)
+
+
+def test_the_next_batch_is_dispatched_before_the_previous_output_is_converted(tiny_pair):
+    """Two batches in flight: for every batch k but the last, batch k + 1 is handed to the network before batch
+    k's output is converted to numpy, so a device has the next batch queued while it hands back the previous one
+    (a schedule that converts each output as soon as the network returns it leaves the device idle meanwhile).
+    The stems are those of the same network returning numpy, bit for bit; the model's own forward pass returns
+    a `jax.Array` without waiting for it."""
+    _, _, model = tiny_pair
+    log: list[tuple[str, int]] = []
+    shape = Separator(model, segment=SEGMENT_SECONDS, batch_size=2).input_shape
+    stand_in = AffineStandIn([1.0, -1.0, 0.5, 2.0], [0.0] * 4, shape, poison=False)
+
+    def network(batch):
+        k = sum(kind == "dispatched" for kind, _ in log)
+        log.append(("dispatched", k))
+        return Dispatched(stand_in(batch), k, log)
+
+    song = music_like(60000, 2, seed=8)
+    got = Separator(model, segment=SEGMENT_SECONDS, batch_size=2, forward=network).separate(song, SR)
+    want = Separator(model, segment=SEGMENT_SECONDS, batch_size=2, forward=stand_in).separate(song, SR)
+    for name in SOURCES:
+        np.testing.assert_array_equal(got[name], want[name])
+    position = {event: i for i, event in enumerate(log)}
+    batches = len(position) // 2
+    assert batches == stand_in.calls // 2 > 2
+    for k in range(batches - 1):
+        assert position[("dispatched", k + 1)] < position[("converted", k)], (k, log)
+
+    import jax
+
+    separator = Separator(model, segment=SEGMENT_SECONDS, batch_size=2)
+    assert isinstance(separator.forward(np.zeros(separator.input_shape, np.float32)), jax.Array)
+
+
 def test_memory_held_for_blending_does_not_grow_with_the_batch_size(tiny_pair):
     """Beyond the two batches in flight (each one's input and output), separating with batches of 16 chunks holds
     no more memory than with batches of 1: each chunk's output is blended and its finished samples handed on as
