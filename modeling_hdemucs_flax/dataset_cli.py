@@ -100,10 +100,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.set_defaults(handler=command, command_parser=sub)
 
 
+def _worker_platform(args: argparse.Namespace) -> str:
+    """The JAX platform the workers compute on, as far as the flags tell: --device, else what they reserve."""
+    if args.device:
+        return args.device
+    return "tpu" if args.tpus_per_worker else "gpu" if args.gpus_per_worker else "cpu"
+
+
 def command(args: argparse.Namespace) -> int:
-    from .cli import EXIT_FAILED, _as_usage, _error, options_from, usage_error
+    from .cli import EXIT_FAILED, _as_usage, _error, auto_batch_size, options_from, usage_error
+    from .options import default_batch_size
 
     schedule, output = options_from(args)
+    if auto_batch_size(args):  # not measured: every worker must use the batch size its completion markers name
+        schedule = schedule.replace(batch_size=default_batch_size(_worker_platform(args)))
     from tqdm import tqdm
 
     from . import DatasetError, ModelLoadError, OptionError

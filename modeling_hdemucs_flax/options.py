@@ -42,6 +42,7 @@ SEED_RANGE = (-(2**63), 2**63 - 1)
 #   temporaries per chunk, so 8 chunks (about 2 GB with the weights) fit the 75 % of an 8 GB GPU that JAX takes;
 #   whether 8 is the fastest is what the tuner measures.
 DEFAULT_BATCH_SIZES = {"cpu": 1, "gpu": 8, "tpu": 8}
+AUTO_BATCH_SIZE = "auto"  # the command line's default `--batch-size`: see `default_batch_size` and `batch_tuning`
 _PLATFORM_NAMES = {"cuda": "gpu", "rocm": "gpu"}  # JAX's backend names for its "gpu" platform
 
 
