@@ -339,6 +339,7 @@ def test_version_models_and_unknown_options(tmp_path, capsys):
         ("--segment", "0.00001"): "--segment 1e-05: must be between 0.05 and 600 seconds",
         ("--segment", "1e7"): "--segment 10000000.0: must be between 0.05 and 600 seconds",
         ("--batch-size", "1000000"): "--batch-size 1000000: must be an integer in [1, 256]",
+        ("--batch-size", "lots"): "--batch-size lots: must be an integer in [1, 256] or auto",
         ("--shifts", "100000000"): "--shifts 100000000: must be an integer in [0, 100]",
         ("--mp3-bitrate", "5000"): "--mp3-bitrate 5000: must be an integer in [8, 320]",
         ("--mp3-preset", "1"): "--mp3-preset 1: must be an integer in [2, 7]",
