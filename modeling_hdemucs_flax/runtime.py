@@ -99,7 +99,9 @@ def configure_compilation_cache(folder: str | os.PathLike | bool | None = True) 
     every process); the return value says so.
 
     This is process-wide JAX configuration. Compiles of any duration are persisted
-    (`jax_persistent_cache_min_compile_time_secs = 0`): JAX's default of 1 s would skip small models.
+    (`jax_persistent_cache_min_compile_time_secs = 0`): JAX's default of 1 s would skip small models. Entries
+    are written atomically, and one that fails to load is replaced by the process that compiles it again
+    (`persistent_cache`): the folder may be shared by processes that are killed (Ray actors, servers).
     """
     if folder is None or folder is False:
         return None
@@ -119,6 +121,9 @@ def configure_compilation_cache(folder: str | os.PathLike | bool | None = True) 
         # folder applies even if something was compiled before this call.
         compilation_cache.reset_cache()
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    from .persistent_cache import install
+
+    install(path)
     return path
 
 
