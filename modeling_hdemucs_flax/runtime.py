@@ -108,6 +108,18 @@ def set_environment(settings: Mapping[str, str | None]) -> None:
             os.environ[name] = value
 
 
+def limit_gpu_memory(fraction: float, option: str = "gpu_memory_fraction") -> None:
+    """Let JAX in this process take at most `fraction` (0 < fraction <= 1) of each GPU's memory, as it needs it
+    (`gpu_memory_settings`): for a process sharing a GPU with others, such as a server beside another job.
+    Process-wide, and only before JAX starts its backends. Raises `OptionError` (named `option`) for a fraction
+    out of range or a JAX already started."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise OptionError(option, fraction, "must be a fraction of each GPU's memory in (0, 1], e.g. 0.5")
+    if backends_started():
+        raise OptionError(option, fraction, "JAX has already started in this process: set it before JAX runs")
+    set_environment(gpu_memory_settings(fraction))
+
+
 def hide_torch_from_transformers() -> None:
     """Keep transformers from importing torch in this process (`USE_TORCH=0`, unless the user set it).
 
