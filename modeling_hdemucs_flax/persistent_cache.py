@@ -27,6 +27,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 from . import tempfiles
 
@@ -48,7 +49,7 @@ def _write_atomically(destination: Path, data: bytes) -> None:
 
 
 @functools.cache
-def cache_class() -> type:
+def cache_class() -> type[Any]:
     """`AtomicFileCache`, a subclass of JAX's `LRUCache` (made on first use: JAX is imported only then)."""
     from jax._src.lru_cache import _ATIME_SUFFIX, _CACHE_SUFFIX, LRUCache
 
