@@ -116,8 +116,7 @@ def install(folder: Path) -> bool:
         if not config.enable_compilation_cache.value:
             return False
         with jax_cache._cache_initialized_mutex:
-            current = jax_cache._cache
-            base = getattr(current, "_base_cache", current)  # `VerificationCache` wraps the file cache
+            base: Any = installed_cache()
             if isinstance(base, atomic) and Path(base.path) == folder:
                 return True
             cache = atomic(str(folder), max_size=config.compilation_cache_max_size.value)
@@ -131,7 +130,8 @@ def install(folder: Path) -> bool:
 
 
 def installed_cache() -> object | None:
-    """The file cache JAX uses in this process (unwrapped), or None: for tests and diagnostics."""
+    """The file cache JAX uses in this process, or None (none yet). A `VerificationCache`
+    (`jax_compilation_cache_check_contents`) is unwrapped."""
     from jax._src import compilation_cache as jax_cache
 
     current = jax_cache._cache
