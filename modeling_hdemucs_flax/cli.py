@@ -255,6 +255,14 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
         "localhost (repeatable; also $HDEMUCS_API_ALLOWED_HOSTS, comma-separated)",
     )
     server.add_argument(
+        "--gpu-memory-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="share the GPU with other processes: JAX takes at most this fraction of each GPU's memory, as it needs "
+        "it (default: $HDEMUCS_API_GPU_MEMORY_FRACTION, else JAX's own: 75%% of each GPU, taken at start)",
+    )
+    server.add_argument(
         "--workdir",
         type=Path,
         default=None,
@@ -599,10 +607,34 @@ _LIMIT_FLAGS = {
     "max_uploads": "--max-uploads",
 }
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+ENV_GPU_MEMORY_FRACTION = "HDEMUCS_API_GPU_MEMORY_FRACTION"
+
+
+def _share_gpu_memory(args: argparse.Namespace) -> None:
+    """Apply `--gpu-memory-fraction` (else $HDEMUCS_API_GPU_MEMORY_FRACTION) before anything starts JAX; a bad
+    value is a usage error naming the flag or the variable."""
+    from .errors import OptionError
+    from .runtime import limit_gpu_memory
+
+    parser: argparse.ArgumentParser = args.command_parser
+    fraction, where = args.gpu_memory_fraction, f"--gpu-memory-fraction {args.gpu_memory_fraction}"
+    raw = os.environ.get(ENV_GPU_MEMORY_FRACTION, "").strip()
+    if fraction is None and raw:
+        where = f"{ENV_GPU_MEMORY_FRACTION}={raw!r}"
+        try:
+            fraction = float(raw)
+        except ValueError:
+            parser.error(f"{where}: must be a number")
+    if fraction is not None:
+        try:
+            limit_gpu_memory(fraction)
+        except OptionError as error:
+            parser.error(f"{where}: {error.rule}")
 
 
 def serve_command(args: argparse.Namespace) -> int:
     schedule, output = options_from(args)
+    _share_gpu_memory(args)
     args.model = args.model or os.environ.get("HDEMUCS_MODEL") or None  # the container's build argument
     if args.preload:
         from . import ModelLoadError, load_model

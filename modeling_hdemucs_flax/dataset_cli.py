@@ -64,11 +64,24 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="A",
         help="join this Ray cluster (default: $RAY_ADDRESS, else start a local one for this command)",
     )
-    run.add_argument("--workers", type=int, default=1, help="Ray actors, one Separator each (default: 1)")
-    run.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs per worker (e.g. 1, 0.5)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Ray actors, one Separator each, computing on every device it holds: its GPUs, its TPU chips, else "
+        "the CPU (--device defaults to them) (default: 1)",
+    )
+    run.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="GPUs per worker: whole GPUs (1, 2), or a share of one (0.5: its JAX takes at most 90%% of that share "
+        "of the GPU's memory). A worker without GPUs sees none",
+    )
     run.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C", help="CPUs per worker (default: 1)")
     run.add_argument("--memory-per-worker", type=_memory, default=None, metavar="M", help="memory per worker (8G)")
-    run.add_argument("--tpus-per-worker", type=int, default=0, metavar="T", help="TPU chips per worker")
+    run.add_argument("--tpus-per-worker", type=int, default=0, metavar="T", help="TPU chips per worker (1, 2, 4 or 8)")
     job = sub.add_argument_group("resuming and failures")
     job.add_argument(
         "--overwrite", action="store_true", help="re-separate inputs finished with other options (replacing them)"
@@ -139,6 +152,7 @@ def command(args: argparse.Namespace) -> int:
             compilation_cache=False if args.no_compilation_cache else (args.compilation_cache or True),
             storage_options=dict(args.storage_option) or None,
             scratch_dir=args.scratch_dir,
+            device=args.device,
             progress=False if args.quiet else None,
             on_row=report_failure,
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,19 +64,60 @@ def configure_xla(flags: tuple[str, ...] = XLA_CPU_FLAGS) -> bool:
     which XLA:CPU touches its fresh scratch buffer in every forward pass. Set it in the environment that
     starts the process (see docs/performance.md).
     """
-    import sys
-
-    if "jax" in sys.modules:
-        from jax._src import xla_bridge
-
-        if xla_bridge.backends_are_initialized():
-            return False
+    if backends_started():
+        return False
     current = os.environ.get("XLA_FLAGS", "").split()
     names = {flag.split("=", 1)[0] for flag in current}
     added = [flag for flag in flags if flag.split("=", 1)[0] not in names]
     if added:
         os.environ["XLA_FLAGS"] = " ".join(current + added)
     return True
+
+
+def backends_started() -> bool:
+    """Whether JAX has started its backends in this process (after which the environment variables and flags
+    it reads at start no longer apply). Imports nothing that is not already imported."""
+    import sys
+
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge  # no public test for "already initialised" in jax 0.10
+
+    return xla_bridge.backends_are_initialized()
+
+
+# jaxlib 0.10 caps its GPU memory pool from XLA_CLIENT_MEM_FRACTION; XLA_PYTHON_CLIENT_MEM_FRACTION is the old
+# name, and a process with both set fails when JAX starts its GPU backend (`generate_pjrt_gpu_plugin_options`).
+MEMORY_FRACTION, OLD_MEMORY_FRACTION = "XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION"
+PREALLOCATE = "XLA_PYTHON_CLIENT_PREALLOCATE"
+
+
+def gpu_memory_settings(fraction: float) -> dict[str, str | None]:
+    """The environment (name -> value; None: unset) with which JAX takes at most `fraction` of each GPU's memory,
+    as it needs it instead of 75 % at start: for processes that share a GPU. The fraction bounds XLA's memory
+    pool only; the process's CUDA context and cuDNN/cuBLAS workspaces come on top."""
+    return {MEMORY_FRACTION: f"{fraction:.4g}", OLD_MEMORY_FRACTION: None, PREALLOCATE: "false"}
+
+
+def set_environment(settings: Mapping[str, str | None]) -> None:
+    """Set each variable of `settings` in this process's environment (and its children's); None unsets it."""
+    for name, value in settings.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def limit_gpu_memory(fraction: float, option: str = "gpu_memory_fraction") -> None:
+    """Let JAX in this process take at most `fraction` (0 < fraction <= 1) of each GPU's memory, as it needs it
+    (`gpu_memory_settings`): for a process sharing a GPU with others, such as a server beside another job.
+    Process-wide, and only before JAX starts its backends. Raises `OptionError` (named `option`) for a fraction
+    out of range or a JAX already started."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise OptionError(option, fraction, "must be a fraction of each GPU's memory in (0, 1], e.g. 0.5")
+    if backends_started():
+        raise OptionError(option, fraction, "JAX has already started in this process: set it before JAX runs")
+    set_environment(gpu_memory_settings(fraction))
 
 
 def hide_torch_from_transformers() -> None:
@@ -99,7 +140,9 @@ def configure_compilation_cache(folder: str | os.PathLike | bool | None = True) 
     every process); the return value says so.
 
     This is process-wide JAX configuration. Compiles of any duration are persisted
-    (`jax_persistent_cache_min_compile_time_secs = 0`): JAX's default of 1 s would skip small models.
+    (`jax_persistent_cache_min_compile_time_secs = 0`): JAX's default of 1 s would skip small models. Entries
+    are written atomically, and one that fails to load is replaced by the process that compiles it again
+    (`persistent_cache`): the folder may be shared by processes that are killed (Ray actors, servers).
     """
     if folder is None or folder is False:
         return None
@@ -119,6 +162,9 @@ def configure_compilation_cache(folder: str | os.PathLike | bool | None = True) 
         # folder applies even if something was compiled before this call.
         compilation_cache.reset_cache()
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    from .persistent_cache import install
+
+    install(path)
     return path
 
 
