@@ -75,7 +75,7 @@ def test_every_way_of_loading_a_model_computes_on_the_default_device(placement, 
     pulled every forward pass there."""
     assert placement["default device"] == ["cpu:1"]
     got = placement["ways"][way]
-    assert got["calls"] >= 2, got  # a song of several batches
+    assert "error" not in got and got["calls"] >= 2, got  # a song of several batches
     assert (got["parameters"], got["outputs"], got["Separator.device"]) == (["cpu:1"], ["cpu:1"], "cpu:1"), got
 
 
@@ -85,6 +85,7 @@ def test_one_separator_per_device_runs_there_and_equals_the_default(placement, d
     default device and for another one, with the same stems as the default device's (it used to fail on its
     first batch: "Received incompatible devices for jitted computation")."""
     got = placement["one device"][device]
+    assert "error" not in got, got
     assert (got["parameters"], got["outputs"], got["Separator.device"]) == ([device], [device], device), got
     assert got["equal to the default device's stems"], got
 
@@ -93,7 +94,8 @@ def test_weights_are_prepared_once_per_model_not_per_batch(placement):
     """Weight preparation (LSTM stacks, transposed-convolution matrices) runs once per model: not again for each
     batch split over two devices (the replicated copy is placed once), nor for a second Separator on one device."""
     got = placement["preparations"]
-    assert got["batches split over both devices"] >= 3 and got["batches on device 1"] >= 3, got
+    batches = (got["batches split over both devices"], got["batches on device 1"])  # or the error it ended with
+    assert all(isinstance(n, int) and n >= 3 for n in batches), got
     assert (got["Separator.device (split)"], got["outputs (split)"]) == ("2 x cpu (cpu:0, cpu:1)", ["cpu:0", "cpu:1"])
     assert (got["numpy"], got["jitted"]) == (1, 0), got
 
