@@ -27,8 +27,22 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model and how it runs: --model, --revision, --dtype, --compilation-cache, --no-compilation-cache."""
+def _count(text: str) -> int:
+    """A positive integer argument (--devices)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, devices: bool = False) -> None:
+    """The model and how it runs: --model, --revision, --device, --devices (if `devices`: for commands whose one
+    process runs the network), --dtype, --matmul-precision, --compilation-cache, --no-compilation-cache."""
+    from .options import DEFAULT_MATMUL_PRECISION, MATMUL_PRECISIONS  # light: standard library only
+
     parser.add_argument(
         "-n",
         "--model",
@@ -44,12 +58,32 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="where the network runs (JAX platform; default: JAX's choice, a GPU or TPU when one is usable)",
     )
+    if devices:
+        parser.add_argument(
+            "--devices",
+            type=_count,
+            default=None,
+            metavar="N",
+            help="how many of the platform's devices run the network, each batch split evenly over them (default: "
+            "every GPU or TPU of this machine, one CPU device). With N below the GPU count JAX opens only the "
+            "first N GPUs (no memory preallocated on the others); on a TPU host the process holds every chip",
+        )
     parser.add_argument(
         "--dtype",
         choices=("float32", "bfloat16"),
         default="float32",
         help="network compute precision (default: %(default)s). On CPU keep float32: bfloat16 runs slower there "
         "(XLA:CPU converts bf16 convolutions to float32 and back); it pays on GPUs",
+    )
+    parser.add_argument(
+        "--matmul-precision",
+        choices=MATMUL_PRECISIONS,
+        default=DEFAULT_MATMUL_PRECISION,
+        help="how a GPU or TPU computes convolutions and matrix products of float32 values (CPUs: always "
+        "float32): float32 computes them in float32, the precision the parity with torchaudio is measured at; "
+        "tensorfloat32 is faster and coarser (TF32 on NVIDIA GPUs from Ampere on, 3 bfloat16 passes on TPU); "
+        "bfloat16 is JAX's own default (TF32 on those GPUs, one bfloat16 pass on TPU: the fastest, the "
+        "coarsest) (default: %(default)s)",
     )
     parser.add_argument(
         "--compilation-cache",
@@ -61,8 +95,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compilation-cache", action="store_true", help="compile in every run")
 
 
-def add_separation_arguments(parser: argparse.ArgumentParser) -> None:
-    """The schedule (`SeparationOptions`): --segment, --overlap, --shifts, --seed, --batch-size."""
+def add_separation_arguments(parser: argparse.ArgumentParser, *, per_device: bool = False) -> None:
+    """The schedule (`SeparationOptions`): --segment, --overlap, --shifts, --seed, --batch-size (if `per_device`,
+    for commands with --devices: default None, one chunk per device, set by `load_separator`)."""
     parser.add_argument(
         "--segment", type=float, default=None, metavar="SECONDS", help="chunk length in seconds (default: 7.8)"
     )
@@ -76,7 +111,16 @@ def add_separation_arguments(parser: argparse.ArgumentParser) -> None:
         help="random-shift passes averaged (better, N times slower; default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=1, help="chunks per forward pass (default: %(default)s)")
+    if per_device:
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=None,
+            help="chunks per forward pass, split evenly over the devices used: a multiple of their number "
+            "(default: one per device)",
+        )
+    else:
+        parser.add_argument("--batch-size", type=int, default=1, help="chunks per forward pass (default: %(default)s)")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, default_ext: str = "wav", *, filename: bool = True) -> None:
@@ -153,9 +197,9 @@ def _add_separate_command(commands: argparse._SubParsersAction) -> None:
     )
     sep.add_argument("-o", "--out", default="separated", type=Path, help="output folder (default: %(default)s)")
     sep.add_argument("--skip-existing", action="store_true", help="leave a file whose stems all exist already alone")
-    add_model_arguments(sep)
+    add_model_arguments(sep, devices=True)
     add_output_arguments(sep)
-    add_separation_arguments(sep)
+    add_separation_arguments(sep, per_device=True)
     sep.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
     sep.set_defaults(handler=separate_command, command_parser=sep)
 
@@ -187,9 +231,9 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
         "The model, schedule and output options below are the defaults of every request; a request may set "
         "two_stems, format, shifts and overlap. The stems come back in a zip as <track>/<stem>.<ext>.",
     )
-    add_model_arguments(srv)
+    add_model_arguments(srv, devices=True)
     add_output_arguments(srv, filename=False)  # a zip's members are always <track>/<stem>.<ext>
-    add_separation_arguments(srv)
+    add_separation_arguments(srv, per_device=True)
     server = srv.add_argument_group("server")
     server.add_argument(
         "--host",
@@ -353,6 +397,7 @@ def options_from(args: argparse.Namespace) -> tuple[SeparationOptions, OutputOpt
     """The options of `add_separation_arguments` and `add_output_arguments`, validated; a bad value is a usage
     error (exit 2) worded with its flag."""
     from . import OptionError, OutputOptions, SeparationOptions  # light: no JAX, no transformers
+    from .options import check_batch_split
 
     try:
         schedule = SeparationOptions(
@@ -360,8 +405,11 @@ def options_from(args: argparse.Namespace) -> tuple[SeparationOptions, OutputOpt
             overlap=args.overlap,
             shifts=args.shifts,
             seed=args.seed,
-            batch_size=args.batch_size,
+            # None (commands with --devices): one chunk per device, known once the devices are (`load_separator`)
+            batch_size=1 if args.batch_size is None else args.batch_size,
         )
+        if args.batch_size is not None and getattr(args, "devices", None) is not None:
+            check_batch_split(args.batch_size, args.devices)
         output = OutputOptions(
             filename=args.filename,
             ext=args.ext,
@@ -407,16 +455,28 @@ def show_loading_status(quiet: bool) -> None:
     logger.setLevel(logging.INFO)
 
 
+def _split_over(args: argparse.Namespace, schedule: SeparationOptions, devices: int) -> SeparationOptions:
+    """`schedule` with its batches split evenly over `devices`: one chunk per device unless --batch-size was given,
+    which must then be a multiple of their number (`OptionError`)."""
+    from .options import check_batch_split
+
+    if args.batch_size is None:
+        return schedule.replace(batch_size=devices)
+    check_batch_split(schedule.batch_size, devices)
+    return schedule
+
+
 def load_separator(args: argparse.Namespace, schedule: SeparationOptions, output: OutputOptions) -> Separator | int:
-    """The Separator of `add_model_arguments`' options with `schedule`, compiled and ready; or the exit status
-    after a one-line error (the model cannot be loaded: 1; an option this model or machine cannot honour: 2)."""
+    """The Separator of `add_model_arguments`' options (with --devices) with `schedule`, on the devices chosen,
+    compiled and ready; or the exit status after a one-line error (the model cannot be loaded: 1; an option this
+    model or machine cannot honour: 2)."""
     from . import ModelLoadError, OptionError, configure_compilation_cache
 
     try:
-        if args.device is not None:
-            from .runtime import select_platform
+        from .runtime import select_devices
 
-            select_platform(args.device)  # before anything starts JAX's backends
+        devices = select_devices(args.device, args.devices)  # first: JAX's backends start here
+        schedule = _split_over(args, schedule, len(devices))
         configure_compilation_cache(False if args.no_compilation_cache else (args.compilation_cache or True))
         from . import Separator
 
@@ -424,7 +484,12 @@ def load_separator(args: argparse.Namespace, schedule: SeparationOptions, output
         show_loading_status(args.quiet)
         _status(args.quiet, f"loading model {args.model or '(default)'} ...")
         separator = Separator.from_pretrained(
-            args.model, revision=args.revision, dtype=args.dtype, **dataclasses.asdict(schedule)
+            args.model,
+            revision=args.revision,
+            dtype=args.dtype,
+            matmul_precision=args.matmul_precision,
+            devices=devices,
+            **dataclasses.asdict(schedule),
         )
         output.stem_names(separator.sources)  # --two-stems must name one of this model's sources
     except ModelLoadError as error:

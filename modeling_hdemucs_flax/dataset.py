@@ -52,7 +52,7 @@ from .dataset_plan import MANIFEST, RESERVED, SUMMARY, Track, check_output_paths
 from .errors import DatasetError, HDemucsFlaxError, OptionError, one_line
 from .file_output import OutputOptions, separate_file
 from .model_identity import ModelSource, describe_change, identify_model, separator_source
-from .options import DEFAULT_SEGMENT, SeparationOptions
+from .options import DEFAULT_MATMUL_PRECISION, DEFAULT_SEGMENT, SeparationOptions, check_matmul_precision
 from .runtime import PLATFORMS
 from .storage import Store, local_copy, open_store
 from .tempfiles import process_alive
@@ -89,19 +89,27 @@ RAY_MISSING = (
 
 
 def job_options(
-    model: dict[str, Any], dtype: str, schedule: SeparationOptions, output: OutputOptions
+    model: dict[str, Any],
+    dtype: str,
+    schedule: SeparationOptions,
+    output: OutputOptions,
+    matmul_precision: str = DEFAULT_MATMUL_PRECISION,
 ) -> dict[str, Any]:
-    """What a completion marker certifies: the model's identity (`ModelSource.identity`), every separation and
-    output option as used (the segment's default filled in), the package version. Two runs with equal
-    `job_options` produce the same stems."""
+    """What a completion marker certifies: the model's identity (`ModelSource.identity`), its dtype and matmul
+    precision, every separation and output option as used (the segment's default filled in), the package version.
+    Two runs with equal `job_options` produce the same stems. The matmul precision is recorded only when it is not
+    the default, float32, so markers written before it was an option still certify float32 runs."""
     separation = dataclasses.replace(schedule, segment=schedule.segment_seconds)
-    return {
+    options = {
         "model": model,
         "dtype": dtype,
         "separation": dataclasses.asdict(separation),
         "output": dataclasses.asdict(output),
         "version": __version__,
     }
+    if matmul_precision != DEFAULT_MATMUL_PRECISION:
+        options["matmul_precision"] = matmul_precision
+    return options
 
 
 def options_hash(options: dict[str, Any]) -> str:
@@ -216,13 +224,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _describe_device() -> str:
-    import jax
-
-    device = jax.devices()[0]
-    return f"{device.platform}:{device.id} ({device.device_kind})"
-
-
 def worker_devices(platform: str | None) -> list[Any]:
     """The devices a worker computes on: every local device of `platform` ("cpu", "gpu", "tpu"; None: of JAX's
     default platform), e.g. the 4 TPU chips or 2 GPUs a Ray actor holds. In a process where JAX has not started,
@@ -281,6 +282,7 @@ class TrackWorker:
                 revision=spec.revision,
                 dtype=spec.options["dtype"],
                 devices=devices,
+                matmul_precision=spec.options.get("matmul_precision", DEFAULT_MATMUL_PRECISION),
                 **dataclasses.asdict(schedule),
             )
         self.output.stem_names(separator.sources)  # --two-stems must name one of this model's sources
@@ -289,7 +291,7 @@ class TrackWorker:
         self.separator = separator
         self.info = {
             "worker": self.worker,
-            "device": _describe_device(),
+            "device": separator.device,  # where the network runs
             # the devices each batch is split over (None: JAX's default device), and what decided them
             "devices": [f"{d.platform}:{d.id}" for d in separator.devices] if separator.devices else None,
             "batch_size": separator.batch_size,
@@ -617,6 +619,7 @@ def separate_dataset(
     model: str | os.PathLike | Separator | None = None,
     revision: str | None = None,
     dtype: str = "float32",
+    matmul_precision: str = DEFAULT_MATMUL_PRECISION,
     schedule: SeparationOptions | None = None,
     output_options: OutputOptions | None = None,
     engine: str = "local",
@@ -636,9 +639,10 @@ def separate_dataset(
 
     inputs: files, folders (searched recursively), globs, fsspec URLs, or list / CSV / parquet files with a
         `path` column (see `plan_tracks`). output: where stems, markers and manifest.jsonl go.
-    model, revision, dtype, schedule, output_options: as for `separate` (default format FLAC). `model` may be
-        a ready `Separator` (local engine only; its own schedule and dtype are used). The model is identified
-        by content (`model_identity`), so finished inputs are skipped however its path is typed.
+    model, revision, dtype, matmul_precision, schedule, output_options: as for `separate` (default format
+        FLAC). `model` may be a ready `Separator` (local engine only; its own schedule, dtype and precision are
+        used). The model is identified by content (`model_identity`), so finished inputs are skipped however its
+        path is typed.
     engine: "local" (this process) or "ray" (`resources` says how many workers and what each reserves).
     overwrite: re-separate inputs whose marker records other options (without it that is a `DatasetError`);
         inputs done with the same options are skipped either way.
@@ -683,6 +687,8 @@ def separate_dataset(
         raise OptionError("device", device, "a ready Separator computes where it was built; leave device unset")
     else:
         named, separator, schedule, dtype = None, model, model.options, model.dtype.name
+        matmul_precision = model.model.matmul_precision
+    check_matmul_precision(matmul_precision)
     if engine == "ray" and importlib.util.find_spec("ray") is None:  # found, not imported: a re-run may need no Ray
         raise DatasetError(RAY_MISSING)
     schedule = schedule or SeparationOptions()
@@ -691,7 +697,7 @@ def separate_dataset(
     tracks = plan_tracks(inputs, storage_options)
     check_output_paths(tracks, output_options)
     source = separator_source(separator) if separator is not None else identify_model(named, revision)
-    options = job_options(source.identity, dtype, schedule, output_options)
+    options = job_options(source.identity, dtype, schedule, output_options, matmul_precision)
     digest = options_hash(options)
 
     with store.lock():

@@ -141,6 +141,7 @@ def command(args: argparse.Namespace) -> int:
             model=args.model,
             revision=args.revision,
             dtype=args.dtype,
+            matmul_precision=args.matmul_precision,
             schedule=schedule,
             output_options=output,
             engine=args.engine,

@@ -81,9 +81,12 @@ def backends_started() -> bool:
 
     if "jax" not in sys.modules:
         return False
-    from jax._src import xla_bridge  # no public test for "already initialised" in jax 0.10
+    try:
+        from jax._src import xla_bridge  # no public test for "already initialised" in jax 0.10
 
-    return xla_bridge.backends_are_initialized()
+        return xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):  # a later JAX without it: assume started, and change nothing
+        return True
 
 
 # jaxlib 0.10 caps its GPU memory pool from XLA_CLIENT_MEM_FRACTION; XLA_PYTHON_CLIENT_MEM_FRACTION is the old
@@ -193,24 +196,21 @@ def interrupt_on_termination(signals: Sequence[int] = (signal.SIGTERM, signal.SI
 
 
 PLATFORMS = ("cpu", "gpu", "tpu")
+# JAX's settings that limit which GPUs its CUDA / ROCm clients open: a device left out gets no memory preallocated.
+_VISIBLE_GPU_SETTINGS = ("jax_cuda_visible_devices", "jax_rocm_visible_devices")
 
 
 def select_platform(platform: str) -> list[Any]:
     """Run JAX on `platform` ("cpu", "gpu" or "tpu") in this process: set before JAX initialises its backends
     when it has not yet (so `cpu` never touches a GPU, which JAX would otherwise claim 75 % of), and make the
-    platform's first device the default. Returns the platform's devices. Raises `OptionError` (option
-    "device") with the reason in one line when JAX has no such device here."""
+    platform's first device the default (unless the default already is one of its devices). Returns the
+    platform's devices. Raises `OptionError` (option "device") with the reason in one line when JAX has no such
+    device here."""
     if platform not in PLATFORMS:
         raise OptionError("device", platform, f"must be one of {', '.join(PLATFORMS)}")
     import jax
 
-    try:
-        from jax._src import xla_bridge  # no public test for "already initialised" in jax 0.10
-
-        fresh = not xla_bridge.backends_are_initialized()
-    except (ImportError, AttributeError):
-        fresh = False
-    if fresh:
+    if not backends_started():
         # cpu: only the CPU backend. gpu/tpu: JAX's own discovery (plugins that fail stay quiet), which also
         # overrides a JAX_PLATFORMS=cpu left in the environment.
         jax.config.update("jax_platforms", "cpu" if platform == "cpu" else "")
@@ -223,18 +223,61 @@ def select_platform(platform: str) -> list[Any]:
         raise OptionError(
             "device", platform, f"JAX finds no {platform.upper()} here{hint}; it has {', '.join(found)} ({first})"
         ) from None
-    jax.config.update("jax_default_device", devices[0])
+    if default_device() not in devices:
+        jax.config.update("jax_default_device", devices[0])
     return devices
 
 
+def default_device() -> Any:
+    """The device JAX computes on when no argument is committed elsewhere: `jax_default_device` (a device or a
+    platform name) if set, else the default backend's first device."""
+    import jax
+
+    chosen = jax.config.jax_default_device  # pyright: ignore[reportAttributeAccessIssue] (a dynamic flag)
+    if isinstance(chosen, str):
+        return jax.local_devices(backend=chosen)[0]
+    return chosen if chosen is not None else jax.local_devices()[0]
+
+
+def select_devices(platform: str | None = None, count: int | None = None) -> list[Any]:
+    """The devices this process's network runs on: `count` devices of `platform` (None: JAX's choice), or by
+    default every local GPU or TPU, or one CPU device. The default device comes first (`jax_default_device`
+    honoured) and stays the default.
+
+    With a `count` and JAX's backends not yet started, JAX is told to open only the first `count` GPUs
+    (`jax_cuda_visible_devices` / `jax_rocm_visible_devices`, within what the user already allowed), so the
+    others get no memory preallocated; a TPU host's chips are all held by the process whatever `count` is.
+    Raises `OptionError` ("device": no such platform here; "devices": fewer devices than `count`).
+    """
+    import jax
+
+    if count is not None and platform != "cpu" and not backends_started():
+        for setting in _VISIBLE_GPU_SETTINGS:
+            allowed = str(jax.config._read(setting))  # a flag, not an attribute, in jax 0.10
+            ids = [str(i) for i in range(count)] if allowed == "all" else allowed.split(",")[:count]
+            jax.config.update(setting, ",".join(ids))
+    if platform is not None:
+        select_platform(platform)
+    default = default_device()
+    available = [default, *(d for d in jax.local_devices(backend=default.platform) if d != default)]
+    if count is None:
+        count = len(available) if default.platform in ("gpu", "tpu") else 1
+    if count > len(available):
+        kind = default.platform.upper() if default.platform != "cpu" else "CPU"
+        found = f"{len(available)} {kind} device{'s' if len(available) != 1 else ''}"
+        raise OptionError("devices", count, f"JAX finds only {found} here")
+    return available[:count]
+
+
 def describe_devices(devices: Sequence[Any]) -> str:
-    """A short description of JAX devices: "cpu", "NVIDIA H200 (gpu:0)", "2 x TPU v5 lite (tpu:0, tpu:1)"."""
+    """A short description of JAX devices: "cpu:0", "NVIDIA H200 (gpu:0)", "2 x TPU v5 lite (tpu:0, tpu:1)",
+    "2 x cpu (cpu:0, cpu:1)"."""
     devices = sorted(devices, key=lambda d: (d.platform, d.id))
     if not devices:
         return "no device"
-    if all(d.platform == "cpu" for d in devices):
-        return "cpu" if len(devices) == 1 else f"{len(devices)} cpu devices"
-    kinds = sorted({d.device_kind for d in devices})
     names = ", ".join(f"{d.platform}:{d.id}" for d in devices)
+    if len(devices) == 1 and devices[0].platform == "cpu":
+        return names
+    kinds = " / ".join(sorted({d.device_kind for d in devices}))
     count = f"{len(devices)} x " if len(devices) > 1 else ""
-    return f"{count}{' / '.join(kinds)} ({names})"
+    return f"{count}{kinds} ({names})"

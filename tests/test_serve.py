@@ -304,7 +304,7 @@ def test_health_is_503_while_warming_then_200(tiny_separator, tmp_path):
         statuses = wait_ready(server.client)
         assert statuses[-1] == 200
         health = server.client.get("/v1/health").json()
-        assert health == {"status": "ok", "model": "tiny", "device": "cpu", "version": __version__}
+        assert health == {"status": "ok", "model": "tiny", "device": "cpu:0", "version": __version__}
         models = clean(server.client.get("/v1/models"))
         assert models["models"][0]["sources"] == SOURCES and models["models"][0]["sample_rate"] == 44100
         assert server.client.post("/v1/separate", **upload(song)).status_code == 200
