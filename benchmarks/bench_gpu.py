@@ -8,8 +8,9 @@ JAX's default device. For each dtype and batch size: the compile time (`warmup`)
 second). When torch and torchaudio import, the same weights run in torchaudio's HDemucs on the same device (CUDA
 when JAX computes on a GPU and torch sees one, else the CPU): a forward pass per batch size, and when demucs
 imports (`pip install ".[bench]"`), demucs's `apply_model` (shifts 0, split, overlap 0.25) on the same song. The
-float32 rows of both run with TF32 off (torch's `allow_tf32` flags; JAX's `default_matmul_precision("float32")`
-for the parity row), bfloat16 is JAX's bfloat16 model and torch's bfloat16 autocast.
+float32 rows of both run with TF32 off (torch's `allow_tf32` flags; our model's own float32 matmul precision),
+tensorfloat32 rows are float32 with TF32 allowed on both sides (`--matmul-precision tensorfloat32`; on a CPU it is
+float32), bfloat16 is JAX's bfloat16 model and torch's bfloat16 autocast.
 
 Last, the float32 parity row: one forward pass of a music-like chunk, ours against torchaudio's, both with TF32
 off, as the relative error in dB (the model's claim: <= -100 dB).
@@ -39,6 +40,12 @@ from typing import Any
 # --smoke: 2.5 s, not 3 s: demucs cuts a chunk at every multiple of the stride below the song's length, and the
 # last one of a 3 s song would be 4 samples, which torchaudio's model refuses
 SMOKE = {"config": "tiny", "batch_sizes": [1, 2], "seconds": 2.5, "segment": 0.5, "repeats": 1}
+# the rows' modes: model dtype and matmul precision (tensorfloat32: a float32 model with TF32 products allowed)
+MODES = {
+    "float32": ("float32", "float32"),
+    "tensorfloat32": ("float32", "tensorfloat32"),
+    "bfloat16": ("bfloat16", "float32"),
+}
 
 
 def out_of_memory(error: BaseException) -> bool:
@@ -113,7 +120,7 @@ def _median_seconds(run: Callable[[], object], repeats: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
-    parser.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"])
+    parser.add_argument("--dtypes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--seconds", type=float, default=240.0, help="song length for separate (default: 240)")
     parser.add_argument("--segment", type=float, default=None, help="chunk length in seconds (default: 7.8)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -149,7 +156,10 @@ def main(argv: list[str] | None = None) -> None:
                 config = HDemucsConfig.from_preset("low", channels=4, norm_starts=2, dconv_lstm=3, dconv_attn=3)
             folder = str(Path(scratch) / "model")
             FlaxHDemucs(config, seed=0).save_pretrained(folder, safe_serialization=True)
-        models = {dtype: load_model(folder, dtype=jax.numpy.dtype(dtype)) for dtype in args.dtypes}
+        models = {
+            mode: load_model(folder, dtype=jax.numpy.dtype(MODES[mode][0]), matmul_precision=MODES[mode][1])
+            for mode in args.dtypes
+        }
         config = next(iter(models.values())).config
         rate = int(config.sampling_rate)
         song = synth_song(int(args.seconds * rate), rate, int(config.audio_channels))
@@ -236,6 +246,7 @@ def _torch_rows(table: Table, reference: tuple, first: Any, song: Any, args: arg
             torch.cuda.synchronize()
 
     def autocast(dtype: str) -> Any:
+        _tf32(torch, dtype == "tensorfloat32")  # float32 rows compute in float32; bfloat16 rows autocast
         return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     def forward_row(dtype: str, batch_size: int) -> dict[str, float]:
@@ -263,7 +274,6 @@ def _torch_rows(table: Table, reference: tuple, first: Any, song: Any, args: arg
         (out * ref.std() + ref.mean()).cpu()
         return {"separate_x_rt": args.seconds / (time.perf_counter() - start)}
 
-    _tf32(torch, False)  # float32 rows compute in float32; bfloat16 rows autocast
     for dtype in args.dtypes:
         for batch_size in args.batch_sizes:
             table.row("torchaudio forward", dtype, batch_size, functools.partial(forward_row, dtype, batch_size))
@@ -274,7 +284,6 @@ def _torch_rows(table: Table, reference: tuple, first: Any, song: Any, args: arg
 def _parity_db(reference: tuple, models: dict, first: Any, device: str, relative_error_db: Callable) -> float | None:
     """Relative error (dB) of our float32 forward pass against torchaudio's, TF32 off on both sides, on one
     music-like chunk of the segment's length; None without a float32 model."""
-    import jax
     import numpy as np
 
     from modeling_hdemucs_flax import synth_song
@@ -284,8 +293,7 @@ def _parity_db(reference: tuple, models: dict, first: Any, device: str, relative
     torch, torchaudio = reference
     model = models["float32"]
     chunk = synth_song(first.segment_samples, first.sample_rate, first.audio_channels, seed=1)[None]
-    with jax.default_matmul_precision("float32"):
-        ours = np.asarray(model(chunk).sources)
+    ours = np.asarray(model(chunk).sources)  # the model's own precision: float32, whatever JAX's default is
     reference_model = _torch_model(torch, torchaudio, model, device)
     _tf32(torch, False)
     with torch.inference_mode():

@@ -67,26 +67,23 @@ def choose_batch_size(
     schedule: SeparationOptions,
     *,
     device: Any = None,
-    precision: str = "default",
     folder: str | os.PathLike | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> BatchChoice:
     """The batch size (per device) for `model` (a `FlaxHDemucs`) separating with `schedule`'s segment on
     `device` (a `jax.Device`; None: JAX's default device): `default_batch_size` of its platform, or on a GPU or
-    TPU the fastest size, measured once (`tune_batch_size`) and cached in `folder` (None: `cache_dir()/batch-size`).
-    `precision` names the network's matmul precision for the cache key. `announce(message)` is told before a
-    measurement starts (it takes a few compilations)."""
+    TPU the fastest size, measured once (`tune_batch_size`) and cached in `folder` (None: `cache_dir()/batch-size`),
+    keyed by the device kind, the model's config, dtype and matmul precision, the segment and the versions.
+    `announce(message)` is told before a measurement starts (it takes a few compilations)."""
     import jax
 
-    from .runtime import describe_devices
+    from .runtime import default_device, describe_devices
     from .separation import network_forward
 
-    if device is None:
-        chosen = jax.config.jax_default_device  # pyright: ignore[reportAttributeAccessIssue] (a dynamic flag)
-        device = jax.devices(chosen)[0] if isinstance(chosen, str) else chosen or jax.devices()[0]
+    device = device if device is not None else default_device()
     name = describe_devices([device])
     if device.platform not in TUNED_PLATFORMS:
-        return BatchChoice(default_batch_size(device.platform), "default", name)
+        return BatchChoice(default_batch_size(device.platform), "default", device.platform)
     rate = int(model.config.sampling_rate)
     key = {
         "device_kind": device.device_kind,
@@ -94,7 +91,7 @@ def choose_batch_size(
         "config": config_digest(model.config),
         "segment_samples": schedule.segment_samples(rate),
         "dtype": str(np.dtype(model.dtype)),
-        "precision": precision,
+        "precision": model.matmul_precision,
         "jax": jax.__version__,
         "hdemucs_flax": __version__,
     }

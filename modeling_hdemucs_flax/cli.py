@@ -27,8 +27,22 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model and how it runs: --model, --revision, --dtype, --compilation-cache, --no-compilation-cache."""
+def _count(text: str) -> int:
+    """A positive integer argument (--devices)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, devices: bool = False) -> None:
+    """The model and how it runs: --model, --revision, --device, --devices (if `devices`: for commands whose one
+    process runs the network), --dtype, --matmul-precision, --compilation-cache, --no-compilation-cache."""
+    from .options import DEFAULT_MATMUL_PRECISION, MATMUL_PRECISIONS  # light: standard library only
+
     parser.add_argument(
         "-n",
         "--model",
@@ -44,12 +58,32 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="where the network runs (JAX platform; default: JAX's choice, a GPU or TPU when one is usable)",
     )
+    if devices:
+        parser.add_argument(
+            "--devices",
+            type=_count,
+            default=None,
+            metavar="N",
+            help="how many of the platform's devices run the network, each batch split evenly over them (default: "
+            "every GPU or TPU of this machine, one CPU device). With N below the GPU count JAX opens only the "
+            "first N GPUs (no memory preallocated on the others); on a TPU host the process holds every chip",
+        )
     parser.add_argument(
         "--dtype",
         choices=("float32", "bfloat16"),
         default="float32",
         help="network compute precision (default: %(default)s). On CPU keep float32: bfloat16 runs slower there "
         "(XLA:CPU converts bf16 convolutions to float32 and back); it pays on GPUs",
+    )
+    parser.add_argument(
+        "--matmul-precision",
+        choices=MATMUL_PRECISIONS,
+        default=DEFAULT_MATMUL_PRECISION,
+        help="how a GPU or TPU computes convolutions and matrix products of float32 values (CPUs: always "
+        "float32): float32 computes them in float32, the precision the parity with torchaudio is measured at; "
+        "tensorfloat32 is faster and coarser (TF32 on NVIDIA GPUs from Ampere on, 3 bfloat16 passes on TPU); "
+        "bfloat16 is JAX's own default (TF32 on those GPUs, one bfloat16 pass on TPU: the fastest, the "
+        "coarsest) (default: %(default)s)",
     )
     parser.add_argument(
         "--compilation-cache",
@@ -61,8 +95,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compilation-cache", action="store_true", help="compile in every run")
 
 
-def add_separation_arguments(parser: argparse.ArgumentParser) -> None:
-    """The schedule (`SeparationOptions`): --segment, --overlap, --shifts, --seed, --batch-size."""
+def add_separation_arguments(parser: argparse.ArgumentParser, *, per_device: bool = False) -> None:
+    """The schedule (`SeparationOptions`): --segment, --overlap, --shifts, --seed, --batch-size (N or auto, the
+    default, settled by `load_separator` for the devices; `per_device`: for commands with --devices, which split
+    each batch over them)."""
     parser.add_argument(
         "--segment", type=float, default=None, metavar="SECONDS", help="chunk length in seconds (default: 7.8)"
     )
@@ -76,13 +112,15 @@ def add_separation_arguments(parser: argparse.ArgumentParser) -> None:
         help="random-shift passes averaged (better, N times slower; default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random shifts (default: %(default)s)")
+    split = "split evenly over the devices used (a multiple of their number); " if per_device else ""
     parser.add_argument(
         "--batch-size",
         default="auto",
         metavar="N|auto",
-        help="chunks per forward pass (default: auto: 1 on CPU, where larger batches are no faster; on a GPU or TPU "
-        "the fastest for the device, model, segment and dtype, measured on first use (a few compilations) and kept "
-        "in the cache folder's batch-size/; separate-dataset takes 1 on CPU, 8 on a GPU or TPU, unmeasured)",
+        help=f"chunks per forward pass, {split}default auto: 1 per device on CPU, where larger batches are no "
+        "faster; on a GPU or TPU the fastest for the device, model, segment, dtype and precision, measured on first "
+        "use (a few compilations) and kept in the cache folder's batch-size/"
+        + ("" if per_device else "; separate-dataset takes 1 per CPU, 8 per GPU or TPU, unmeasured"),
     )
 
 
@@ -160,9 +198,9 @@ def _add_separate_command(commands: argparse._SubParsersAction) -> None:
     )
     sep.add_argument("-o", "--out", default="separated", type=Path, help="output folder (default: %(default)s)")
     sep.add_argument("--skip-existing", action="store_true", help="leave a file whose stems all exist already alone")
-    add_model_arguments(sep)
+    add_model_arguments(sep, devices=True)
     add_output_arguments(sep)
-    add_separation_arguments(sep)
+    add_separation_arguments(sep, per_device=True)
     sep.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
     sep.set_defaults(handler=separate_command, command_parser=sep)
 
@@ -194,9 +232,9 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
         "The model, schedule and output options below are the defaults of every request; a request may set "
         "two_stems, format, shifts and overlap. The stems come back in a zip as <track>/<stem>.<ext>.",
     )
-    add_model_arguments(srv)
+    add_model_arguments(srv, devices=True)
     add_output_arguments(srv, filename=False)  # a zip's members are always <track>/<stem>.<ext>
-    add_separation_arguments(srv)
+    add_separation_arguments(srv, per_device=True)
     server = srv.add_argument_group("server")
     server.add_argument(
         "--host",
@@ -260,6 +298,14 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="without a token, a host name browsers may use to reach the server besides its IP addresses and "
         "localhost (repeatable; also $HDEMUCS_API_ALLOWED_HOSTS, comma-separated)",
+    )
+    server.add_argument(
+        "--gpu-memory-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="share the GPU with other processes: JAX takes at most this fraction of each GPU's memory, as it needs "
+        "it (default: $HDEMUCS_API_GPU_MEMORY_FRACTION, else JAX's own: 75%% of each GPU, taken at start)",
     )
     server.add_argument(
         "--workdir",
@@ -353,7 +399,7 @@ def options_from(args: argparse.Namespace) -> tuple[SeparationOptions, OutputOpt
     error (exit 2) worded with its flag. `--batch-size auto` gives the CPU's default batch size here: the command
     settles it once it knows the device (`choose_batch_size`, `dataset_cli`)."""
     from . import OptionError, OutputOptions, SeparationOptions  # light: no JAX, no transformers
-    from .options import MAX_BATCH_SIZE, default_batch_size
+    from .options import MAX_BATCH_SIZE, check_batch_split, default_batch_size
 
     if auto_batch_size(args):
         batch_size = default_batch_size("cpu")
@@ -371,6 +417,8 @@ def options_from(args: argparse.Namespace) -> tuple[SeparationOptions, OutputOpt
             seed=args.seed,
             batch_size=batch_size,
         )
+        if not auto_batch_size(args) and getattr(args, "devices", None) is not None:
+            check_batch_split(batch_size, args.devices)
         output = OutputOptions(
             filename=args.filename,
             ext=args.ext,
@@ -393,16 +441,19 @@ def auto_batch_size(args: argparse.Namespace) -> bool:
     return str(args.batch_size).strip().lower() == AUTO_BATCH_SIZE
 
 
-def choose_batch_size(args: argparse.Namespace, model, schedule: SeparationOptions) -> SeparationOptions:
-    """`schedule` with `--batch-size auto` settled for `model` on JAX's default device (`batch_tuning`: the
-    platform's default, or on a GPU or TPU the fastest size, measured once and cached), said in a status line."""
+def choose_batch_size(args: argparse.Namespace, model, schedule: SeparationOptions, devices: list) -> SeparationOptions:
+    """`schedule` with `--batch-size auto` settled for `model` on `devices` (`batch_tuning` per device: the
+    platform's default, or on a GPU or TPU the fastest size, measured once on the first device and cached) times
+    their number, said in a status line. A given batch size is kept."""
     if not auto_batch_size(args):
         return schedule
     from .batch_tuning import choose_batch_size as choose
 
-    choice = choose(model, schedule, announce=lambda message: _status(args.quiet, message))
-    _status(args.quiet, choice.status())
-    return schedule.replace(batch_size=choice.batch_size)
+    choice = choose(model, schedule, device=devices[0], announce=lambda message: _status(args.quiet, message))
+    total = choice.batch_size * len(devices)
+    split = f"; per device, {total} chunks per forward pass over {len(devices)} devices" if len(devices) > 1 else ""
+    _status(args.quiet, choice.status() + split)
+    return schedule.replace(batch_size=total)
 
 
 def quiet_hub_logging() -> None:
@@ -436,15 +487,18 @@ def show_loading_status(quiet: bool) -> None:
 
 
 def load_separator(args: argparse.Namespace, schedule: SeparationOptions, output: OutputOptions) -> Separator | int:
-    """The Separator of `add_model_arguments`' options with `schedule`, compiled and ready; or the exit status
-    after a one-line error (the model cannot be loaded: 1; an option this model or machine cannot honour: 2)."""
+    """The Separator of `add_model_arguments`' options (with --devices) with `schedule`, on the devices chosen,
+    compiled and ready; or the exit status after a one-line error (the model cannot be loaded: 1; an option this
+    model or machine cannot honour: 2)."""
     from . import ModelLoadError, OptionError, configure_compilation_cache
 
     try:
-        if args.device is not None:
-            from .runtime import select_platform
+        from .options import check_batch_split
+        from .runtime import select_devices
 
-            select_platform(args.device)  # before anything starts JAX's backends
+        devices = select_devices(args.device, args.devices)  # first: JAX's backends start here
+        if not auto_batch_size(args):
+            check_batch_split(schedule.batch_size, len(devices))  # before the model loads
         configure_compilation_cache(False if args.no_compilation_cache else (args.compilation_cache or True))
         import jax.numpy as jnp
 
@@ -453,9 +507,12 @@ def load_separator(args: argparse.Namespace, schedule: SeparationOptions, output
         quiet_hub_logging()
         show_loading_status(args.quiet)
         _status(args.quiet, f"loading model {args.model or '(default)'} ...")
-        model = load_model(args.model, revision=args.revision, dtype=jnp.dtype(args.dtype))
+        model = load_model(
+            args.model, revision=args.revision, dtype=jnp.dtype(args.dtype), matmul_precision=args.matmul_precision
+        )
         output.stem_names(model.config.sources)  # --two-stems must name one of this model's sources
-        separator = Separator(model, **dataclasses.asdict(choose_batch_size(args, model, schedule)))
+        schedule = choose_batch_size(args, model, schedule, devices)
+        separator = Separator(model, devices=devices, **dataclasses.asdict(schedule))
     except ModelLoadError as error:
         _error(error)
         return EXIT_FAILED
@@ -636,10 +693,34 @@ _LIMIT_FLAGS = {
     "max_uploads": "--max-uploads",
 }
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+ENV_GPU_MEMORY_FRACTION = "HDEMUCS_API_GPU_MEMORY_FRACTION"
+
+
+def _share_gpu_memory(args: argparse.Namespace) -> None:
+    """Apply `--gpu-memory-fraction` (else $HDEMUCS_API_GPU_MEMORY_FRACTION) before anything starts JAX; a bad
+    value is a usage error naming the flag or the variable."""
+    from .errors import OptionError
+    from .runtime import limit_gpu_memory
+
+    parser: argparse.ArgumentParser = args.command_parser
+    fraction, where = args.gpu_memory_fraction, f"--gpu-memory-fraction {args.gpu_memory_fraction}"
+    raw = os.environ.get(ENV_GPU_MEMORY_FRACTION, "").strip()
+    if fraction is None and raw:
+        where = f"{ENV_GPU_MEMORY_FRACTION}={raw!r}"
+        try:
+            fraction = float(raw)
+        except ValueError:
+            parser.error(f"{where}: must be a number")
+    if fraction is not None:
+        try:
+            limit_gpu_memory(fraction)
+        except OptionError as error:
+            parser.error(f"{where}: {error.rule}")
 
 
 def serve_command(args: argparse.Namespace) -> int:
     schedule, output = options_from(args)
+    _share_gpu_memory(args)
     args.model = args.model or os.environ.get("HDEMUCS_MODEL") or None  # the container's build argument
     if args.preload:
         from . import ModelLoadError, load_model

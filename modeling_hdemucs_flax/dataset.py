@@ -52,7 +52,8 @@ from .dataset_plan import MANIFEST, RESERVED, SUMMARY, Track, check_output_paths
 from .errors import DatasetError, HDemucsFlaxError, OptionError, one_line
 from .file_output import OutputOptions, separate_file
 from .model_identity import ModelSource, describe_change, identify_model, separator_source
-from .options import DEFAULT_SEGMENT, SeparationOptions
+from .options import DEFAULT_MATMUL_PRECISION, DEFAULT_SEGMENT, SeparationOptions, check_matmul_precision
+from .runtime import PLATFORMS
 from .storage import Store, local_copy, open_store
 from .tempfiles import process_alive
 
@@ -66,6 +67,18 @@ HASH_LENGTH = 16
 # its first n attempts, as a decoder crash or the out-of-memory killer would. Read by the driver only.
 ENV_TEST_EXIT_ON = "HDEMUCS_FLAX_TEST_EXIT_ON"
 EXIT_KILLED = 70
+# A test hook: the platform workers compute on, whatever their resources imply (the tests' Ray cluster has GPUs
+# that exist for Ray's scheduler only). Read by the driver only.
+ENV_TEST_COMPUTE_ON = "HDEMUCS_FLAX_TEST_COMPUTE_ON"
+# What decides the devices a worker sees and the memory JAX takes on them; each worker records their values.
+DEVICE_VARIABLES = (
+    "JAX_PLATFORMS",
+    "CUDA_VISIBLE_DEVICES",
+    "TPU_VISIBLE_CHIPS",
+    "XLA_CLIENT_MEM_FRACTION",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    "XLA_PYTHON_CLIENT_PREALLOCATE",
+)
 RAY_MISSING = (
     "the ray engine needs Ray: install the [ray] extra from your checkout of hdemucs-flax: pip install '.[ray]'"
 )
@@ -76,19 +89,27 @@ RAY_MISSING = (
 
 
 def job_options(
-    model: dict[str, Any], dtype: str, schedule: SeparationOptions, output: OutputOptions
+    model: dict[str, Any],
+    dtype: str,
+    schedule: SeparationOptions,
+    output: OutputOptions,
+    matmul_precision: str = DEFAULT_MATMUL_PRECISION,
 ) -> dict[str, Any]:
-    """What a completion marker certifies: the model's identity (`ModelSource.identity`), every separation and
-    output option as used (the segment's default filled in), the package version. Two runs with equal
-    `job_options` produce the same stems."""
+    """What a completion marker certifies: the model's identity (`ModelSource.identity`), its dtype and matmul
+    precision, every separation and output option as used (the segment's default filled in), the package version.
+    Two runs with equal `job_options` produce the same stems. The matmul precision is recorded only when it is not
+    the default, float32, so markers written before it was an option still certify float32 runs."""
     separation = dataclasses.replace(schedule, segment=schedule.segment_seconds)
-    return {
+    options = {
         "model": model,
         "dtype": dtype,
         "separation": dataclasses.asdict(separation),
         "output": dataclasses.asdict(output),
         "version": __version__,
     }
+    if matmul_precision != DEFAULT_MATMUL_PRECISION:
+        options["matmul_precision"] = matmul_precision
+    return options
 
 
 def options_hash(options: dict[str, Any]) -> str:
@@ -149,7 +170,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 class JobSpec:
     """Everything a worker needs, as plain data (it travels to Ray actors). `options` is `job_options(...)`;
     `model`, `revision` and `model_label` are the `ModelSource`'s load, revision and label; `run_id` marks this
-    run's attempts."""
+    run's attempts; `device` is the platform the worker computes on (None: JAX's choice)."""
 
     output: str
     options: dict
@@ -162,7 +183,9 @@ class JobSpec:
     storage_options: dict | None = None
     compilation_cache: str | bool | None = None
     scratch_dir: str | None = None
+    device: str | None = None
     test_exit_on: dict = field(default_factory=dict)
+    test_compute_on: str | None = None
 
     @property
     def schedule(self) -> SeparationOptions:
@@ -201,11 +224,33 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _describe_device() -> str:
+def worker_devices(platform: str | None) -> list[Any]:
+    """The devices a worker computes on: every local device of `platform` ("cpu", "gpu", "tpu"; None: of JAX's
+    default platform), e.g. the 4 TPU chips or 2 GPUs a Ray actor holds. In a process where JAX has not started,
+    the platform is selected first (`select_platform`: a cpu worker then never initialises a GPU, which JAX
+    would take 75 % of); where it has, it must have the platform already. Raises `OptionError` (option
+    "device") when there is no such device."""
     import jax
 
-    device = jax.devices()[0]
-    return f"{device.platform}:{device.id} ({device.device_kind})"
+    from .runtime import backends_started, select_platform
+
+    if platform is None:
+        return jax.local_devices()
+    if not backends_started():
+        select_platform(platform)
+    try:
+        return jax.local_devices(backend=platform)
+    except RuntimeError:
+        found = ", ".join(sorted({d.platform for d in jax.devices()}))
+        rule = f"JAX started in this process before the job without a {platform.upper()} (it has {found})"
+        raise OptionError("device", platform, rule) from None
+
+
+def worker_batch_size(requested: int, devices: int) -> int:
+    """Chunks per forward pass for a worker splitting each batch over `devices` devices: the schedule's batch
+    size, where the default (one chunk) means one chunk per device, so that every device the worker holds
+    computes. Another batch size must be a multiple of `devices` (the `Separator` says so, naming both)."""
+    return devices if requested == SeparationOptions.batch_size else requested
 
 
 def _now() -> str:
@@ -228,9 +273,17 @@ class TrackWorker:
         if separator is None:
             from . import Separator, configure_compilation_cache
 
+            devices = worker_devices(spec.test_compute_on or spec.device)  # first: this may select the platform
             configure_compilation_cache(spec.compilation_cache)
+            batch_size = worker_batch_size(spec.schedule.batch_size, len(devices))
+            schedule = dataclasses.replace(spec.schedule, batch_size=batch_size)
             separator = Separator.from_pretrained(
-                spec.model, revision=spec.revision, dtype=spec.options["dtype"], **dataclasses.asdict(spec.schedule)
+                spec.model,
+                revision=spec.revision,
+                dtype=spec.options["dtype"],
+                devices=devices,
+                matmul_precision=spec.options.get("matmul_precision", DEFAULT_MATMUL_PRECISION),
+                **dataclasses.asdict(schedule),
             )
         self.output.stem_names(separator.sources)  # --two-stems must name one of this model's sources
         loaded = time.perf_counter()
@@ -238,7 +291,11 @@ class TrackWorker:
         self.separator = separator
         self.info = {
             "worker": self.worker,
-            "device": _describe_device(),
+            "device": separator.device,  # where the network runs
+            # the devices each batch is split over (None: JAX's default device), and what decided them
+            "devices": [f"{d.platform}:{d.id}" for d in separator.devices] if separator.devices else None,
+            "batch_size": separator.batch_size,
+            "environment": {name: os.environ.get(name) for name in DEVICE_VARIABLES},
             "model_load_s": round(loaded - started, 3),
             "compile_s": round(time.perf_counter() - loaded, 3),
         }
@@ -504,9 +561,14 @@ class Report:
         return 0 if self.failed == 0 else 1
 
 
+# The TPU chips a Ray actor may hold (Ray refuses other counts when the actor is created).
+TPU_CHIPS = (1, 2, 4, 8)
+_RESOURCE_FLAGS = {"gpu": "--gpus-per-worker", "tpu": "--tpus-per-worker"}
+
+
 @dataclass(frozen=True)
 class WorkerResources:
-    """What each worker of the `ray` engine reserves."""
+    """What each worker of the `ray` engine reserves: a fraction of one GPU or whole GPUs, or TPU chips."""
 
     workers: int = 1
     gpus_per_worker: float = 0.0
@@ -521,10 +583,33 @@ class WorkerResources:
                 raise OptionError(option, getattr(self, option), rule)
 
         need(isinstance(self.workers, int) and self.workers >= 1, "workers", "must be an integer >= 1")
-        need(self.gpus_per_worker >= 0, "gpus_per_worker", "must be >= 0")
+        gpus, tpus = self.gpus_per_worker, self.tpus_per_worker
+        need(gpus >= 0, "gpus_per_worker", "must be >= 0")
+        need(gpus <= 1 or float(gpus).is_integer(), "gpus_per_worker", "must be a fraction of one GPU or whole GPUs")
         need(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
         need(self.memory_per_worker is None or self.memory_per_worker > 0, "memory_per_worker", "must be > 0 bytes")
-        need(isinstance(self.tpus_per_worker, int) and self.tpus_per_worker >= 0, "tpus_per_worker", "must be >= 0")
+        chips = ", ".join(map(str, TPU_CHIPS))
+        need(isinstance(tpus, int) and tpus in (0, *TPU_CHIPS), "tpus_per_worker", f"must be 0 or one of {chips}")
+        need(not (gpus and tpus), "tpus_per_worker", "a worker holds GPUs or TPU chips, not both")
+
+    @property
+    def held_platform(self) -> str:
+        """The platform of the devices each worker holds: "gpu", "tpu" or "cpu" (none)."""
+        return "gpu" if self.gpus_per_worker else "tpu" if self.tpus_per_worker else "cpu"
+
+    def platform(self, device: str | None) -> str:
+        """The platform each worker computes on: `device` (cpu, gpu, tpu), or the one of the devices it holds
+        (None). A device the workers hold none of, or CPU computing beside accelerators they hold, is an
+        `OptionError` (option "device")."""
+        held = self.held_platform
+        if device is None or device == held:
+            return held
+        if held == "cpu":
+            rule = f"the workers hold no {device.upper()}: reserve some with {_RESOURCE_FLAGS[device]}"
+        else:
+            flag = _RESOURCE_FLAGS[held]
+            rule = f"the workers hold {held.upper()}s ({flag}) they would not use: drop {flag} or --device"
+        raise OptionError("device", device, rule)
 
 
 def separate_dataset(
@@ -534,6 +619,7 @@ def separate_dataset(
     model: str | os.PathLike | Separator | None = None,
     revision: str | None = None,
     dtype: str = "float32",
+    matmul_precision: str = DEFAULT_MATMUL_PRECISION,
     schedule: SeparationOptions | None = None,
     output_options: OutputOptions | None = None,
     engine: str = "local",
@@ -545,6 +631,7 @@ def separate_dataset(
     compilation_cache: str | os.PathLike | bool | None = None,
     storage_options: dict | None = None,
     scratch_dir: str | os.PathLike | None = None,
+    device: str | None = None,
     progress: bool | None = None,
     on_row: Callable[[dict], None] | None = None,
 ) -> Report:
@@ -552,9 +639,10 @@ def separate_dataset(
 
     inputs: files, folders (searched recursively), globs, fsspec URLs, or list / CSV / parquet files with a
         `path` column (see `plan_tracks`). output: where stems, markers and manifest.jsonl go.
-    model, revision, dtype, schedule, output_options: as for `separate` (default format FLAC). `model` may be
-        a ready `Separator` (local engine only; its own schedule and dtype are used). The model is identified
-        by content (`model_identity`), so finished inputs are skipped however its path is typed.
+    model, revision, dtype, matmul_precision, schedule, output_options: as for `separate` (default format
+        FLAC). `model` may be a ready `Separator` (local engine only; its own schedule, dtype and precision are
+        used). The model is identified by content (`model_identity`), so finished inputs are skipped however its
+        path is typed.
     engine: "local" (this process) or "ray" (`resources` says how many workers and what each reserves).
     overwrite: re-separate inputs whose marker records other options (without it that is a `DatasetError`);
         inputs done with the same options are skipped either way.
@@ -565,6 +653,11 @@ def separate_dataset(
     compilation_cache: the workers' persistent compilation cache (see `configure_compilation_cache`); None
         leaves this process's JAX configuration alone (local engine) / uses the default folder (Ray workers).
     storage_options: fsspec options for URLs (credentials, `endpoint_url`, ...).
+    device: the platform the network runs on: "cpu", "gpu" or "tpu". Each worker computes on every device of it
+        that it holds (its batch split over them; the default batch size becomes one chunk per device). None:
+        the local engine uses JAX's default platform, the ray engine the one of the devices each worker reserves
+        (`resources`: GPUs, TPU chips, else the CPU). A Ray actor sees only the devices it holds, and one holding
+        a fraction of a GPU lets JAX take at most 90 % of that fraction of its memory (`dataset_ray`).
     progress: a progress bar on stderr (None: only on a terminal). on_row: called with each manifest row.
 
     One run at a time per output: the output is locked for the run (`Store.lock`). Returns a `Report`. Raises
@@ -581,13 +674,21 @@ def separate_dataset(
         raise OptionError("limit", limit, "must be an integer >= 1")
     if engine == "local" and resources.workers != 1:
         raise OptionError("workers", resources.workers, "the local engine runs one worker; use the ray engine")
+    if device is not None and device not in PLATFORMS:
+        raise OptionError("device", device, f"must be one of {', '.join(PLATFORMS)}")
+    if engine == "ray":
+        device = resources.platform(device)
     separator = None
     if model is None or isinstance(model, (str, os.PathLike)):
         named = model
     elif engine != "local":
         raise OptionError("model", type(model).__name__, "a ready Separator works with the local engine only")
+    elif device is not None:
+        raise OptionError("device", device, "a ready Separator computes where it was built; leave device unset")
     else:
         named, separator, schedule, dtype = None, model, model.options, model.dtype.name
+        matmul_precision = model.model.matmul_precision
+    check_matmul_precision(matmul_precision)
     if engine == "ray" and importlib.util.find_spec("ray") is None:  # found, not imported: a re-run may need no Ray
         raise DatasetError(RAY_MISSING)
     schedule = schedule or SeparationOptions()
@@ -596,7 +697,7 @@ def separate_dataset(
     tracks = plan_tracks(inputs, storage_options)
     check_output_paths(tracks, output_options)
     source = separator_source(separator) if separator is not None else identify_model(named, revision)
-    options = job_options(source.identity, dtype, schedule, output_options)
+    options = job_options(source.identity, dtype, schedule, output_options, matmul_precision)
     digest = options_hash(options)
 
     with store.lock():
@@ -631,7 +732,9 @@ def separate_dataset(
             storage_options=storage_options,
             compilation_cache=_cache_setting(compilation_cache),
             scratch_dir=None if scratch_dir is None else os.fspath(scratch_dir),
+            device=device,
             test_exit_on=json.loads(os.environ.get(ENV_TEST_EXIT_ON) or "{}"),
+            test_compute_on=os.environ.get(ENV_TEST_COMPUTE_ON) or None,
         )
         header = {
             "engine": engine,

@@ -64,11 +64,24 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="A",
         help="join this Ray cluster (default: $RAY_ADDRESS, else start a local one for this command)",
     )
-    run.add_argument("--workers", type=int, default=1, help="Ray actors, one Separator each (default: 1)")
-    run.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs per worker (e.g. 1, 0.5)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Ray actors, one Separator each, computing on every device it holds: its GPUs, its TPU chips, else "
+        "the CPU (--device defaults to them) (default: 1)",
+    )
+    run.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="GPUs per worker: whole GPUs (1, 2), or a share of one (0.5: its JAX takes at most 90%% of that share "
+        "of the GPU's memory). A worker without GPUs sees none",
+    )
     run.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C", help="CPUs per worker (default: 1)")
     run.add_argument("--memory-per-worker", type=_memory, default=None, metavar="M", help="memory per worker (8G)")
-    run.add_argument("--tpus-per-worker", type=int, default=0, metavar="T", help="TPU chips per worker")
+    run.add_argument("--tpus-per-worker", type=int, default=0, metavar="T", help="TPU chips per worker (1, 2, 4 or 8)")
     job = sub.add_argument_group("resuming and failures")
     job.add_argument(
         "--overwrite", action="store_true", help="re-separate inputs finished with other options (replacing them)"
@@ -100,20 +113,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.set_defaults(handler=command, command_parser=sub)
 
 
-def _worker_platform(args: argparse.Namespace) -> str:
-    """The JAX platform the workers compute on, as far as the flags tell: --device, else what they reserve."""
-    if args.device:
-        return args.device
-    return "tpu" if args.tpus_per_worker else "gpu" if args.gpus_per_worker else "cpu"
+def _auto_batch_size(args: argparse.Namespace) -> int:
+    """`--batch-size auto` for the workers, unmeasured (every worker must use the batch size its completion markers
+    name): the platform's default per device (`default_batch_size`: --device, else what the workers reserve) times
+    the devices a Ray worker holds; on CPU the default batch (one chunk) is one chunk per device a worker has."""
+    from .options import default_batch_size
+
+    platform = args.device or ("tpu" if args.tpus_per_worker else "gpu" if args.gpus_per_worker else "cpu")
+    held = (args.tpus_per_worker or int(args.gpus_per_worker)) if args.engine == "ray" else 0
+    return default_batch_size(platform) * max(1, held)
 
 
 def command(args: argparse.Namespace) -> int:
     from .cli import EXIT_FAILED, _as_usage, _error, auto_batch_size, options_from, usage_error
-    from .options import default_batch_size
 
     schedule, output = options_from(args)
-    if auto_batch_size(args):  # not measured: every worker must use the batch size its completion markers name
-        schedule = schedule.replace(batch_size=default_batch_size(_worker_platform(args)))
+    if auto_batch_size(args):
+        schedule = schedule.replace(batch_size=_auto_batch_size(args))
     from tqdm import tqdm
 
     from . import DatasetError, ModelLoadError, OptionError
@@ -138,6 +154,7 @@ def command(args: argparse.Namespace) -> int:
             model=args.model,
             revision=args.revision,
             dtype=args.dtype,
+            matmul_precision=args.matmul_precision,
             schedule=schedule,
             output_options=output,
             engine=args.engine,
@@ -149,6 +166,7 @@ def command(args: argparse.Namespace) -> int:
             compilation_cache=False if args.no_compilation_cache else (args.compilation_cache or True),
             storage_options=dict(args.storage_option) or None,
             scratch_dir=args.scratch_dir,
+            device=args.device,
             progress=False if args.quiet else None,
             on_row=report_failure,
         )

@@ -4,7 +4,12 @@ row it returns.
 
     actors = RayTrackWorker x workers (num_cpus, num_gpus, memory, resources={"TPU": n},
              max_restarts=-1, max_task_retries=-1)
+    actor:  environment (visible devices, memory share)  ->  TrackWorker (JAX starts: devices, model, compile)
     driver: actor.run(track) for each idle actor  ->  ray.wait  ->  RunLog.add  ->  the next track
+
+Each actor computes on every device it holds (`TrackWorker`: `worker_devices`) and sees no other: before it
+starts JAX it sets the variables of `actor_environment`, beside those Ray sets itself (CUDA_VISIBLE_DEVICES for
+the GPUs it holds; TPU_VISIBLE_CHIPS and the TPU bounds variables for fewer chips than its node has).
 
 Only paths travel (a decoded 10-minute song would be 212 MB of float32). Ray restarts an actor that dies and
 retries its task without limit; `TrackWorker` counts attempts in the output store, so a poison input is
@@ -36,16 +41,41 @@ from typing import Any
 from .dataset import RAY_MISSING, JobSpec, WorkerResources, forget_attempt
 from .dataset_plan import Track
 from .errors import DatasetError, ModelLoadError, OptionError, one_line
+from .runtime import gpu_memory_settings, set_environment
 from .storage import open_store
+
+# An actor holding a fraction of a GPU lets JAX's memory pool grow to this part of its share: the fraction bounds
+# XLA's pool only, and each process sharing the GPU also has its own CUDA context and cuDNN/cuBLAS workspaces
+# (hundreds of MB), which the remaining 10 % of its share leaves room for.
+GPU_SHARE_MARGIN = 0.9
+
+
+def actor_environment(platform: str, resources: WorkerResources) -> dict[str, str | None]:
+    """The environment variables (None: unset) an actor holding `resources` and computing on `platform` sets
+    before it starts JAX:
+
+    - no GPU held: CUDA_VISIBLE_DEVICES="" (Ray 2.60 leaves it unset for such an actor, ray#54868, and JAX
+      would see every GPU of the node and take 75 % of each);
+    - computing on the CPU: JAX_PLATFORMS=cpu (no GPU or TPU backend starts). On a GPU or TPU the worker selects
+      the platform itself (`select_platform`, whose error says what is missing), so a JAX_PLATFORMS the node's
+      environment may hold is removed (JAX's alias "gpu" there would also demand every GPU backend: cuda, rocm);
+    - a fraction of a GPU: JAX's memory pool capped at `GPU_SHARE_MARGIN` of that fraction, taken as needed
+      (`runtime.gpu_memory_settings`). Whole GPUs keep JAX's default (75 % of each, the actor's alone)."""
+    environment: dict[str, str | None] = {"JAX_PLATFORMS": "cpu" if platform == "cpu" else None}
+    if not resources.gpus_per_worker:
+        environment["CUDA_VISIBLE_DEVICES"] = ""
+    elif resources.gpus_per_worker < 1:
+        environment.update(gpu_memory_settings(GPU_SHARE_MARGIN * resources.gpus_per_worker))
+    return environment
 
 
 class RayTrackWorker:
-    """The actor class: one `TrackWorker`. A model that cannot be loaded is not retried track after track:
-    every call then returns the fatal error, and the driver stops."""
+    """The actor class: one `TrackWorker`, in a process that sees the devices it holds (`actor_environment`). A
+    model that cannot be loaded is not retried track after track: every call then returns the fatal error, and
+    the driver stops."""
 
-    def __init__(self, spec: dict, fractional_gpu: bool = False):
-        if fractional_gpu:  # several actors share a GPU: JAX must not take 75 % of its memory each
-            os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    def __init__(self, spec: dict, environment: dict[str, str | None]):
+        set_environment(environment)  # before JAX starts (the TrackWorker imports it)
         from .dataset import TrackWorker
         from .errors import HDemucsFlaxError
 
@@ -123,7 +153,7 @@ def run_ray(
     if resources.tpus_per_worker:
         options["resources"] = {"TPU": resources.tpus_per_worker}
     worker_class = ray.remote(RayTrackWorker).options(**options)
-    arguments = (asdict(spec), 0 < resources.gpus_per_worker < 1)
+    arguments = (asdict(spec), actor_environment(spec.device or resources.held_platform, resources))
     actors = [worker_class.remote(*arguments) for _ in range(min(resources.workers, len(todo)))]
     waiting = deque(todo)
     running: dict[Any, tuple[Any, Track]] = {}  # task -> (actor, track)

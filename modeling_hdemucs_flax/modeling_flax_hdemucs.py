@@ -30,6 +30,7 @@ from .hub import load_pretrained
 from .hybrid_layers import HDecLayer, HEncLayer
 from .layer_plan import LSTM_LAYERS, HDemucsPlan, flax_name, plan_layers
 from .layers import LSTM, ConvTranspose, Dtype, accurate_sum
+from .options import DEFAULT_MATMUL_PRECISION, check_matmul_precision
 from .spectral import hdemucs_ispec, hdemucs_spec
 from .torch_checkpoint import load_torch_state_dict
 from .weight_conversion import (
@@ -79,11 +80,22 @@ class HDemucsModule(nn.Module):
     # Mixed precision: the matmul-shaped layers (LSTMs, transposed and 1x1 convolutions) take their inputs in
     # this dtype and accumulate in float32; everything else computes in `dtype`. None: `dtype` everywhere.
     dot_dtype: Dtype | None = None
+    # How every convolution and matrix product on float32 values is computed (`options.MATMUL_PRECISIONS`).
+    matmul_precision: str = DEFAULT_MATMUL_PRECISION
 
-    @nn.compact
     def __call__(
         self, waveform: Float[Array, "batch channels samples"]
     ) -> Float32[Array, "batch sources channels samples"]:
+        # Scoped here, so it holds whatever the caller's (or JAX's global) default is: left to JAX, an accelerator
+        # rounds float32 products (TF32 on NVIDIA GPUs from Ampere on, one bfloat16 pass on TPU).
+        with jax.default_matmul_precision(self.matmul_precision):
+            return self.network(waveform)
+
+    @nn.compact
+    def network(
+        self, waveform: Float[Array, "batch channels samples"]
+    ) -> Float32[Array, "batch sources channels samples"]:
+        """`__call__` without the precision scope."""
         p = self.plan
         if waveform.ndim != 3 or waveform.shape[1] != p.audio_channels:
             raise AudioError(
@@ -234,6 +246,11 @@ class FlaxHDemucs(FlaxPreTrainedModel):
     the STFT/iSTFT, normalisation statistics and outputs stay float32. Parameters are float32.
     `dot_dtype=jnp.bfloat16` (with float32 `dtype`) is mixed precision: only the LSTMs, transposed and 1x1
     convolutions take bfloat16 inputs, accumulating in float32 (its speed and error: docs/performance.md).
+    `matmul_precision` says how convolutions and matrix products on float32 values are computed on a GPU or TPU
+    (`options.MATMUL_PRECISIONS`): "float32" (the default) computes them in float32, not at JAX's default.
+
+    Parameters live uncommitted on JAX's default device (`jax_default_device`), so the network runs there;
+    `placed_params` gives copies committed to chosen devices (what `Separator(devices=...)` uses).
     """
 
     config_class = HDemucsConfig
@@ -249,13 +266,16 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         dtype: Dtype = jnp.float32,
         _do_init: bool = True,
         params: dict | None = None,
+        matmul_precision: str = DEFAULT_MATMUL_PRECISION,
         **kwargs: Any,
     ):
-        module = self.module_class(plan=plan_layers(config), dtype=dtype, **kwargs)
+        precision = check_matmul_precision(matmul_precision)
+        module = self.module_class(plan=plan_layers(config), dtype=dtype, matmul_precision=precision, **kwargs)
         if input_shape is None:
             input_shape = (1, config.audio_channels, config.nfft)
         self._given_params = params
         self._prepared = None  # prepare_params(self.params), computed at the first call that uses self.params
+        self._placed: dict[Any, tuple[Any, dict]] = {}  # placed_params' copies, by device or sharding
 
         def hdemucs_forward(params, prepared, waveform):  # the name JAX's compile logs, events and cache entries show
             return module.apply({"params": params, "prepared": prepared}, waveform)
@@ -281,6 +301,12 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         assert setter is not None
         setter(self, params)
         self._prepared = None
+        self._placed = {}
+
+    @property
+    def matmul_precision(self) -> str:
+        """How convolutions and matrix products on float32 values are computed (`options.MATMUL_PRECISIONS`)."""
+        return self.module.matmul_precision
 
     def prepared_params(self, params: Mapping[str, Any] | None = None) -> dict:
         """`prepare_params` of `params` (default: `self.params`, prepared once in numpy and kept until the
@@ -290,9 +316,18 @@ class FlaxHDemucs(FlaxPreTrainedModel):
             if self._prepared is None:
                 host = jax.tree.map(np.asarray, unfreeze(self._params))
                 prepared = prepare_params(host, self.module.plan, self.module.dot_dtype or self.dtype, xp=np)
-                self._prepared = jax.tree.map(jnp.asarray, prepared)
+                self._prepared = jax.device_put(prepared)  # uncommitted, on the default device, like the params
             return self._prepared
         return self._prepare(params)
+
+    def placed_params(self, where: Any) -> tuple[Any, dict]:  # a jax.Device or a Sharding (Device is no type here)
+        """`(params, prepared)`: `self.params` and `prepared_params()` committed to `where`, one device or a sharding
+        (a replicated `NamedSharding` over several devices). Placed once and kept until the parameters are replaced
+        by assignment, so running on chosen devices costs no copy per call: `model(x, params=p, prepared=q)`."""
+        placed = self._placed.get(where)
+        if placed is None:
+            placed = self._placed[where] = jax.device_put((self.params, self.prepared_params()), where)
+        return placed
 
     def init_weights(
         self, rng: jax.Array, input_shape: tuple[int, ...], params: FrozenDict | None = None
@@ -314,7 +349,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
         random_params = convert_torchaudio_state_dict(random_torchaudio_state_dict(self.config, seed), self.config)
         if params is None:
-            return freeze(jax.tree.map(jnp.asarray, random_params))
+            return freeze(jax.device_put(random_params))
         random_flat = flatten_dict(random_params)
         given: dict = flatten_dict(unfreeze(params))
         for key in self._missing_keys:
@@ -339,7 +374,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         if isinstance(state_dict, (str, os.PathLike)):
             state_dict = load_torch_state_dict(state_dict)
         params = convert_torchaudio_state_dict(state_dict, config)
-        return cls(config, dtype=dtype, params=jax.tree.map(jnp.asarray, params), **kwargs)
+        return cls(config, dtype=dtype, params=jax.device_put(params), **kwargs)
 
     def to_torchaudio(self) -> dict[str, np.ndarray]:
         """The weights as a torchaudio `HDemucs` state dict of float32 numpy arrays."""
@@ -380,10 +415,19 @@ class FlaxHDemucs(FlaxPreTrainedModel):
                 f"(missing {missing}, unexpected {unexpected})"
             )
         # Parameters are always float32 (a checkpoint may store bfloat16 to halve its size); `dtype` is the
-        # compute dtype and is applied per layer.
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+        # compute dtype and is applied per layer. transformers leaves them committed to the host CPU, where a
+        # jitted call would follow them (and run on the CPU whatever the default device): they go through host
+        # memory to the default device, uncommitted.
+        params = jax.device_put(jax.tree.map(lambda a: np.asarray(a, np.float32), params))
         model.config.name_or_path = str(pretrained_model_name_or_path)  # how errors name the model
-        return cls(model.config, dtype=model.dtype, params=params, dot_dtype=model.module.dot_dtype)
+        module = model.module
+        return cls(
+            model.config,
+            dtype=model.dtype,
+            params=params,
+            dot_dtype=module.dot_dtype,
+            matmul_precision=module.matmul_precision,
+        )
 
     @classmethod
     def load_flax_weights(cls, resolved_archive_file: str) -> dict:
@@ -397,6 +441,8 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         waveform: Real[np.ndarray | Array, "batch channels samples"],
         params: Mapping[str, Any] | None = None,
         return_dict: Literal[True] = True,
+        *,
+        prepared: Mapping[str, Any] | None = None,
     ) -> FlaxHDemucsOutput: ...
 
     @overload
@@ -406,6 +452,7 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         params: Mapping[str, Any] | None = None,
         *,
         return_dict: Literal[False],
+        prepared: Mapping[str, Any] | None = None,
     ) -> tuple[Float32[Array, "batch sources channels samples"]]: ...
 
     def __call__(
@@ -413,11 +460,16 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         waveform: Real[np.ndarray | Array, "batch channels samples"],
         params: Mapping[str, Any] | None = None,
         return_dict: bool = True,
+        *,
+        prepared: Mapping[str, Any] | None = None,
     ) -> FlaxHDemucsOutput | tuple[Float32[Array, "batch sources channels samples"]]:
         """Separate `waveform` (batch, audio_channels, samples), any real dtype (computed as float32 in, the
-        model's dtype inside): `FlaxHDemucsOutput(sources=...)`, or `(sources,)` with `return_dict=False`."""
+        model's dtype inside): `FlaxHDemucsOutput(sources=...)`, or `(sources,)` with `return_dict=False`.
+        `prepared`: `params`' prepared collection when the caller has it (see `placed_params`); None: made here
+        (`prepared_params(params)`, which runs a jitted preparation for parameters other than `self.params`)."""
         params = self.params if params is None else params
-        sources = self._forward(params, self.prepared_params(params), jnp.asarray(waveform, jnp.float32))
+        prepared = self.prepared_params(params) if prepared is None else prepared
+        sources = self._forward(params, prepared, jnp.asarray(waveform, jnp.float32))
         return FlaxHDemucsOutput(sources=sources) if return_dict else (sources,)
 
     @property

@@ -55,6 +55,30 @@ def default_batch_size(platform: str) -> int:
     return DEFAULT_BATCH_SIZES.get(_PLATFORM_NAMES.get(name, name), 1)
 
 
+# How the network's convolutions and matrix products on float32 values are computed, by the names of JAX's
+# `jax_default_matmul_precision`: "float32" is float32 throughout (precision HIGHEST); "tensorfloat32" (HIGH)
+# rounds the products' inputs to TF32 on NVIDIA GPUs from Ampere on, or takes 3 bfloat16 passes on TPU;
+# "bfloat16" (DEFAULT) is what JAX does when nothing is said: TF32 on those GPUs, one bfloat16 pass on TPU.
+# CPUs compute float32 whatever the setting.
+MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16")
+DEFAULT_MATMUL_PRECISION = "float32"
+
+
+def check_matmul_precision(value: object) -> str:
+    """`value` if it names one of `MATMUL_PRECISIONS`; else `OptionError` (option "matmul_precision")."""
+    if value not in MATMUL_PRECISIONS:
+        raise OptionError("matmul_precision", value, f"must be one of {', '.join(MATMUL_PRECISIONS)}")
+    return str(value)
+
+
+def check_batch_split(batch_size: int, devices: int) -> None:
+    """A batch is split evenly over the devices the network runs on: `OptionError` (option "batch_size") unless
+    `batch_size` is a multiple of their number."""
+    if batch_size % devices:
+        rule = f"must be a multiple of the {devices} devices a batch is split over"
+        raise OptionError("batch_size", batch_size, rule)
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 

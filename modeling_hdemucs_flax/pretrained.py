@@ -53,6 +53,7 @@ from .errors import DownloadError, HDemucsFlaxError, ModelLoadError, describe
 from .layers import Dtype
 from .model_identity import check_model_folder, looks_like_path
 from .modeling_flax_hdemucs import FlaxHDemucs
+from .options import DEFAULT_MATMUL_PRECISION, check_matmul_precision
 
 # The converted HDEMUCS_HIGH_MUSDB_PLUS checkpoint on the Hub (see conversion/README.md).
 DEFAULT_MODEL: str = DEFAULT_BUNDLE.hub_repo or ""
@@ -61,21 +62,32 @@ assert DEFAULT_MODEL, "the default bundle names its Hub repo"
 logger = logging.getLogger(__name__)
 
 
-def _load_folder(path: Path, dtype, option: str) -> FlaxHDemucs:
+def _load_folder(path: Path, dtype, option: str, matmul_precision: str) -> FlaxHDemucs:
     check_model_folder(path, option)
     try:
-        return FlaxHDemucs.from_pretrained(path, dtype=dtype)
+        return FlaxHDemucs.from_pretrained(path, dtype=dtype, matmul_precision=matmul_precision)
     except ModelLoadError:
         raise
     except HDemucsFlaxError as error:  # the config's or the checkpoint's own error (absurd values, missing keys)
         raise ModelLoadError(f"cannot load model {str(path)!r}: {describe(error)}") from error
 
 
-def _load_repo(repo_id: str, dtype, revision: str | None, *, local_files_only: bool = False) -> FlaxHDemucs:
+def _load_repo(
+    repo_id: str,
+    dtype,
+    revision: str | None,
+    *,
+    local_files_only: bool = False,
+    matmul_precision: str = DEFAULT_MATMUL_PRECISION,
+) -> FlaxHDemucs:
     """`FlaxHDemucs.from_pretrained(repo_id)`: the Hub probed first, every failure a one-line ModelLoadError."""
     try:
         return FlaxHDemucs.from_pretrained(
-            repo_id, dtype=dtype, revision=revision or "main", local_files_only=local_files_only
+            repo_id,
+            dtype=dtype,
+            revision=revision or "main",
+            local_files_only=local_files_only,
+            matmul_precision=matmul_precision,
         )
     except ModelLoadError:
         raise
@@ -89,21 +101,24 @@ def load_model(
     dtype: Dtype = jnp.float32,
     revision: str | None = None,
     option: str = "--model",
+    matmul_precision: str = DEFAULT_MATMUL_PRECISION,
 ) -> FlaxHDemucs:
     """Load `model`: a `save_pretrained` folder, a Hub repo id (downloaded once, then read from the Hugging
     Face cache, also offline), or None for the default HDEMUCS_HIGH_MUSDB_PLUS model (see the module doc).
 
     `revision` (branch, tag or commit) applies to Hub repos. `option` is how the application lets its user
     choose a model (the command line's `--model`, the Space's `HDEMUCS_MODEL`), named in error messages.
-    Raises `ModelLoadError` with a one-line message.
+    `dtype` and `matmul_precision` are the model's (see `FlaxHDemucs`). Raises `ModelLoadError` with a one-line
+    message, or `OptionError` for an unknown `matmul_precision` (before anything is loaded).
     """
+    check_matmul_precision(matmul_precision)
     if model is None:
-        return load_default_model(dtype=dtype, revision=revision, option=option)
+        return load_default_model(dtype=dtype, revision=revision, option=option, matmul_precision=matmul_precision)
     spec = str(model)
     path = Path(spec).expanduser()
     if isinstance(model, os.PathLike) or looks_like_path(spec):
-        return _load_folder(path, dtype, option)
-    return _load_repo(spec, dtype, revision)
+        return _load_folder(path, dtype, option, matmul_precision)
+    return _load_repo(spec, dtype, revision, matmul_precision=matmul_precision)
 
 
 def load_default_model(
@@ -114,21 +129,22 @@ def load_default_model(
     bundle: TorchaudioBundle = DEFAULT_BUNDLE,
     progress: bool = True,
     option: str = "--model",
+    matmul_precision: str = DEFAULT_MATMUL_PRECISION,
 ) -> FlaxHDemucs:
     """The default model: local cache, else torchaudio's file already on this machine, else the Hub repo
     `repo_id`, else `bundle`'s torchaudio checkpoint downloaded; converted ones are cached. `repo_id` and
-    `bundle` are parameters so tests can point the chain at tiny models; `option` is as in `load_model`.
-    Raises `ModelLoadError` with a one-line message."""
+    `bundle` are parameters so tests can point the chain at tiny models; `option`, `dtype` and `matmul_precision`
+    are as in `load_model`. Raises `ModelLoadError` with a one-line message."""
     converted = converted_model_dir(bundle)
     if (converted / "config.json").is_file():
         try:
-            return FlaxHDemucs.from_pretrained(converted, dtype=dtype)
+            return FlaxHDemucs.from_pretrained(converted, dtype=dtype, matmul_precision=matmul_precision)
         except Exception as error:
             raise ModelLoadError(
                 f"cached model {converted} is unreadable ({describe(error)}); delete that folder to rebuild it"
             ) from error
     try:
-        return _load_repo(repo_id, dtype, revision, local_files_only=True)
+        return _load_repo(repo_id, dtype, revision, local_files_only=True, matmul_precision=matmul_precision)
     except ModelLoadError:
         pass
     local = torchaudio_checkpoint_path(bundle)
@@ -146,7 +162,7 @@ def load_default_model(
                 f"replace it with the file from {url}{download}",
             )
         logger.info("converting %s into %s (once) ...", local, converted)
-        return _convert(local, bundle, dtype, converted)
+        return _convert(local, bundle, dtype, converted, matmul_precision)
     if hub.offline():
         raise ModelLoadError(
             f"the default model ({bundle.name}) is not cached and offline mode (HF_HUB_OFFLINE=1) forbids "
@@ -155,7 +171,7 @@ def load_default_model(
         )
     logger.info("fetching the default model %s from the Hub (%s) ...", repo_id, hub.endpoint())
     try:
-        return _load_repo(repo_id, dtype, revision)
+        return _load_repo(repo_id, dtype, revision, matmul_precision=matmul_precision)
     except ModelLoadError as error:
         hub_problem = error.problem
     host = urlsplit(url).netloc or url
@@ -168,15 +184,17 @@ def load_default_model(
             f"check the network and proxy settings, or {recipe}",
         ) from None
     logger.info("converting %s into %s (once) ...", checkpoint.name, converted)
-    model = _convert(checkpoint, bundle, dtype, converted)
+    model = _convert(checkpoint, bundle, dtype, converted, matmul_precision)
     checkpoint.unlink(missing_ok=True)  # downloaded by this call: the converted copy replaces it
     return model
 
 
-def _convert(checkpoint: Path, bundle: TorchaudioBundle, dtype: Dtype, converted: Path) -> FlaxHDemucs:
+def _convert(
+    checkpoint: Path, bundle: TorchaudioBundle, dtype: Dtype, converted: Path, matmul_precision: str
+) -> FlaxHDemucs:
     """`bundle`'s verified torchaudio file converted without torch and saved as `converted` for next time."""
     try:
-        model = FlaxHDemucs.from_torchaudio(checkpoint, bundle.config(), dtype=dtype)
+        model = FlaxHDemucs.from_torchaudio(checkpoint, bundle.config(), dtype=dtype, matmul_precision=matmul_precision)
     except Exception as error:
         raise ModelLoadError(f"cannot convert {checkpoint}: {describe(error)}") from error
     save_pretrained_atomic(model, converted)

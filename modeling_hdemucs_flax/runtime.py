@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,19 +64,63 @@ def configure_xla(flags: tuple[str, ...] = XLA_CPU_FLAGS) -> bool:
     which XLA:CPU touches its fresh scratch buffer in every forward pass. Set it in the environment that
     starts the process (see docs/performance.md).
     """
-    import sys
-
-    if "jax" in sys.modules:
-        from jax._src import xla_bridge
-
-        if xla_bridge.backends_are_initialized():
-            return False
+    if backends_started():
+        return False
     current = os.environ.get("XLA_FLAGS", "").split()
     names = {flag.split("=", 1)[0] for flag in current}
     added = [flag for flag in flags if flag.split("=", 1)[0] not in names]
     if added:
         os.environ["XLA_FLAGS"] = " ".join(current + added)
     return True
+
+
+def backends_started() -> bool:
+    """Whether JAX has started its backends in this process (after which the environment variables and flags
+    it reads at start no longer apply). Imports nothing that is not already imported."""
+    import sys
+
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge  # no public test for "already initialised" in jax 0.10
+
+        return xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):  # a later JAX without it: assume started, and change nothing
+        return True
+
+
+# jaxlib 0.10 caps its GPU memory pool from XLA_CLIENT_MEM_FRACTION; XLA_PYTHON_CLIENT_MEM_FRACTION is the old
+# name, and a process with both set fails when JAX starts its GPU backend (`generate_pjrt_gpu_plugin_options`).
+MEMORY_FRACTION, OLD_MEMORY_FRACTION = "XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION"
+PREALLOCATE = "XLA_PYTHON_CLIENT_PREALLOCATE"
+
+
+def gpu_memory_settings(fraction: float) -> dict[str, str | None]:
+    """The environment (name -> value; None: unset) with which JAX takes at most `fraction` of each GPU's memory,
+    as it needs it instead of 75 % at start: for processes that share a GPU. The fraction bounds XLA's memory
+    pool only; the process's CUDA context and cuDNN/cuBLAS workspaces come on top."""
+    return {MEMORY_FRACTION: f"{fraction:.4g}", OLD_MEMORY_FRACTION: None, PREALLOCATE: "false"}
+
+
+def set_environment(settings: Mapping[str, str | None]) -> None:
+    """Set each variable of `settings` in this process's environment (and its children's); None unsets it."""
+    for name, value in settings.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def limit_gpu_memory(fraction: float, option: str = "gpu_memory_fraction") -> None:
+    """Let JAX in this process take at most `fraction` (0 < fraction <= 1) of each GPU's memory, as it needs it
+    (`gpu_memory_settings`): for a process sharing a GPU with others, such as a server beside another job.
+    Process-wide, and only before JAX starts its backends. Raises `OptionError` (named `option`) for a fraction
+    out of range or a JAX already started."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise OptionError(option, fraction, "must be a fraction of each GPU's memory in (0, 1], e.g. 0.5")
+    if backends_started():
+        raise OptionError(option, fraction, "JAX has already started in this process: set it before JAX runs")
+    set_environment(gpu_memory_settings(fraction))
 
 
 def hide_torch_from_transformers() -> None:
@@ -99,7 +143,9 @@ def configure_compilation_cache(folder: str | os.PathLike | bool | None = True) 
     every process); the return value says so.
 
     This is process-wide JAX configuration. Compiles of any duration are persisted
-    (`jax_persistent_cache_min_compile_time_secs = 0`): JAX's default of 1 s would skip small models.
+    (`jax_persistent_cache_min_compile_time_secs = 0`): JAX's default of 1 s would skip small models. Entries
+    are written atomically, and one that fails to load is replaced by the process that compiles it again
+    (`persistent_cache`): the folder may be shared by processes that are killed (Ray actors, servers).
     """
     if folder is None or folder is False:
         return None
@@ -119,6 +165,9 @@ def configure_compilation_cache(folder: str | os.PathLike | bool | None = True) 
         # folder applies even if something was compiled before this call.
         compilation_cache.reset_cache()
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    from .persistent_cache import install
+
+    install(path)
     return path
 
 
@@ -147,24 +196,21 @@ def interrupt_on_termination(signals: Sequence[int] = (signal.SIGTERM, signal.SI
 
 
 PLATFORMS = ("cpu", "gpu", "tpu")
+# JAX's settings that limit which GPUs its CUDA / ROCm clients open: a device left out gets no memory preallocated.
+_VISIBLE_GPU_SETTINGS = ("jax_cuda_visible_devices", "jax_rocm_visible_devices")
 
 
 def select_platform(platform: str) -> list[Any]:
     """Run JAX on `platform` ("cpu", "gpu" or "tpu") in this process: set before JAX initialises its backends
     when it has not yet (so `cpu` never touches a GPU, which JAX would otherwise claim 75 % of), and make the
-    platform's first device the default. Returns the platform's devices. Raises `OptionError` (option
-    "device") with the reason in one line when JAX has no such device here."""
+    platform's first device the default (unless the default already is one of its devices). Returns the
+    platform's devices. Raises `OptionError` (option "device") with the reason in one line when JAX has no such
+    device here."""
     if platform not in PLATFORMS:
         raise OptionError("device", platform, f"must be one of {', '.join(PLATFORMS)}")
     import jax
 
-    try:
-        from jax._src import xla_bridge  # no public test for "already initialised" in jax 0.10
-
-        fresh = not xla_bridge.backends_are_initialized()
-    except (ImportError, AttributeError):
-        fresh = False
-    if fresh:
+    if not backends_started():
         # cpu: only the CPU backend. gpu/tpu: JAX's own discovery (plugins that fail stay quiet), which also
         # overrides a JAX_PLATFORMS=cpu left in the environment.
         jax.config.update("jax_platforms", "cpu" if platform == "cpu" else "")
@@ -177,18 +223,61 @@ def select_platform(platform: str) -> list[Any]:
         raise OptionError(
             "device", platform, f"JAX finds no {platform.upper()} here{hint}; it has {', '.join(found)} ({first})"
         ) from None
-    jax.config.update("jax_default_device", devices[0])
+    if default_device() not in devices:
+        jax.config.update("jax_default_device", devices[0])
     return devices
 
 
+def default_device() -> Any:
+    """The device JAX computes on when no argument is committed elsewhere: `jax_default_device` (a device or a
+    platform name) if set, else the default backend's first device."""
+    import jax
+
+    chosen = jax.config.jax_default_device  # pyright: ignore[reportAttributeAccessIssue] (a dynamic flag)
+    if isinstance(chosen, str):
+        return jax.local_devices(backend=chosen)[0]
+    return chosen if chosen is not None else jax.local_devices()[0]
+
+
+def select_devices(platform: str | None = None, count: int | None = None) -> list[Any]:
+    """The devices this process's network runs on: `count` devices of `platform` (None: JAX's choice), or by
+    default every local GPU or TPU, or one CPU device. The default device comes first (`jax_default_device`
+    honoured) and stays the default.
+
+    With a `count` and JAX's backends not yet started, JAX is told to open only the first `count` GPUs
+    (`jax_cuda_visible_devices` / `jax_rocm_visible_devices`, within what the user already allowed), so the
+    others get no memory preallocated; a TPU host's chips are all held by the process whatever `count` is.
+    Raises `OptionError` ("device": no such platform here; "devices": fewer devices than `count`).
+    """
+    import jax
+
+    if count is not None and platform != "cpu" and not backends_started():
+        for setting in _VISIBLE_GPU_SETTINGS:
+            allowed = str(jax.config._read(setting))  # a flag, not an attribute, in jax 0.10
+            ids = [str(i) for i in range(count)] if allowed == "all" else allowed.split(",")[:count]
+            jax.config.update(setting, ",".join(ids))
+    if platform is not None:
+        select_platform(platform)
+    default = default_device()
+    available = [default, *(d for d in jax.local_devices(backend=default.platform) if d != default)]
+    if count is None:
+        count = len(available) if default.platform in ("gpu", "tpu") else 1
+    if count > len(available):
+        kind = default.platform.upper() if default.platform != "cpu" else "CPU"
+        found = f"{len(available)} {kind} device{'s' if len(available) != 1 else ''}"
+        raise OptionError("devices", count, f"JAX finds only {found} here")
+    return available[:count]
+
+
 def describe_devices(devices: Sequence[Any]) -> str:
-    """A short description of JAX devices: "cpu", "NVIDIA H200 (gpu:0)", "2 x TPU v5 lite (tpu:0, tpu:1)"."""
+    """A short description of JAX devices: "cpu:0", "NVIDIA H200 (gpu:0)", "2 x TPU v5 lite (tpu:0, tpu:1)",
+    "2 x cpu (cpu:0, cpu:1)"."""
     devices = sorted(devices, key=lambda d: (d.platform, d.id))
     if not devices:
         return "no device"
-    if all(d.platform == "cpu" for d in devices):
-        return "cpu" if len(devices) == 1 else f"{len(devices)} cpu devices"
-    kinds = sorted({d.device_kind for d in devices})
     names = ", ".join(f"{d.platform}:{d.id}" for d in devices)
+    if len(devices) == 1 and devices[0].platform == "cpu":
+        return names
+    kinds = " / ".join(sorted({d.device_kind for d in devices}))
     count = f"{len(devices)} x " if len(devices) > 1 else ""
-    return f"{count}{' / '.join(kinds)} ({names})"
+    return f"{count}{kinds} ({names})"

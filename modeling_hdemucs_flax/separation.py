@@ -42,8 +42,8 @@ from .audio_io import check_channels
 from .errors import AudioError, ModelOutputError, OptionError
 from .layers import Dtype
 from .modeling_flax_hdemucs import FlaxHDemucs
-from .options import WEIGHTINGS, SeparationOptions
-from .runtime import describe_devices
+from .options import DEFAULT_MATMUL_PRECISION, WEIGHTINGS, SeparationOptions, check_batch_split
+from .runtime import default_device, describe_devices
 
 STD_EPS = 1e-8  # added to the mix's std (demucs's api.py) so silence normalises to silence, not NaN
 BLOCK = 1 << 16  # samples per block read from a file or handed between stages
@@ -563,31 +563,38 @@ def network_forward(model: FlaxHDemucs, devices: Sequence[Any] | None = None) ->
     batches, with the parameters the model holds at call time. It returns the output as JAX dispatched it, without
     waiting for the device (`np.asarray` of it waits).
 
-    `devices` (more than one): each batch is split over them along its first axis (`NamedSharding` over a
-    one-axis mesh "batch"; the batch size must be a multiple of their number) and the parameters are
-    replicated on every one. XLA partitions the same program with no communication between the devices, so
-    the results equal one device's (float32 round-off aside) and the program is compiled once.
+    `devices` None: JAX's default device at each call (where the model's uncommitted parameters go). One device:
+    the parameters and their prepared copy are committed there once (`FlaxHDemucs.placed_params`) and every batch
+    is sent there. Several: each batch is split over them along its first axis (`NamedSharding` over a one-axis
+    mesh "batch"; the batch size must be a multiple of their number) and the parameters and their prepared copy
+    are replicated on every one, once. XLA partitions the same program with no communication between the
+    devices, so the results equal one device's (float32 round-off aside) and the program is compiled once.
     """
-    if devices is None or len(devices) <= 1:
-        device = devices[0] if devices else None
+    if not devices:
 
         def forward(batch: np.ndarray) -> jax.Array:
-            return model(batch if device is None else jax.device_put(batch, device)).sources
+            return _sources(model(batch))
 
         return forward
 
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    if len(devices) == 1:
+        rows = weights = devices[0]
+    else:
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    mesh = Mesh(np.asarray(devices), ("batch",))
-    rows, replicated = NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
-    placed: dict[str, Any] = {}  # the replicated copy of the parameters the model holds (made once per set)
+        mesh = Mesh(np.asarray(devices), ("batch",))
+        rows, weights = NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
 
-    def sharded(batch: np.ndarray) -> jax.Array:
-        if placed.get("source") is not model.params:
-            placed.update(source=model.params, params=jax.device_put(model.params, replicated))
-        return model(jax.device_put(batch, rows), params=placed["params"]).sources
+    def placed(batch: np.ndarray) -> jax.Array:
+        params, prepared = model.placed_params(weights)  # placed at the first call (and after new params)
+        return _sources(model(jax.device_put(batch, rows), params=params, prepared=prepared))
 
-    return sharded
+    return placed
+
+
+def _sources(output: Any) -> jax.Array:
+    """The separated sources of a model output (`FlaxHDemucsOutput.sources`, typed optional, never None here)."""
+    return output.sources
 
 
 @dataclass(frozen=True)
@@ -644,8 +651,9 @@ class Separator:
             be computing), always called with exactly that shape. None: `network_forward(model, devices)`.
             Another callable (a stand-in network, a wrapper that records or fails) changes the network and
             nothing else.
-        devices: JAX devices (`jax.Device`) to split every batch over (e.g. `jax.local_devices()`);
-            `batch_size` must be a multiple of their number. None: JAX's default device.
+        devices: JAX devices (`jax.Device`) the network runs on: one (e.g. `[jax.devices()[1]]`, one Separator
+            per GPU), or several to split every batch over (e.g. `jax.local_devices()`; `batch_size` must be a
+            multiple of their number). The parameters are placed there once. None: JAX's default device.
     """
 
     def __init__(
@@ -672,10 +680,8 @@ class Separator:
         self.progress = progress
         self._set_options(SeparationOptions(segment, overlap, shifts, seed, batch_size, weighting, transition_power))
         self.devices = tuple(devices) if devices else None
-        if self.devices and batch_size % len(self.devices):
-            raise OptionError(
-                "batch_size", batch_size, f"must be a multiple of the {len(self.devices)} devices a batch is split over"
-            )
+        if self.devices:
+            check_batch_split(batch_size, len(self.devices))
         self.forward = forward or network_forward(model, self.devices)
 
     def _set_options(self, options: SeparationOptions) -> None:
@@ -693,13 +699,17 @@ class Separator:
         *,
         revision: str | None = None,
         dtype: Dtype = jnp.float32,
+        matmul_precision: str = DEFAULT_MATMUL_PRECISION,
         **options: Any,
     ) -> Separator:
         """Load `model` (a local folder or Hub repo id; None: the default model) with
-        `pretrained.load_model`, computing in `dtype`, and wrap it. Raises `ModelLoadError`."""
+        `pretrained.load_model`, computing in `dtype` at `matmul_precision` (see `FlaxHDemucs`), and wrap it;
+        `options` are the Separator's (`devices` included). Raises `ModelLoadError`, or `OptionError` for an
+        unknown `matmul_precision`."""
         from .pretrained import load_model
 
-        return cls(load_model(model, dtype=jnp.dtype(dtype), revision=revision), **options)
+        loaded = load_model(model, dtype=jnp.dtype(dtype), revision=revision, matmul_precision=matmul_precision)
+        return cls(loaded, **options)
 
     def with_options(
         self,
@@ -744,10 +754,14 @@ class Separator:
 
     @property
     def device(self) -> str:
-        """The device(s) the network's parameters live on, and so where it runs: "cpu", "NVIDIA H200 (gpu:0)"."""
+        """Every device the network runs on: "cpu:0", "NVIDIA H200 (gpu:0)", "2 x NVIDIA H200 (gpu:0, gpu:1)".
+        Without `devices`: where the model's parameters are committed if they are, else JAX's default device
+        (`jax_default_device` honoured), which is where its jitted forward pass then runs."""
+        if self.devices:
+            return describe_devices(self.devices)
         leaves = jax.tree.leaves(self.model.params)
-        devices = set().union(*(leaf.devices() for leaf in leaves if hasattr(leaf, "devices")))
-        return describe_devices(list(devices)) if devices else describe_devices(jax.devices()[:1])
+        committed = set().union(*(leaf.devices() for leaf in leaves if getattr(leaf, "committed", False)))
+        return describe_devices(list(committed) or [default_device()])
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -4,10 +4,12 @@
     curl -F file=@song.mp3 -F two_stems=vocals http://127.0.0.1:8000/v1/separate -o stems.zip
 
 The model is loaded and compiled once, in the background, while `/v1/health` answers 503; then one worker
-thread runs the separations one at a time (one device, one compiled program shared by every request), taking
-them from a bounded queue. Endpoints (every error is a JSON body `{"error": "<one line>"}`):
+thread runs the separations one at a time (one compiled program shared by every request, each batch split over
+the devices the Separator holds: every GPU or TPU of the machine unless --devices says fewer), taking them from a
+bounded queue. Endpoints (every error is a JSON body `{"error": "<one line>"}`):
 
-    GET    /v1/health             200 {status, model, device, version} once warm; 503 while warming
+    GET    /v1/health             200 {status, model, device (`Separator.device`), version} once warm; 503 while
+                                  warming
     GET    /v1/models             the model: sources, sample rate, formats, the output defaults, limits
     POST   /v1/separate           multipart `file` (+ fields below) -> application/zip of the stems
     POST   /v1/jobs               the same fields -> 202 {id, status, ...}
@@ -377,10 +379,7 @@ class SeparationService:
         except Exception as error:  # never a traceback for a user; the log keeps it
             logger.exception("model failed to load")
             return self._fail(1, f"{type(error).__name__}: {one_line(error)}")
-        import jax
-
-        device = jax.devices()[0]
-        self.device = device.platform if device.platform == "cpu" else f"{device.platform} ({device.device_kind})"
+        self.device = loaded.device  # where the network runs: every device a batch is split over
         self.separator = loaded
         with self._lock:
             if self.state == "warming":

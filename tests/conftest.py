@@ -73,7 +73,8 @@ def s3_endpoint():
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """The session's one local Ray cluster (2 CPUs, no dashboard, auth disabled), held by its own process
+    """The session's one local Ray cluster (2 CPUs, 2 GPUs for Ray's scheduler only: nothing computes on them; no
+    dashboard, auth disabled), held by its own process
     (`scripts/ray_cluster.py`) that started before any JAX existed in it; tests' drivers join it with
     `--ray-address`. Returns (address, environment for drivers)."""
     import subprocess

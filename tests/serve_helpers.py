@@ -103,7 +103,8 @@ def read_zip(data: bytes, folder: Path) -> dict[str, tuple[np.ndarray, int]]:
 
 def files_in(folder: Path) -> list[str]:
     """Every file under `folder` (the server's work and temp folders must end up empty)."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    # os.walk passes over a folder removed while it walks (the server deletes a job's folders as it goes)
+    return sorted(str((Path(root) / name).relative_to(folder)) for root, _, names in os.walk(folder) for name in names)
 
 
 class ServeProcess:

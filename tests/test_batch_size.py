@@ -131,14 +131,14 @@ def test_the_command_line_says_its_batch_size_and_measures_it_once_on_an_acceler
 
     monkeypatch.setattr(batch_tuning, "TUNED_PLATFORMS", ("cpu",))  # the CPU standing in for a GPU
     measuring, measured = separate("first")
-    assert measuring == "measuring the fastest batch size on cpu (once; the result is cached) ..."
+    assert measuring == "measuring the fastest batch size on cpu:0 (once; the result is cached) ..."
     [entry] = list((tmp_path / "cache" / "batch-size").iterdir())
     chosen = json.loads(entry.read_text())["batch_size"]
-    assert measured.startswith(f"batch size: {chosen}, the fastest on cpu, measured now (chunks per second")
+    assert measured.startswith(f"batch size: {chosen}, the fastest on cpu:0, measured now (chunks per second")
     assert measured.endswith(f"; cached in {entry}") and used[-1] == chosen
 
     [cached] = separate("second")
-    assert cached.startswith(f"batch size: {chosen}, the fastest on cpu, measured by an earlier run (")
+    assert cached.startswith(f"batch size: {chosen}, the fastest on cpu:0, measured by an earlier run (")
     assert used[-1] == chosen
 
     assert separate("explicit", "--batch-size", "3") == [] and used[-1] == 3

@@ -39,10 +39,10 @@ def test_bench_gpu_smoke_measures_every_row_and_the_parity(jax_cache, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     print(done.stdout)
-    assert "default device cpu; network on cpu; torch on cpu;" in done.stdout
+    assert "default device cpu; network on cpu:0; torch on cpu;" in done.stdout
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
     measured = {(r["pipeline"], r["dtype"], r["batch_size"]): r for r in rows if r["pipeline"] != "parity"}
-    grid = {(dtype, batch) for dtype in ("float32", "bfloat16") for batch in (1, 2)}
+    grid = {(dtype, batch) for dtype in ("float32", "tensorfloat32", "bfloat16") for batch in (1, 2)}
     assert {(d, b) for p, d, b in measured if p == "flax Separator"} == grid
     assert {(d, b) for p, d, b in measured if p == "torchaudio forward"} == grid
     for (pipeline, _, _), row in measured.items():
@@ -52,7 +52,9 @@ def test_bench_gpu_smoke_measures_every_row_and_the_parity(jax_cache, tmp_path):
         figures += ("separate_x_rt",) if pipeline == "demucs apply_model" else ()
         assert all(row[name] > 0 for name in figures), row
     demucs = importlib.util.find_spec("demucs") is not None
-    assert {d for p, d, _ in measured if p == "demucs apply_model"} == ({"float32", "bfloat16"} if demucs else set())
+    assert {d for p, d, _ in measured if p == "demucs apply_model"} == (
+        {"float32", "tensorfloat32", "bfloat16"} if demucs else set()
+    )
     assert demucs or "demucs not installed: no apply_model rows (pip install '.[bench]')" in done.stdout
     [parity] = [r for r in rows if r["pipeline"] == "parity"]
     assert parity["db"] < -100  # measured -138 dB on the CPU

@@ -80,7 +80,7 @@ def test_every_input_format_rate_and_channel_count(tiny_checkpoint_dir, jax_cach
     *per_file, summary = captured.out.splitlines()  # one line per file, then the run's summary
     assert len(per_file) == len(songs)
     assert summary.startswith(f"{len(songs)} files separated: {0.25 * len(songs):.1f} s of audio in ")
-    assert summary.endswith("x real time on cpu")  # where the network ran, on a terminal or not
+    assert summary.endswith("x real time on cpu:0")  # where the network ran, on a terminal or not
     for track, song in songs.items():
         kind = track.split("_")[0]
         source = sf.info(song)
@@ -320,7 +320,7 @@ def test_skip_existing_and_the_summary(tiny_checkpoint_dir, jax_cache, tmp_path,
     assert out[0] == f"{first}: skipped (its 4 stems exist)"
     assert out[1].startswith(f"{tmp_path / 'in' / 'second.flac'}: 4 stems in ")
     assert out[2].startswith("1 file separated (1 skipped): 0.3 s of audio in ")
-    assert out[2].endswith("x real time on cpu")
+    assert out[2].endswith("x real time on cpu:0")
     assert (tmp_path / "out" / "first" / "drums.wav").stat().st_mtime_ns == stamp  # not redone
 
 
@@ -377,11 +377,11 @@ def test_models_lists_the_known_models_and_the_cached_ones(tmp_path, monkeypatch
 def test_device_selection_and_the_status_line(tiny_checkpoint_dir, jax_cache, tmp_path, capsys, monkeypatch):
     from modeling_hdemucs_flax import Separator
 
-    assert Separator.from_pretrained(tiny_checkpoint_dir, segment=SEGMENT_SECONDS).device == "cpu"
+    assert Separator.from_pretrained(tiny_checkpoint_dir, segment=SEGMENT_SECONDS).device == "cpu:0"
     song = write_song(tmp_path / "song.wav", 0.2, 44100, 2, subtype="PCM_16")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # status lines are for terminals
     assert main(cli(tiny_checkpoint_dir, jax_cache, song, "-o", tmp_path / "out", "--device", "cpu")) == 0
-    assert "device: cpu\n" in capsys.readouterr().err
+    assert "device: cpu:0\n" in capsys.readouterr().err
     assert main(cli(tiny_checkpoint_dir, jax_cache, song, "-o", tmp_path / "tpu", "--device", "tpu")) == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: hdemucs-flax separate ")

@@ -19,7 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from modeling_hdemucs_flax import DatasetError, OptionError, OutputOptions, Separator, separate_dataset
 from modeling_hdemucs_flax.cli import main
@@ -584,3 +586,61 @@ def test_ray_engine_without_ray_says_how_to_install_the_extra(tiny_checkpoint_di
         "the ray engine needs Ray: install the [ray] extra from your checkout of hdemucs-flax: pip install '.[ray]'"
     )
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Devices
+
+
+def worker_info(out: Path) -> dict:
+    """The one worker's entry of a run's summary.json."""
+    (worker,) = json.loads((out / "summary.json").read_text())["workers"].values()
+    return worker
+
+
+def test_the_local_engine_computes_on_the_device_asked_for(tiny_checkpoint_dir, jax_cache, tmp_path, capsys):
+    """`--device cpu` computes on the CPU device (the summary names it); `--device gpu` where JAX has no GPU is
+    a one-line usage error (exit 2) and no stem, never a run on the CPU: in a process whose JAX has started
+    already (this one), and in a fresh process, as users run the command."""
+    write_song(tmp_path / "in" / "song.wav", 0.25, 44100, 2, subtype="PCM_16")
+    flags = model_args(tiny_checkpoint_dir, jax_cache, tmp_path / "scratch")
+
+    def argv(out: str, device: str) -> list[str]:
+        return ["separate-dataset", str(tmp_path / "in"), "-o", str(tmp_path / out), *flags, "--device", device]
+
+    assert main(argv("cpu", "cpu")) == 0
+    capsys.readouterr()
+    assert worker_info(tmp_path / "cpu")["devices"] == ["cpu:0"]
+    assert main(argv("started", "gpu")) == 2
+    message = usage_message(capsys.readouterr().err)
+    assert message == "--device gpu: JAX started in this process before the job without a GPU (it has cpu)"
+    result = run_script("dataset_cli", command_env(tmp_path), *argv("fresh", "gpu"))
+    assert "exit status: 2" in result.stdout, result.stderr[-3000:]
+    assert usage_message(result.stderr).startswith("--device gpu: JAX finds no GPU here"), result.stderr[-3000:]
+    for out in ("started", "fresh"):
+        assert not (tmp_path / out / "song").exists()
+
+
+def test_a_worker_splits_its_batches_over_every_device_it_holds(tiny_checkpoint_dir, jax_cache, tmp_path, capsys):
+    """With two (simulated) CPU devices, `separate-dataset --device cpu` computes on both: batches of two chunks
+    (the default batch size: one chunk per device), one per device, and the stems of one device (to 16-bit
+    rounding); a --batch-size that is not a multiple of two is a usage error naming the devices."""
+    write_song(tmp_path / "in" / "song.wav", 0.25, 44100, 2, subtype="PCM_16")
+    flags = [*model_args(tiny_checkpoint_dir, jax_cache, tmp_path / "scratch"), "--device", "cpu", "-q"]
+    env = {**command_env(tmp_path), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    both = run_script("dataset_cli", env, "separate-dataset", str(tmp_path / "in"), "-o", str(tmp_path / "two"), *flags)
+    assert "exit status: 0" in both.stdout, both.stderr[-3000:]
+    worker = worker_info(tmp_path / "two")
+    assert worker["devices"] == ["cpu:0", "cpu:1"] and worker["batch_size"] == 2
+
+    assert main(["separate-dataset", str(tmp_path / "in"), "-o", str(tmp_path / "one"), *flags]) == 0  # one device
+    capsys.readouterr()
+    for stem in SOURCES:
+        one, _ = sf.read(tmp_path / "one" / "song" / f"{stem}.flac", dtype="float32")
+        two, _ = sf.read(tmp_path / "two" / "song" / f"{stem}.flac", dtype="float32")
+        assert np.abs(one - two).max() <= 2**-15, stem  # one 16-bit step: float32 round-off may cross one
+
+    odd = ["separate-dataset", str(tmp_path / "in"), "-o", str(tmp_path / "odd"), *flags, "--batch-size", "3"]
+    refused = run_script("dataset_cli", env, *odd)
+    assert "exit status: 2" in refused.stdout, refused.stderr[-3000:]
+    assert usage_message(refused.stderr).startswith("--batch-size 3: must be a multiple of the 2 devices")

@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from modeling_hdemucs_flax.dataset import WorkerResources
+from modeling_hdemucs_flax.dataset_ray import actor_environment
+
 from .audio_files import write_song
 from .conftest import SEGMENT_SECONDS, SOURCES
-from .dataset_helpers import start_command, wait_until
+from .dataset_helpers import start_command, usage_message, wait_until
 from .flows import REPO_ROOT, error_lines, run_script
 from .hub_server import FileServer, trickle
 
@@ -96,6 +99,9 @@ def test_a_ray_run_then_a_rerun_that_skips_everything(ray_cluster, tiny_checkpoi
     assert sum(w["tracks"] for w in summary["workers"].values()) == 5
     for worker in summary["workers"].values():
         assert worker["device"].startswith("cpu:0") and worker["model_load_s"] > 0 and worker["compile_s"] > 0
+        assert worker["devices"] == ["cpu:0"] and worker["batch_size"] == 1
+        # holding no GPU, it sees none (Ray leaves CUDA_VISIBLE_DEVICES unset) and starts JAX's CPU backend only
+        assert worker["environment"]["CUDA_VISIBLE_DEVICES"] == "" and worker["environment"]["JAX_PLATFORMS"] == "cpu"
 
     before = {rel: stamp for rel, stamp in files(out).items() if rel not in ("manifest.jsonl", "summary.json")}
     second = dataset_run(ray_cluster, tiny_checkpoint_dir, jax_cache, [library], out, "--workers", "2")
@@ -176,3 +182,79 @@ def test_sigterm_stops_a_ray_run_without_counting_an_attempt(ray_cluster, tiny_c
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert error_lines(stderr) == ["error: terminated (SIGTERM); no partial stem files were kept"], stderr[-3000:]
     assert not (out / "_hdemucs" / "attempts" / "song.json").exists()
+
+
+def test_workers_see_the_gpus_they_hold_and_half_a_gpu_caps_jax_memory(
+    ray_cluster, tiny_checkpoint_dir, jax_cache, tmp_path, monkeypatch
+):
+    """On the session's cluster, whose 2 GPUs exist for Ray's scheduler only (the test hook makes the workers
+    compute on the CPU): workers holding half a GPU each see that GPU (Ray's CUDA_VISIBLE_DEVICES) and let JAX's
+    pool take at most 90 % of their half, as needed, which jaxlib's GPU client reads as such; a worker holding a
+    whole GPU sees it and keeps JAX's defaults. (A worker holding none sees none: the first test.)"""
+    from jaxlib import xla_client
+
+    for name in ("one", "two"):
+        write_song(tmp_path / "in" / f"{name}.wav", 0.25, 44100, 2, subtype="PCM_16")
+    hook = {"HDEMUCS_FLAX_TEST_COMPUTE_ON": "cpu"}
+    seen = {}
+    for gpus, workers in (("0.5", "2"), ("1", "1")):
+        out = tmp_path / f"out-{gpus}"
+        flags = ["--gpus-per-worker", gpus, "--workers", workers, "--cpus-per-worker", "0.5"]
+        result = dataset_run(ray_cluster, tiny_checkpoint_dir, jax_cache, [tmp_path / "in"], out, *flags, env=hook)
+        assert exit_status(result) == 0, result.stderr[-3000:]
+        seen[gpus] = [w["environment"] for w in json.loads((out / "summary.json").read_text())["workers"].values()]
+    memory = ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE")
+    for environment in seen["0.5"] + seen["1"]:
+        assert environment["CUDA_VISIBLE_DEVICES"] in ("0", "1") and environment["JAX_PLATFORMS"] is None
+    for environment in seen["1"]:
+        assert [environment[name] for name in memory] == [None, None, None]
+    for environment in seen["0.5"]:
+        assert [environment[name] for name in memory] == ["0.45", None, "false"]
+        for name in memory:  # this process's environment as the actor's was
+            monkeypatch.delenv(name, raising=False)
+            if environment[name] is not None:
+                monkeypatch.setenv(name, environment[name])
+        options = xla_client.generate_pjrt_gpu_plugin_options()  # what JAX's CUDA plugin starts its client with
+        assert options["memory_fraction"] == 0.45 and options["preallocate"] is False
+
+
+def test_each_actor_environment_follows_what_it_holds():
+    """`actor_environment` for each kind of worker; a node's old-named memory fraction is removed beside the new
+    one (jaxlib refuses both)."""
+    cpu, tpu = WorkerResources(), WorkerResources(tpus_per_worker=4)
+    assert actor_environment("cpu", cpu) == {"JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+    assert actor_environment("tpu", tpu) == {"JAX_PLATFORMS": None, "CUDA_VISIBLE_DEVICES": ""}
+    assert actor_environment("gpu", WorkerResources(gpus_per_worker=2)) == {"JAX_PLATFORMS": None}
+    assert actor_environment("gpu", WorkerResources(gpus_per_worker=0.25)) == {
+        "JAX_PLATFORMS": None,
+        "XLA_CLIENT_MEM_FRACTION": "0.225",
+        "XLA_PYTHON_CLIENT_MEM_FRACTION": None,
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+    }
+
+
+def test_device_and_resources_that_disagree_are_usage_errors_before_ray_starts(tmp_path):
+    """Each is a one-line usage error naming the flag, answered before Ray or JAX is imported."""
+    write_song(tmp_path / "in" / "song.wav", 0.25, 44100, 2, subtype="PCM_16")
+    base = ["separate-dataset", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--engine", "ray"]
+    base += ["--model", str(tmp_path / "no_model")]  # never looked for: the usage error comes first
+    cases = {
+        ("--device", "gpu"): "--device gpu: the workers hold no GPU: reserve some with --gpus-per-worker",
+        ("--device", "tpu"): "--device tpu: the workers hold no TPU: reserve some with --tpus-per-worker",
+        ("--device", "cpu", "--gpus-per-worker", "1"): (
+            "--device cpu: the workers hold GPUs (--gpus-per-worker) they would not use: drop --gpus-per-worker or "
+            "--device"
+        ),
+        ("--gpus-per-worker", "1.5"): "--gpus-per-worker 1.5: must be a fraction of one GPU or whole GPUs",
+        ("--tpus-per-worker", "3"): "--tpus-per-worker 3: must be 0 or one of 1, 2, 4, 8",
+        ("--gpus-per-worker", "1", "--tpus-per-worker", "4"): (
+            "--tpus-per-worker 4: a worker holds GPUs or TPU chips, not both"
+        ),
+    }
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for flags, message in cases.items():
+        result = run_script("dataset_cli", env, *base, *flags)
+        assert exit_status(result) == 2, (flags, result.stderr[-3000:])
+        assert usage_message(result.stderr) == message
+        assert "loaded ray: False" in result.stdout and "loaded jax: False" in result.stdout
+    assert not (tmp_path / "out").exists()

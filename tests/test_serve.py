@@ -304,7 +304,7 @@ def test_health_is_503_while_warming_then_200(tiny_separator, tmp_path):
         statuses = wait_ready(server.client)
         assert statuses[-1] == 200
         health = server.client.get("/v1/health").json()
-        assert health == {"status": "ok", "model": "tiny", "device": "cpu", "version": __version__}
+        assert health == {"status": "ok", "model": "tiny", "device": "cpu:0", "version": __version__}
         models = clean(server.client.get("/v1/models"))
         assert models["models"][0]["sources"] == SOURCES and models["models"][0]["sample_rate"] == 44100
         assert server.client.post("/v1/separate", **upload(song)).status_code == 200
@@ -711,6 +711,10 @@ def test_serve_command_options_are_checked_like_the_other_commands(tiny_checkpoi
         (["--overlap", "1"], "--overlap 1.0: must be in [0, 1)"),
         (["--upload-idle-timeout", "0"], "--upload-idle-timeout 0.0: must be a number > 0"),
         (["--allowed-host", "http://studio.example"], "--allowed-host http://studio.example: must be a host name"),
+        (["--gpu-memory-fraction", "0"], "--gpu-memory-fraction 0.0: must be a fraction of each GPU's memory in (0,"),
+        (["--gpu-memory-fraction", "1.5"], "--gpu-memory-fraction 1.5: must be a fraction of each GPU's memory"),
+        # this process's JAX has started: the setting could no longer apply
+        (["--gpu-memory-fraction", "0.5"], "--gpu-memory-fraction 0.5: JAX has already started in this process"),
     ]:
         with pytest.raises(SystemExit) as stop:
             main(["serve", *args])
@@ -722,6 +726,14 @@ def test_serve_command_options_are_checked_like_the_other_commands(tiny_checkpoi
     finally:
         del os.environ["HDEMUCS_API_JOB_TTL"]
     assert stop.value.code == 2 and "HDEMUCS_API_JOB_TTL='soon': must be float" in capsys.readouterr().err
+    os.environ["HDEMUCS_API_GPU_MEMORY_FRACTION"] = "lots"
+    try:
+        with pytest.raises(SystemExit) as stop:
+            main(["serve"])
+    finally:
+        del os.environ["HDEMUCS_API_GPU_MEMORY_FRACTION"]
+    assert stop.value.code == 2
+    assert "HDEMUCS_API_GPU_MEMORY_FRACTION='lots': must be a number" in capsys.readouterr().err
     assert main(["serve", "--preload", "--model", str(tiny_checkpoint_dir)]) == 0
     assert main(["serve", "--preload", "--model", str(tmp_path / "nothing")]) == 1
     assert "nothing: no such model folder" in capsys.readouterr().err
@@ -730,6 +742,23 @@ def test_serve_command_options_are_checked_like_the_other_commands(tiny_checkpoi
     assert "exit status: 0" in result.stdout
     for name in ("torch", "transformers", "jax", "flax"):
         assert f"loaded {name}: False" in result.stdout, name
+
+
+def test_serve_command_shares_the_gpu_it_is_told_to(tiny_checkpoint_dir, tmp_path):
+    """`serve --gpu-memory-fraction 0.4`, or HDEMUCS_API_GPU_MEMORY_FRACTION, is set before JAX starts (the
+    command up to its model: --preload): JAX's GPU client would take at most that fraction of each GPU, as it
+    needs it, although the host set the old-named variable (jaxlib refuses both names at once); without either,
+    the host's own setting stays."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.75"}
+    cases = [
+        ({}, ["--gpu-memory-fraction", "0.4"], {"memory_fraction": 0.4, "preallocate": False}),
+        ({"HDEMUCS_API_GPU_MEMORY_FRACTION": "0.3"}, [], {"memory_fraction": 0.3, "preallocate": False}),
+        ({}, [], {"memory_fraction": 0.75, "preallocate": None}),
+    ]
+    for variables, flags, expected in cases:
+        argv = ["serve", *flags, "--preload", "--model", str(tiny_checkpoint_dir)]
+        result = run_script("gpu_client_options", {**env, **variables}, *argv)
+        assert json.loads(result.stdout.splitlines()[-1]) == {"status": 0, **expected}, result.stderr[-3000:]
 
 
 def test_serve_command_refuses_an_empty_token_and_filename_before_loading_anything(tmp_path):
