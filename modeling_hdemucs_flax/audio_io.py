@@ -267,6 +267,13 @@ def iter_audio_blocks(
             yield block
 
 
+def costly_to_decode(info: AudioInfo) -> bool:
+    """Whether reading `info`'s file again costs a decode (MP3, AAC, Vorbis, Opus, FLAC, ...), rather than a copy
+    of PCM or float samples that libsndfile reads straight from the file."""
+    uncompressed = info.subtype.startswith("PCM_") or info.subtype in ("FLOAT", "DOUBLE")
+    return info.decoder != "libsndfile" or not uncompressed
+
+
 def check_duration(info: AudioInfo, max_seconds: float) -> None:
     """`AudioTooLongError` when the header's duration is over `max_seconds` (decoding checks it again)."""
     if info.duration > max_seconds:

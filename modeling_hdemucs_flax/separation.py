@@ -42,11 +42,15 @@ from .audio_io import check_channels
 from .errors import AudioError, ModelOutputError, OptionError
 from .layers import Dtype
 from .modeling_flax_hdemucs import FlaxHDemucs
-from .options import DEFAULT_MATMUL_PRECISION, WEIGHTINGS, SeparationOptions, check_batch_split
+from .options import DEFAULT_MATMUL_PRECISION, WEIGHTINGS, SeparationOptions, check_batch_split, check_io_workers
+from .prefetch import ahead
 from .runtime import default_device, describe_devices
 
 STD_EPS = 1e-8  # added to the mix's std (demucs's api.py) so silence normalises to silence, not NaN
 BLOCK = 1 << 16  # samples per block read from a file or handed between stages
+# With io workers: model-rate blocks a song's reader thread keeps ready (4 x 1.5 s; 2 MiB for stereo float32),
+# and songs opened (mix statistics taken) ahead of the one the schedule is in.
+READ_AHEAD_BLOCKS, OPEN_AHEAD_SONGS = 4, 1
 Progress = Callable[[int, int], None]  # (chunks_done, chunks_total)
 # float32 (batch, channels, segment) -> (batch, sources, channels, segment): one batch through the network. The
 # output may be a `jax.Array` still being computed (JAX dispatches asynchronously): the schedule converts it to
@@ -637,6 +641,18 @@ class _SongOutput:
         return np.concatenate([tail, short], axis=-1)
 
 
+class _OpenFailed(NamedTuple):
+    """A signal that could not be opened ahead, and why."""
+
+    error: Exception
+
+
+def _opened(song: _Song | _OpenFailed) -> _Song:
+    if isinstance(song, _OpenFailed):
+        raise song.error
+    return song
+
+
 class Separator:
     """Separates songs of any length with a `FlaxHDemucs`, compiling one forward shape.
 
@@ -785,9 +801,17 @@ class Separator:
     def _delays(self) -> tuple[int, ...]:
         return draw_shift_delays(self.shifts, int(0.5 * self.sample_rate), self.seed)
 
-    def _open(self, signal: Signal | Callable[[], Signal], outputs: dict[int, _SongOutput], index: int) -> _Song:
+    def _open(
+        self,
+        signal: Signal | Callable[[], Signal],
+        outputs: dict[int, _SongOutput],
+        index: int,
+        readers: list[Any] | None,
+    ) -> _Song:
         """Check `signal` (made now if it is a function), take its mix statistics (its first pass) and set up both
-        sides of its schedule."""
+        sides of its schedule. With `readers` (a list), its second pass (decoding, normalising, resampling) runs
+        in a thread of its own, `READ_AHEAD_BLOCKS` ahead of the schedule, and its reader joins `readers` (to be
+        closed: a thread left inside a C library when the process exits aborts it)."""
         if not isinstance(signal, Signal):
             signal = signal()
         self.check_channels(signal.channels, signal.name)
@@ -801,8 +825,13 @@ class Separator:
         at_model_rate = _resample_stream(normalised, signal.sample_rate, self.sample_rate, self.audio_channels)
         rates = (self.sample_rate, signal.sample_rate)
         outputs[index] = _SongOutput(len(self.sources), signal.channels, rates, stats.frames, mean, scale, signal.name)
+        blocks = _exact_length(at_model_rate, length, (self.audio_channels,))
+        if readers is not None:
+            blocks = ahead(blocks, READ_AHEAD_BLOCKS, f"hdemucs-read-{index}")
+            readers[:] = [reader for reader in readers if reader.running]  # finished songs' threads have ended
+            readers.append(blocks)
         return _Song(
-            _exact_length(at_model_rate, length, (self.audio_channels,)),
+            blocks,
             length,
             channels=self.audio_channels,
             segment=self.segment_samples,
@@ -812,7 +841,9 @@ class Separator:
             progress=signal.progress or self.progress,
         )
 
-    def stream_many(self, signals: Iterable[Signal | Callable[[], Signal]]) -> Iterator[Event]:
+    def stream_many(
+        self, signals: Iterable[Signal | Callable[[], Signal]], *, io_workers: int | None = None
+    ) -> Iterator[Event]:
         """Separate several signals through one schedule whose batches span song boundaries (`run_schedule`):
         the next song's first chunks fill the batch in which the previous one ends, so many short songs keep a
         large batch (many devices) full. Signals are opened one after another, when their chunks are needed;
@@ -822,9 +853,21 @@ class Separator:
         ("done") after a signal's last block — its blocks total exactly its length — or ("failed", error) for a
         signal that could not be read (its earlier blocks are then void). Memory is bounded by the segment and
         batch size (and the songs a batch spans), not by the songs' lengths.
+
+        `io_workers` (None: `runtime.available_cores()`): 1 runs the host side on the calling thread (the network
+        in a thread of its own); more open the next signal (its mix statistics) in a background thread while this
+        one is separated, and decode, normalise and resample each signal in a thread of its own, a bounded number
+        of blocks ahead. The events are the same, bit for bit, either way.
         """
+        workers = check_io_workers(io_workers)
         outputs: dict[int, _SongOutput] = {}
-        openers = (functools.partial(self._open, signal, outputs, index) for index, signal in enumerate(signals))
+        readers: list[Any] = []  # the songs' read-ahead threads, stopped and joined at the end
+        if workers == 1:
+            openers: Iterator[Callable[[], _Song]] = (
+                functools.partial(self._open, signal, outputs, index, None) for index, signal in enumerate(signals)
+            )
+        else:
+            openers = self._opened_ahead(signals, outputs, readers)
         schedule = run_schedule(
             openers,
             self.forward,
@@ -832,6 +875,38 @@ class Separator:
             channels=self.audio_channels,
             segment=self.segment_samples,
         )
+        try:
+            yield from self._finish_events(schedule, outputs)
+        finally:
+            schedule.close()
+            close = getattr(openers, "close", None)
+            if close is not None:
+                close()  # first: no song is opened after this
+            for reader in readers:
+                reader.close()
+
+    def _opened_ahead(
+        self, signals: Iterable[Signal | Callable[[], Signal]], outputs: dict[int, _SongOutput], readers: list[Any]
+    ) -> Iterator[Callable[[], _Song]]:
+        """`stream_many`'s openers with each signal opened in a background thread, `OPEN_AHEAD_SONGS` ahead of the
+        schedule: what opening one raised is raised when the schedule opens it (it fails that signal only)."""
+
+        def open_each() -> Iterator[_Song | _OpenFailed]:
+            for index, signal in enumerate(signals):
+                try:
+                    yield self._open(signal, outputs, index, readers)
+                except Exception as error:
+                    yield _OpenFailed(error)
+
+        opened = ahead(open_each(), OPEN_AHEAD_SONGS, "hdemucs-open")
+        try:
+            for song in opened:
+                yield functools.partial(_opened, song)
+        finally:
+            opened.close()
+
+    def _finish_events(self, schedule: Iterator[Event], outputs: dict[int, _SongOutput]) -> Iterator[Event]:
+        """The schedule's events at the signals' own rates and channels, denormalised (`_SongOutput`)."""
         for event in schedule:
             if event.kind == "block":
                 self._check_finite(event.value, outputs[event.index].name)
