@@ -27,6 +27,7 @@ import copy
 import functools
 import math
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -48,9 +49,8 @@ from .runtime import default_device, describe_devices
 
 STD_EPS = 1e-8  # added to the mix's std (demucs's api.py) so silence normalises to silence, not NaN
 BLOCK = 1 << 16  # samples per block read from a file or handed between stages
-# With io workers: model-rate blocks a song's reader thread keeps ready (4 x 1.5 s; 2 MiB for stereo float32),
-# and songs opened (mix statistics taken) ahead of the one the schedule is in.
-READ_AHEAD_BLOCKS, OPEN_AHEAD_SONGS = 4, 1
+# With io workers: model-rate blocks a song's reader thread keeps ready (4 x 1.5 s; 2 MiB for stereo float32).
+READ_AHEAD_BLOCKS = 4
 Progress = Callable[[int, int], None]  # (chunks_done, chunks_total)
 # float32 (batch, channels, segment) -> (batch, sources, channels, segment): one batch through the network. The
 # output may be a `jax.Array` still being computed (JAX dispatches asynchronously): the schedule converts it to
@@ -641,16 +641,15 @@ class _SongOutput:
         return np.concatenate([tail, short], axis=-1)
 
 
-class _OpenFailed(NamedTuple):
-    """A signal that could not be opened ahead, and why."""
-
-    error: Exception
+class Cancelled(Exception):
+    """A signal's opening stopped midway because the separation ended (never reaches a caller as a result)."""
 
 
-def _opened(song: _Song | _OpenFailed) -> _Song:
-    if isinstance(song, _OpenFailed):
-        raise song.error
-    return song
+def _until(stop: threading.Event, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    for block in blocks:
+        if stop.is_set():
+            raise Cancelled()
+        yield block
 
 
 class Separator:
@@ -807,15 +806,18 @@ class Separator:
         outputs: dict[int, _SongOutput],
         index: int,
         readers: list[Any] | None,
+        stop: threading.Event | None = None,
     ) -> _Song:
         """Check `signal` (made now if it is a function), take its mix statistics (its first pass) and set up both
         sides of its schedule. With `readers` (a list), its second pass (decoding, normalising, resampling) runs
         in a thread of its own, `READ_AHEAD_BLOCKS` ahead of the schedule, and its reader joins `readers` (to be
-        closed: a thread left inside a C library when the process exits aborts it)."""
+        closed: a thread left inside a C library when the process exits aborts it). `stop`, once set, ends the
+        statistics pass at its next block (`Cancelled`)."""
         if not isinstance(signal, Signal):
             signal = signal()
         self.check_channels(signal.channels, signal.name)
-        stats = mix_statistics(signal.blocks(), signal.name)
+        blocks = signal.blocks() if stop is None else _until(stop, signal.blocks())
+        stats = mix_statistics(blocks, signal.name)
         if stats.frames == 0:
             raise AudioError(f"{signal.name}: no audio samples (0 frames)")
         mean, scale = np.float32(stats.mean), np.float32(stats.scale())
@@ -888,22 +890,34 @@ class Separator:
     def _opened_ahead(
         self, signals: Iterable[Signal | Callable[[], Signal]], outputs: dict[int, _SongOutput], readers: list[Any]
     ) -> Iterator[Callable[[], _Song]]:
-        """`stream_many`'s openers with each signal opened in a background thread, `OPEN_AHEAD_SONGS` ahead of the
-        schedule: what opening one raised is raised when the schedule opens it (it fails that signal only)."""
+        """`stream_many`'s openers with each signal opened in a background thread while the one before it is
+        separated (one signal ahead): the schedule taking signal n starts opening signal n + 1. What opening one
+        raises is raised when the schedule takes it (it fails that signal only). Closing stops an opening midway
+        (between two blocks of its statistics pass) and waits for it."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hdemucs-open")
+        stop = threading.Event()
+        items = enumerate(signals)
 
-        def open_each() -> Iterator[_Song | _OpenFailed]:
-            for index, signal in enumerate(signals):
-                try:
-                    yield self._open(signal, outputs, index, readers)
-                except Exception as error:
-                    yield _OpenFailed(error)
+        def submit(item: tuple[int, Signal | Callable[[], Signal]] | None) -> Future | None:
+            if item is None:
+                return None
+            index, signal = item
+            return pool.submit(self._open, signal, outputs, index, readers, stop)
 
-        opened = ahead(open_each(), OPEN_AHEAD_SONGS, "hdemucs-open")
         try:
-            for song in opened:
-                yield functools.partial(_opened, song)
+            upcoming = submit(next(items, None))
+            while upcoming is not None:
+                current, following, started = upcoming, next(items, None), []
+
+                def take(current: Future = current, following=following, started: list = started) -> _Song:
+                    started.append(submit(following))  # the next signal opens while this one is separated
+                    return current.result()
+
+                yield take
+                upcoming = started[0] if started else submit(following)
         finally:
-            opened.close()
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _finish_events(self, schedule: Iterator[Event], outputs: dict[int, _SongOutput]) -> Iterator[Event]:
         """The schedule's events at the signals' own rates and channels, denormalised (`_SongOutput`)."""
