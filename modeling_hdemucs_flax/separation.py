@@ -193,6 +193,9 @@ class OverlapAdd:
         self._covered = 0  # samples from `base` on that some chunk has reached
         self._acc = np.zeros((n_shifts, *out_shape, 0), np.float64)
         self._wsum = np.zeros((n_shifts, 0), np.float64)
+        # each chunk's weighted samples (float32, as `chunk * w` rounds them) go through one reused buffer: no
+        # fresh ~10 MB array, and its page faults, per chunk
+        self._weighted = np.empty((*out_shape, len(weight)), np.float32)
 
     def _reserve(self, needed: int) -> None:
         """Room for samples [base, base + needed): the covered samples slide to the buffers' start (into larger,
@@ -224,7 +227,8 @@ class OverlapAdd:
         self._covered = max(self._covered, hi - self.base)
         w = self.weight[lo - start : hi - start]
         at = slice(self._offset + lo - self.base, self._offset + hi - self.base)
-        self._acc[shift, ..., at] += chunk[..., lo - start : hi - start] * w
+        weighted = np.multiply(chunk[..., lo - start : hi - start], w, out=self._weighted[..., : hi - lo])
+        np.add(self._acc[shift, ..., at], weighted, out=self._acc[shift, ..., at])
         self._wsum[shift, at] += w
 
     def pop(self, frontier: int) -> Float32[np.ndarray, "*out n"]:
