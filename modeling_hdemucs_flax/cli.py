@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from . import AudioInfo, OptionError, OutputOptions, SeparationOptions, Separator
+    from . import AudioInfo, FlaxHDemucs, OptionError, OutputOptions, SeparationOptions, Separator
     from .file_output import Track
     from .model_facts import ModelFacts
 
@@ -456,7 +456,9 @@ def auto_batch_size(args: argparse.Namespace) -> bool:
     return str(args.batch_size).strip().lower() == AUTO_BATCH_SIZE
 
 
-def choose_batch_size(args: argparse.Namespace, model, schedule: SeparationOptions, devices: list) -> SeparationOptions:
+def choose_batch_size(
+    args: argparse.Namespace, model: FlaxHDemucs, schedule: SeparationOptions, devices: list
+) -> SeparationOptions:
     """`schedule` with `--batch-size auto` settled for `model` on `devices` (`batch_tuning` per device: the
     platform's default, or on a GPU or TPU the fastest size, measured once on the first device and cached) times
     their number, said in a status line. A given batch size is kept."""

@@ -20,7 +20,7 @@ import os
 import re
 import string
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -448,7 +448,7 @@ def separate_files(
     progress: Callable[[Path, int, int], None] | None = None,
     max_seconds: float | None = None,
     io_workers: int | None = None,
-) -> Iterator[FileResult]:
+) -> Generator[FileResult, None, None]:
     """Separate audio files into stem files through one schedule (`Separator.stream_many`): a batch of chunks
     spans the end of one file and the start of the next, so short files still fill large batches.
 

@@ -28,7 +28,7 @@ import functools
 import math
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -324,7 +324,7 @@ class Event(NamedTuple):
 
 def run_schedule(
     songs: Iterable[Callable[[], _Song]], forward: Forward, *, batch_size: int, channels: int, segment: int
-) -> Iterator[Event]:
+) -> Generator[Event, None, None]:
     """Separate a sequence of signals with batches of exactly (batch_size, channels, segment), filled with the
     next chunks whatever signal they belong to: a batch spans a song's end and the next song's start, so short
     songs still fill a batch (rows past the last chunk are zeros, their outputs dropped).
@@ -849,7 +849,7 @@ class Separator:
 
     def stream_many(
         self, signals: Iterable[Signal | Callable[[], Signal]], *, io_workers: int | None = None
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """Separate several signals through one schedule whose batches span song boundaries (`run_schedule`):
         the next song's first chunks fill the batch in which the previous one ends, so many short songs keep a
         large batch (many devices) full. Signals are opened one after another, when their chunks are needed;

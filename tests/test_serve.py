@@ -51,7 +51,9 @@ class Gate:
         if not self._open:
             assert self._tokens.acquire(timeout=60), "the test never let this batch through"
         self.calls += 1
-        return self.forward(batch)
+        # finished before it is handed back, as the batch the gate let through: the schedule waits for the next
+        # batch's dispatch before it converts an output still computing, and a gate holds that dispatch
+        return np.asarray(self.forward(batch))
 
     def close(self) -> None:
         self._open = False
