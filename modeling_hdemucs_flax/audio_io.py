@@ -267,6 +267,13 @@ def iter_audio_blocks(
             yield block
 
 
+def costly_to_decode(info: AudioInfo) -> bool:
+    """Whether reading `info`'s file again costs a decode (MP3, AAC, Vorbis, Opus, FLAC, ...), rather than a copy
+    of PCM or float samples that libsndfile reads straight from the file."""
+    samples = info.subtype.startswith("PCM_") or info.subtype in ("FLOAT", "DOUBLE")  # FLAC's subtype too
+    return info.decoder != "libsndfile" or info.format in ("FLAC", "OGG", "MP3") or not samples
+
+
 def check_duration(info: AudioInfo, max_seconds: float) -> None:
     """`AudioTooLongError` when the header's duration is over `max_seconds` (decoding checks it again)."""
     if info.duration > max_seconds:

@@ -124,6 +124,18 @@ def add_separation_arguments(parser: argparse.ArgumentParser, *, per_device: boo
     )
 
 
+def add_io_workers_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """--io-workers: host threads decoding, resampling and encoding around the network."""
+    parser.add_argument(
+        "--io-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="host threads that decode and resample the next songs and encode the finished stems while the network "
+        f"runs; 1: all on one thread (the stems are the same either way; default: {default})",
+    )
+
+
 def add_output_arguments(parser: argparse.ArgumentParser, default_ext: str = "wav", *, filename: bool = True) -> None:
     """The stem files (`OutputOptions`): --filename (unless `filename` is False: the default layout is then
     fixed), --two-stems, --other-method, the format and sample-format flags, --mp3-bitrate, --mp3-preset,
@@ -201,6 +213,7 @@ def _add_separate_command(commands: argparse._SubParsersAction) -> None:
     add_model_arguments(sep, devices=True)
     add_output_arguments(sep)
     add_separation_arguments(sep, per_device=True)
+    add_io_workers_argument(sep, "the CPU cores this process may use")
     sep.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
     sep.set_defaults(handler=separate_command, command_parser=sep)
 
@@ -399,7 +412,7 @@ def options_from(args: argparse.Namespace) -> tuple[SeparationOptions, OutputOpt
     error (exit 2) worded with its flag. `--batch-size auto` gives the CPU's default batch size here: the command
     settles it once it knows the device (`choose_batch_size`, `dataset_cli`)."""
     from . import OptionError, OutputOptions, SeparationOptions  # light: no JAX, no transformers
-    from .options import MAX_BATCH_SIZE, check_batch_split, default_batch_size
+    from .options import MAX_BATCH_SIZE, check_batch_split, check_io_workers, default_batch_size
 
     if auto_batch_size(args):
         batch_size = default_batch_size("cpu")
@@ -419,6 +432,8 @@ def options_from(args: argparse.Namespace) -> tuple[SeparationOptions, OutputOpt
         )
         if not auto_batch_size(args) and getattr(args, "devices", None) is not None:
             check_batch_split(batch_size, args.devices)
+        if getattr(args, "io_workers", None) is not None:
+            check_io_workers(args.io_workers)
         output = OutputOptions(
             filename=args.filename,
             ext=args.ext,
@@ -648,8 +663,9 @@ def separate_command(args: argparse.Namespace) -> int:
     # Heavy imports only once there is work: `--help`, usage errors and finished runs stay fast.
     from tqdm import tqdm
 
-    from . import HDemucsFlaxError, ModelOutputError, separate_file
+    from . import ModelOutputError
     from .audio_io import sweep_partial_files
+    from .file_output import separate_files
 
     if separator is None:
         separator = load_separator(args, schedule, output)
@@ -663,24 +679,41 @@ def separate_command(args: argparse.Namespace) -> int:
         sweep_partial_files(folder, started)  # what a killed earlier run left (only its own temporaries)
 
     disable = True if args.quiet else None  # tqdm: None = bars only on a terminal
-    with tqdm(total=len(work.todo), desc="files", unit="file", position=0, disable=disable) as overall:
-        for track, info in work.todo.items():
-            path = track.path
-            with tqdm(desc=path.name, unit="chunk", position=1, leave=False, disable=disable) as bar:
-                try:
-                    written = separate_file(separator, track, args.out, output, progress=_follow(bar))
-                except ModelOutputError as error:  # the model is broken: every other file would fail too
-                    _error(error)
-                    return EXIT_FAILED
-                except (HDemucsFlaxError, OSError, ValueError, RuntimeError, MemoryError) as error:  # one line
+    todo = list(work.todo)
+    with (
+        tqdm(total=len(todo), desc="files", unit="file", position=0, disable=disable) as overall,
+        tqdm(desc=todo[0].path.name, unit="chunk", position=1, leave=False, disable=disable) as bar,
+    ):
+        following: list[Path] = []  # the file the chunk bar follows
+
+        def progress(path: Path, done_chunks: int, total: int) -> None:
+            if following != [path]:
+                following[:] = [path]
+                bar.reset()
+                bar.set_description_str(path.name)
+            _follow(bar)(done_chunks, total)
+
+        # one schedule over every file: the next file is opened and decoded, and the last one's stems encoded,
+        # while the network runs (`separate_files`)
+        results = separate_files(separator, todo, args.out, output, progress=progress, io_workers=args.io_workers)
+        try:
+            for result in results:
+                info = work.todo[todo[overall.n]]
+                if result.error is not None:
                     failed += 1
-                    _error(_file_error(path, error))
+                    _error(_file_error(result.path, result.error))
                 else:
+                    assert result.stems is not None
                     done += 1
                     audio_seconds += info.duration
-                    folder = os.path.commonpath([str(p.parent) for p in written.values()])
-                    tqdm.write(f"{path}: {len(written)} stems in {folder}", file=sys.stdout)
-            overall.update(1)
+                    folder = os.path.commonpath([str(p.parent) for p in result.stems.values()])
+                    tqdm.write(f"{result.path}: {len(result.stems)} stems in {folder}", file=sys.stdout)
+                overall.update(1)
+        except ModelOutputError as error:  # the model is broken: every other file would fail too
+            _error(error)
+            return EXIT_FAILED
+        finally:
+            results.close()
     print(_summary(done, skipped, failed, audio_seconds, time.time() - started, separator.device), flush=True)
     return EXIT_OK if failed == 0 else EXIT_FAILED
 

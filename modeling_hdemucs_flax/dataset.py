@@ -52,7 +52,13 @@ from .dataset_plan import MANIFEST, RESERVED, SUMMARY, Track, check_output_paths
 from .errors import DatasetError, HDemucsFlaxError, OptionError, one_line
 from .file_output import OutputOptions, separate_file
 from .model_identity import ModelSource, describe_change, identify_model, separator_source
-from .options import DEFAULT_MATMUL_PRECISION, DEFAULT_SEGMENT, SeparationOptions, check_matmul_precision
+from .options import (
+    DEFAULT_MATMUL_PRECISION,
+    DEFAULT_SEGMENT,
+    SeparationOptions,
+    check_io_workers,
+    check_matmul_precision,
+)
 from .runtime import PLATFORMS
 from .storage import Store, local_copy, open_store
 from .tempfiles import process_alive
@@ -170,7 +176,8 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 class JobSpec:
     """Everything a worker needs, as plain data (it travels to Ray actors). `options` is `job_options(...)`;
     `model`, `revision` and `model_label` are the `ModelSource`'s load, revision and label; `run_id` marks this
-    run's attempts; `device` is the platform the worker computes on (None: JAX's choice)."""
+    run's attempts; `device` is the platform the worker computes on (None: JAX's choice); `io_workers` the host
+    threads around its network (None: the cores its process may use)."""
 
     output: str
     options: dict
@@ -184,6 +191,7 @@ class JobSpec:
     compilation_cache: str | bool | None = None
     scratch_dir: str | None = None
     device: str | None = None
+    io_workers: int | None = None
     test_exit_on: dict = field(default_factory=dict)
     test_compute_on: str | None = None
 
@@ -387,7 +395,12 @@ class TrackWorker:
                 clock = time.perf_counter()
                 pattern = stem_pattern(track, self.output)
                 written = separate_file(
-                    self.separator, local, staging, self.output.replace(filename=pattern), progress=progress
+                    self.separator,
+                    local,
+                    staging,
+                    self.output.replace(filename=pattern),
+                    progress=progress,
+                    io_workers=self.spec.io_workers,
                 )
             timings["separate_s"] = round(time.perf_counter() - clock, 3)
             clock = time.perf_counter()
@@ -612,6 +625,16 @@ class WorkerResources:
         raise OptionError("device", device, rule)
 
 
+def _io_workers(requested: int | None, engine: str, resources: WorkerResources) -> int | None:
+    """The host threads each worker runs (`check_io_workers`'s None: the local process's cores): a Ray actor's
+    reservation when none is asked for, since the node's cores are shared with the other actors."""
+    if requested is not None:
+        return check_io_workers(requested)
+    if engine == "ray":
+        return max(1, round(resources.cpus_per_worker))
+    return None
+
+
 def separate_dataset(
     inputs: str | os.PathLike | Iterable[str | os.PathLike],
     output: str | os.PathLike,
@@ -632,6 +655,7 @@ def separate_dataset(
     storage_options: dict | None = None,
     scratch_dir: str | os.PathLike | None = None,
     device: str | None = None,
+    io_workers: int | None = None,
     progress: bool | None = None,
     on_row: Callable[[dict], None] | None = None,
 ) -> Report:
@@ -658,6 +682,9 @@ def separate_dataset(
         the local engine uses JAX's default platform, the ray engine the one of the devices each worker reserves
         (`resources`: GPUs, TPU chips, else the CPU). A Ray actor sees only the devices it holds, and one holding
         a fraction of a GPU lets JAX take at most 90 % of that fraction of its memory (`dataset_ray`).
+    io_workers: host threads decoding and encoding around each worker's network (see `separate_files`); None:
+        the cores the local process may use, or a Ray worker's `cpus_per_worker` (rounded, at least 1). They
+        change no stem, so they are not part of the options a marker records.
     progress: a progress bar on stderr (None: only on a terminal). on_row: called with each manifest row.
 
     One run at a time per output: the output is locked for the run (`Store.lock`). Returns a `Report`. Raises
@@ -733,6 +760,7 @@ def separate_dataset(
             compilation_cache=_cache_setting(compilation_cache),
             scratch_dir=None if scratch_dir is None else os.fspath(scratch_dir),
             device=device,
+            io_workers=_io_workers(io_workers, engine, resources),
             test_exit_on=json.loads(os.environ.get(ENV_TEST_EXIT_ON) or "{}"),
             test_compute_on=os.environ.get(ENV_TEST_COMPUTE_ON) or None,
         )

@@ -38,7 +38,7 @@ def _storage_option(text: str) -> tuple[str, object]:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from .cli import add_model_arguments, add_output_arguments, add_separation_arguments
+    from .cli import add_io_workers_argument, add_model_arguments, add_output_arguments, add_separation_arguments
 
     sub = commands.add_parser(
         "separate-dataset",
@@ -109,6 +109,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_model_arguments(sub)
     add_output_arguments(sub, default_ext="flac")
     add_separation_arguments(sub)
+    add_io_workers_argument(sub, "the local process's CPU cores; a Ray worker's --cpus-per-worker")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sub.set_defaults(handler=command, command_parser=sub)
 
@@ -167,6 +168,7 @@ def command(args: argparse.Namespace) -> int:
             storage_options=dict(args.storage_option) or None,
             scratch_dir=args.scratch_dir,
             device=args.device,
+            io_workers=args.io_workers,
             progress=False if args.quiet else None,
             on_row=report_failure,
         )

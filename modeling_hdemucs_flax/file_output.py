@@ -8,8 +8,8 @@ or not at all.
 `Track` is one input file and where it was found; `OutputOptions` is the file-output policy and its one
 validation; `plan_outputs` maps tracks to stem paths and refuses plans that would lose data; `separate_file`
 runs one track. The schedule itself (normalisation, chunking, overlap-add) is the `Separator`'s; every file
-is opened by `audio_io`. Imports only numpy and `audio_io`, so the command line can check these options and
-plans before JAX is loaded.
+is opened by `audio_io`. Imports only numpy, `audio_io` and other light modules, so the command line can check
+these options and plans before JAX is loaded.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import functools
 import os
 import re
 import string
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +38,7 @@ from .audio_io import (
     StemWriter,
     check_duration,
     check_output_format,
+    costly_to_decode,
     inspect_audio,
     iter_audio_blocks,
     make_folders,
@@ -43,7 +46,9 @@ from .audio_io import (
     output_subtype,
     remove_empty_folders,
 )
-from .errors import HDemucsFlaxError, OptionError
+from .decoded_cache import DecodedOnce
+from .errors import OptionError
+from .options import check_io_workers
 
 if TYPE_CHECKING:
     from .separation import Progress, Separator
@@ -321,13 +326,20 @@ class _Reader:
         return np.concatenate(pieces, axis=1)
 
 
-def commit_all(writers: Mapping[str, StemWriter]) -> dict[str, Path]:
+def commit_all(writers: Mapping[str, StemWriter], workers: int = 1) -> dict[str, Path]:
     """Finish every stem, then rename them all into place: all stems or none. On any failure every temporary
-    and every stem already renamed is removed and the error is raised."""
+    and every stem already renamed is removed and the error is raised. `workers` > 1 finishes (encodes) that
+    many stems at once, in threads (libsndfile and FFmpeg release the GIL while they encode)."""
     committed: list[Path] = []
     try:
-        for writer in writers.values():
-            writer.close()  # the work that can fail (conversion, flushing) happens before any rename
+        # the work that can fail (conversion, encoding, flushing) happens before any rename
+        if workers > 1 and len(writers) > 1:
+            with ThreadPoolExecutor(min(workers, len(writers)), thread_name_prefix="hdemucs-encode") as pool:
+                for finished in [pool.submit(writer.close) for writer in writers.values()]:
+                    finished.result()
+        else:
+            for writer in writers.values():
+                writer.close()
         for writer in writers.values():
             committed.append(writer.commit())
     except BaseException:
@@ -352,6 +364,7 @@ class _FileJob:
         options: OutputOptions,
         progress: Progress | None,
         max_seconds: float | None = None,
+        workers: int = 1,
     ):
         from .separation import Signal  # the schedule's type; imported here so this module stays light
 
@@ -363,11 +376,16 @@ class _FileJob:
         for target in self.paths.values():
             check_output_format(target, options.ext, self.subtype, info.sample_rate, info.channels)
         self.writers: dict[str, StemWriter] = {}
+        self.workers = workers  # stems encoded at once when committed
         self._created: list[Path] = []  # folders made for these stems, removed again if they fail
         # "minus" needs the mix beside each output block: a second reader follows the output.
         if max_seconds is not None:
             check_duration(info, max_seconds)  # from the header, before anything is decoded
         read = functools.partial(iter_audio_blocks, info, max_seconds=max_seconds)
+        # read twice (the mix statistics, then the separation) and a third time for "minus": a compressed file is
+        # decoded once, its samples kept (bounded memory, the rest in a temporary file) and replayed
+        self._decoded = DecodedOnce(read) if costly_to_decode(info) else None
+        read = self._decoded or read
         self._mix = _Reader(read()) if options.needs_mix else None
         self.signal = Signal(read, info.channels, info.sample_rate, str(info.path), progress)
 
@@ -394,14 +412,22 @@ class _FileJob:
             self.writers[name].write(stem)
 
     def commit(self) -> dict[str, Path]:
-        return commit_all(self.writers)
+        self._release()
+        return commit_all(self.writers, self.workers)
 
     def abort(self) -> None:
         """Remove every temporary, and the folders made for this track (an interrupted track leaves no empty
         track folder behind)."""
+        self._release()
         for writer in self.writers.values():
             writer.abort()
         remove_empty_folders(self._created)
+
+    def _release(self) -> None:
+        """Drop the decoded samples kept for the second read (once the separation has read them)."""
+        self._mix = None
+        if self._decoded is not None:
+            self._decoded.close()
 
 
 @dataclass(frozen=True)
@@ -421,7 +447,8 @@ def separate_files(
     *,
     progress: Callable[[Path, int, int], None] | None = None,
     max_seconds: float | None = None,
-) -> Iterator[FileResult]:
+    io_workers: int | None = None,
+) -> Generator[FileResult, None, None]:
     """Separate audio files into stem files through one schedule (`Separator.stream_many`): a batch of chunks
     spans the end of one file and the start of the next, so short files still fill large batches.
 
@@ -429,11 +456,17 @@ def separate_files(
     plan that would lose data raises `OptionError` first. Yields a `FileResult` per file, in order, as soon as
     its stems are committed (all together, atomically) or it failed; a file that fails leaves no stem file and
     does not stop the others. An error of the network itself (not of a file) ends the whole run, leaving no
-    partial stems. `progress(path, done, total)` follows each file's chunks. Files are opened one after
-    another, as the schedule reaches them. `max_seconds` fails (with `AudioTooLongError`) a file longer than
-    that, told by its header or by counting its decoded samples (a server's limit; see `iter_audio_blocks`).
+    partial stems. `progress(path, done, total)` follows each file's chunks. `max_seconds` fails (with
+    `AudioTooLongError`) a file longer than that, told by its header or by counting its decoded samples (a
+    server's limit; see `iter_audio_blocks`).
+
+    `io_workers` (None: the cores this process may use, `runtime.available_cores`): 1 does every step on the
+    calling thread (the network on its own); more open and decode the next file while this one is separated,
+    and finish (encode) a file's stems in the background, that many at once, while the next file is separated.
+    The stems are the same, bit for bit, whatever the number.
     """
     options = options or OutputOptions()
+    workers = check_io_workers(io_workers)
     tracks = [p if isinstance(p, Track) else Track(Path(p)) for p in paths]
     plan = plan_outputs(tracks, output_dir, options, separator.sources)
     paths = [track.path for track in tracks]
@@ -442,32 +475,91 @@ def separate_files(
     def opener(index: int):
         def open_signal():
             follow = functools.partial(progress, paths[index]) if progress is not None else None
-            jobs[index] = _FileJob(separator, tracks[index], plan[tracks[index]], options, follow, max_seconds)
-            return jobs[index].signal
+            job = _FileJob(separator, tracks[index], plan[tracks[index]], options, follow, max_seconds, workers)
+            jobs[index] = job
+            return job.signal
 
         return open_signal
 
+    events = separator.stream_many((opener(index) for index in range(len(paths))), io_workers=workers)
+    committing = _Commits(workers)
+    unwritable: dict[int, Exception] = {}  # files whose stems could not be written: the rest of them is dropped
     try:
-        for event in separator.stream_many(opener(index) for index in range(len(paths))):
+        for event in events:
             if event.kind == "block":
-                jobs[event.index].write(event.value)
+                if event.index not in unwritable:
+                    try:
+                        jobs[event.index].write(event.value)
+                    except Exception as error:  # this file's output (a full disk, ...): the others go on
+                        unwritable[event.index] = error
+                        jobs.pop(event.index).abort()
                 continue
-            job = jobs.pop(event.index, None)  # None: the file failed before its job was made
+            job = jobs.pop(event.index, None)  # None: the file failed before its job was made, or writing it
             if event.kind == "failed" or job is None:
                 if job is not None:
                     job.abort()
-                yield FileResult(paths[event.index], error=event.value)
-                continue
-            try:
-                stems = job.commit()
-            except HDemucsFlaxError as error:  # committing failed: commit_all removed every stem
-                job.abort()
-                yield FileResult(paths[event.index], error=error)
+                error = unwritable.pop(event.index, None) or event.value
+                committing.add(paths[event.index], FileResult(paths[event.index], error=error))
             else:
-                yield FileResult(paths[event.index], stems=stems)
+                committing.add(paths[event.index], job)
+            yield from committing.finished()
+        yield from committing.finished(wait=True)
     finally:
+        events.close()  # first: the threads opening files ahead stop adding to `jobs`
+        committing.close()
         for job in jobs.values():  # a network failure, or the consumer stopped early: nothing half-written
             job.abort()
+
+
+class _Commits:
+    """Files whose stems are being finished (encoded and renamed into place), in a background thread when
+    `workers` > 1, and their results handed on in the files' order. At most two files wait to be finished: the
+    schedule pauses rather than keep the staged stems of more."""
+
+    def __init__(self, workers: int):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hdemucs-commit") if workers > 1 else None
+        self._queue: deque[tuple[_FileJob | None, FileResult | Future]] = deque()
+
+    def add(self, path: Path, work: _FileJob | FileResult) -> None:
+        if isinstance(work, FileResult):
+            self._queue.append((None, work))
+        elif self._pool is None:
+            self._queue.append((work, _commit(path, work)))
+        else:
+            self._queue.append((work, self._pool.submit(_commit, path, work)))
+
+    def finished(self, wait: bool = False) -> Iterator[FileResult]:
+        """The results ready at the head of the queue (every one with `wait`; at least enough that no more than
+        two files are being finished)."""
+        while self._queue:
+            _, result = self._queue[0]
+            pending = sum(isinstance(r, Future) and not r.done() for _, r in self._queue)
+            if isinstance(result, Future) and not result.done() and not wait and pending <= 2:
+                return
+            self._queue.popleft()
+            yield result.result() if isinstance(result, Future) else result
+
+    def close(self) -> None:
+        """Cancel the commits not started (their jobs aborted) and wait for the one running: a file is either
+        committed whole or leaves nothing."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        for job, result in self._queue:
+            if job is not None and isinstance(result, Future) and result.cancelled():
+                job.abort()
+        self._queue.clear()
+
+
+def _commit(path: Path, job: _FileJob) -> FileResult:
+    """Commit `job`'s stems; a failure is the file's result (commit_all has removed every stem)."""
+    try:
+        return FileResult(path, stems=job.commit())
+    except Exception as error:  # encoding or renaming this file's stems (commit_all removed every one)
+        job.abort()
+        return FileResult(path, error=error)
+    except BaseException:
+        job.abort()
+        raise
 
 
 def separate_file(
@@ -478,6 +570,7 @@ def separate_file(
     *,
     progress: Progress | None = None,
     max_seconds: float | None = None,
+    io_workers: int | None = None,
     **changes: object,
 ) -> dict[str, Path]:
     """Separate an audio file into stem files with `separator`, streaming (memory does not grow with the song).
@@ -488,13 +581,15 @@ def separate_file(
     when complete (atomic rename); on any error none of this call's stems, temporaries or new folders are
     left. Returns {stem: path}. Raises `AudioError` for unusable input or output (`AudioTooLongError` past
     `max_seconds`, see `separate_files`), `OptionError` for options this model cannot honour or paths that would
-    lose data.
+    lose data. `io_workers`: host threads (see `separate_files`).
     """
     options = options or OutputOptions()
     if changes:
         options = options.replace(**changes)
     follow = (lambda _path, done, total: progress(done, total)) if progress is not None else None
-    [result] = separate_files(separator, [path], output_dir, options, progress=follow, max_seconds=max_seconds)
+    [result] = separate_files(
+        separator, [path], output_dir, options, progress=follow, max_seconds=max_seconds, io_workers=io_workers
+    )
     if result.error is not None:
         raise result.error
     assert result.stems is not None

@@ -71,6 +71,21 @@ def check_matmul_precision(value: object) -> str:
     return str(value)
 
 
+MAX_IO_WORKERS = 64  # host threads decoding, resampling and encoding around the network
+
+
+def check_io_workers(value: object) -> int:
+    """The number of host workers `value` asks for, None meaning the cores this process may use
+    (`runtime.available_cores`); else `OptionError` (option "io_workers")."""
+    if value is None:
+        from .runtime import available_cores
+
+        return min(available_cores(), MAX_IO_WORKERS)
+    if isinstance(value, bool) or not isinstance(value, Integral) or not 1 <= int(value) <= MAX_IO_WORKERS:
+        raise OptionError("io_workers", value, f"must be an integer in [1, {MAX_IO_WORKERS}]")
+    return int(value)
+
+
 def check_batch_split(batch_size: int, devices: int) -> None:
     """A batch is split evenly over the devices the network runs on: `OptionError` (option "batch_size") unless
     `batch_size` is a multiple of their number."""

@@ -47,6 +47,35 @@ def compilation_cache_dir() -> Path | None:
     return Path(given or cache_dir() / "jax-compilation-cache").expanduser()
 
 
+def available_cores() -> int:
+    """The CPU cores this process may use: its CPU affinity (`taskset`, a Ray worker's or a container's cpuset),
+    capped by a cgroup CPU quota (`docker run --cpus`, Kubernetes limits); at least 1. (A Ray actor's CPU
+    reservation binds nothing: the dataset engine passes `--cpus-per-worker` to its workers itself.)"""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
+    return max(1, cores)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs allowed by the cgroup v2 `cpu.max` (or v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`); None: no limit."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
 # XLA:CPU flags that make this model faster without changing what is computed (no fast-math, no approximation):
 # 512-bit vectors on AVX-512 machines (XLA's default prefers 256). Ignored by other backends.
 XLA_CPU_FLAGS = ("--xla_cpu_prefer_vector_width=512",)

@@ -27,7 +27,8 @@ import copy
 import functools
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -42,11 +43,14 @@ from .audio_io import check_channels
 from .errors import AudioError, ModelOutputError, OptionError
 from .layers import Dtype
 from .modeling_flax_hdemucs import FlaxHDemucs
-from .options import DEFAULT_MATMUL_PRECISION, WEIGHTINGS, SeparationOptions, check_batch_split
+from .options import DEFAULT_MATMUL_PRECISION, WEIGHTINGS, SeparationOptions, check_batch_split, check_io_workers
+from .prefetch import ahead
 from .runtime import default_device, describe_devices
 
 STD_EPS = 1e-8  # added to the mix's std (demucs's api.py) so silence normalises to silence, not NaN
 BLOCK = 1 << 16  # samples per block read from a file or handed between stages
+# With io workers: model-rate blocks a song's reader thread keeps ready (4 x 1.5 s; 2 MiB for stereo float32).
+READ_AHEAD_BLOCKS = 4
 Progress = Callable[[int, int], None]  # (chunks_done, chunks_total)
 # float32 (batch, channels, segment) -> (batch, sources, channels, segment): one batch through the network. The
 # output may be a `jax.Array` still being computed (JAX dispatches asynchronously): the schedule converts it to
@@ -189,6 +193,9 @@ class OverlapAdd:
         self._covered = 0  # samples from `base` on that some chunk has reached
         self._acc = np.zeros((n_shifts, *out_shape, 0), np.float64)
         self._wsum = np.zeros((n_shifts, 0), np.float64)
+        # each chunk's weighted samples (float32, as `chunk * w` rounds them) go through one reused buffer: no
+        # fresh ~10 MB array, and its page faults, per chunk
+        self._weighted = np.empty((*out_shape, len(weight)), np.float32)
 
     def _reserve(self, needed: int) -> None:
         """Room for samples [base, base + needed): the covered samples slide to the buffers' start (into larger,
@@ -220,7 +227,8 @@ class OverlapAdd:
         self._covered = max(self._covered, hi - self.base)
         w = self.weight[lo - start : hi - start]
         at = slice(self._offset + lo - self.base, self._offset + hi - self.base)
-        self._acc[shift, ..., at] += chunk[..., lo - start : hi - start] * w
+        weighted = np.multiply(chunk[..., lo - start : hi - start], w, out=self._weighted[..., : hi - lo])
+        np.add(self._acc[shift, ..., at], weighted, out=self._acc[shift, ..., at])
         self._wsum[shift, at] += w
 
     def pop(self, frontier: int) -> Float32[np.ndarray, "*out n"]:
@@ -316,7 +324,7 @@ class Event(NamedTuple):
 
 def run_schedule(
     songs: Iterable[Callable[[], _Song]], forward: Forward, *, batch_size: int, channels: int, segment: int
-) -> Iterator[Event]:
+) -> Generator[Event, None, None]:
     """Separate a sequence of signals with batches of exactly (batch_size, channels, segment), filled with the
     next chunks whatever signal they belong to: a batch spans a song's end and the next song's start, so short
     songs still fill a batch (rows past the last chunk are zeros, their outputs dropped).
@@ -637,6 +645,17 @@ class _SongOutput:
         return np.concatenate([tail, short], axis=-1)
 
 
+class Cancelled(Exception):
+    """A signal's opening stopped midway because the separation ended (never reaches a caller as a result)."""
+
+
+def _until(stop: threading.Event, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    for block in blocks:
+        if stop.is_set():
+            raise Cancelled()
+        yield block
+
+
 class Separator:
     """Separates songs of any length with a `FlaxHDemucs`, compiling one forward shape.
 
@@ -785,13 +804,24 @@ class Separator:
     def _delays(self) -> tuple[int, ...]:
         return draw_shift_delays(self.shifts, int(0.5 * self.sample_rate), self.seed)
 
-    def _open(self, signal: Signal | Callable[[], Signal], outputs: dict[int, _SongOutput], index: int) -> _Song:
+    def _open(
+        self,
+        signal: Signal | Callable[[], Signal],
+        outputs: dict[int, _SongOutput],
+        index: int,
+        readers: list[Any] | None,
+        stop: threading.Event | None = None,
+    ) -> _Song:
         """Check `signal` (made now if it is a function), take its mix statistics (its first pass) and set up both
-        sides of its schedule."""
+        sides of its schedule. With `readers` (a list), its second pass (decoding, normalising, resampling) runs
+        in a thread of its own, `READ_AHEAD_BLOCKS` ahead of the schedule, and its reader joins `readers` (to be
+        closed: a thread left inside a C library when the process exits aborts it). `stop`, once set, ends the
+        statistics pass at its next block (`Cancelled`)."""
         if not isinstance(signal, Signal):
             signal = signal()
         self.check_channels(signal.channels, signal.name)
-        stats = mix_statistics(signal.blocks(), signal.name)
+        blocks = signal.blocks() if stop is None else _until(stop, signal.blocks())
+        stats = mix_statistics(blocks, signal.name)
         if stats.frames == 0:
             raise AudioError(f"{signal.name}: no audio samples (0 frames)")
         mean, scale = np.float32(stats.mean), np.float32(stats.scale())
@@ -801,8 +831,13 @@ class Separator:
         at_model_rate = _resample_stream(normalised, signal.sample_rate, self.sample_rate, self.audio_channels)
         rates = (self.sample_rate, signal.sample_rate)
         outputs[index] = _SongOutput(len(self.sources), signal.channels, rates, stats.frames, mean, scale, signal.name)
+        blocks = _exact_length(at_model_rate, length, (self.audio_channels,))
+        if readers is not None:
+            blocks = ahead(blocks, READ_AHEAD_BLOCKS, f"hdemucs-read-{index}")
+            readers[:] = [reader for reader in readers if reader.running]  # finished songs' threads have ended
+            readers.append(blocks)
         return _Song(
-            _exact_length(at_model_rate, length, (self.audio_channels,)),
+            blocks,
             length,
             channels=self.audio_channels,
             segment=self.segment_samples,
@@ -812,7 +847,9 @@ class Separator:
             progress=signal.progress or self.progress,
         )
 
-    def stream_many(self, signals: Iterable[Signal | Callable[[], Signal]]) -> Iterator[Event]:
+    def stream_many(
+        self, signals: Iterable[Signal | Callable[[], Signal]], *, io_workers: int | None = None
+    ) -> Generator[Event, None, None]:
         """Separate several signals through one schedule whose batches span song boundaries (`run_schedule`):
         the next song's first chunks fill the batch in which the previous one ends, so many short songs keep a
         large batch (many devices) full. Signals are opened one after another, when their chunks are needed;
@@ -822,9 +859,21 @@ class Separator:
         ("done") after a signal's last block — its blocks total exactly its length — or ("failed", error) for a
         signal that could not be read (its earlier blocks are then void). Memory is bounded by the segment and
         batch size (and the songs a batch spans), not by the songs' lengths.
+
+        `io_workers` (None: `runtime.available_cores()`): 1 runs the host side on the calling thread (the network
+        in a thread of its own); more open the next signal (its mix statistics) in a background thread while this
+        one is separated, and decode, normalise and resample each signal in a thread of its own, a bounded number
+        of blocks ahead. The events are the same, bit for bit, either way.
         """
+        workers = check_io_workers(io_workers)
         outputs: dict[int, _SongOutput] = {}
-        openers = (functools.partial(self._open, signal, outputs, index) for index, signal in enumerate(signals))
+        readers: list[Any] = []  # the songs' read-ahead threads, stopped and joined at the end
+        if workers == 1:
+            openers: Iterator[Callable[[], _Song]] = (
+                functools.partial(self._open, signal, outputs, index, None) for index, signal in enumerate(signals)
+            )
+        else:
+            openers = self._opened_ahead(signals, outputs, readers)
         schedule = run_schedule(
             openers,
             self.forward,
@@ -832,6 +881,50 @@ class Separator:
             channels=self.audio_channels,
             segment=self.segment_samples,
         )
+        try:
+            yield from self._finish_events(schedule, outputs)
+        finally:
+            schedule.close()
+            close = getattr(openers, "close", None)
+            if close is not None:
+                close()  # first: no song is opened after this
+            for reader in readers:
+                reader.close()
+
+    def _opened_ahead(
+        self, signals: Iterable[Signal | Callable[[], Signal]], outputs: dict[int, _SongOutput], readers: list[Any]
+    ) -> Iterator[Callable[[], _Song]]:
+        """`stream_many`'s openers with each signal opened in a background thread while the one before it is
+        separated (one signal ahead): the schedule taking signal n starts opening signal n + 1. What opening one
+        raises is raised when the schedule takes it (it fails that signal only). Closing stops an opening midway
+        (between two blocks of its statistics pass) and waits for it."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hdemucs-open")
+        stop = threading.Event()
+        items = enumerate(signals)
+
+        def submit(item: tuple[int, Signal | Callable[[], Signal]] | None) -> Future | None:
+            if item is None:
+                return None
+            index, signal = item
+            return pool.submit(self._open, signal, outputs, index, readers, stop)
+
+        try:
+            upcoming = submit(next(items, None))
+            while upcoming is not None:
+                current, following, started = upcoming, next(items, None), []
+
+                def take(current: Future = current, following=following, started: list = started) -> _Song:
+                    started.append(submit(following))  # the next signal opens while this one is separated
+                    return current.result()
+
+                yield take
+                upcoming = started[0] if started else submit(following)
+        finally:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _finish_events(self, schedule: Iterator[Event], outputs: dict[int, _SongOutput]) -> Iterator[Event]:
+        """The schedule's events at the signals' own rates and channels, denormalised (`_SongOutput`)."""
         for event in schedule:
             if event.kind == "block":
                 self._check_finite(event.value, outputs[event.index].name)
