@@ -24,22 +24,22 @@ Figures (all "per audio-second" figures divide by the songs' duration):
                 measured alone, in this process, on song 0: decode (`inspect_audio` + `iter_audio_blocks`);
                 statistics pass (`mix_statistics` on the decoded blocks); normalise + resample in (the schedule's
                 own soxr stream; the identity at 44.1 kHz); resample out (the 4 stems back to the input's rate,
-                only where the route resamples); schedule (`Separator.separate` of the decoded song held in
-                memory with a free stand-in: its own statistics pass, normalise, resampling both ways, chunking,
-                overlap-add, de-normalise; the stand-in's output copy is counted, as a device's download would
-                be); encode (the route's `StemWriter`s, clip mode rescale, writing 4 stems of the song's length).
-                The pipeline today decodes a file twice (statistics, then separation), so end to end costs about
-                2 x decode + schedule + encode.
+                only where the route resamples); schedule (`Separator.stream` over the decoded blocks, held in
+                memory, with a free stand-in: its own statistics pass, normalise, resampling both ways, chunking,
+                overlap-add, de-normalise, and the stand-in's output copy, shown on the next line, as a device's
+                download would cost); encode (the route's `StemWriter`s, clip mode rescale, writing 4 stems of
+                the song's length). The pipeline today decodes a file twice (statistics, then separation), so end
+                to end costs about 2 x decode + schedule + encode.
   end to end    `separate_files(separator, songs, out, OutputOptions(ext=...))` over every song, in a child process
                 pinned by `os.sched_setaffinity` to one CPU and to two: host CPU ms per audio-second, x realtime
                 delivered (audio-seconds / wall-seconds), the fraction of the run the stand-in WAITED for input
                 (1 - its busy time / wall time; 100 % with a free stand-in, which is never busy) and the child's
-                peak RSS. Each route also gets a row at 1 ms/audio-second on the most CPUs measured (the feed
-                check) unless `--cost-ms` is 1 already.
+                peak RSS. The headline route (mp3-flac, when among `--routes`) also gets a row at 1 ms per
+                audio-second on the most CPUs measured (the feed check), unless `--cost-ms` is 1 already.
   scaling       x realtime on two CPUs / on one, per route (with a free stand-in this is the host alone).
   projection    host CPUs needed per accelerator at 1000x realtime = host CPU seconds per audio-second x 1000,
                 from each route's fastest row.
-  memory        (`--memory`, instead of the rest) peak RSS (`ru_maxrss` of a child) separating a 1-minute and a
+  memory        (`--memory`, instead of the rest) peak RSS (VmHWM of a child) separating a 1-minute and a
                 60-minute 44.1 kHz WAV to WAV stems with a free stand-in, and their ratio.
 
 `--io-workers N [N ...]` runs the end-to-end rows once per N, passing `io_workers=N` to `separate_files` (and to
@@ -67,7 +67,6 @@ import argparse
 import inspect
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -116,11 +115,12 @@ def io_workers_kwargs(function: Callable, io_workers: int | None) -> dict[str, i
 
 class StandInNetwork:
     """`Separator(model, forward=...)`'s network, simulated: float32 (batch, channels, segment) -> (batch, sources,
-    channels, segment), after sleeping `cost_ms` per audio-second of the batch. `busy` is the seconds slept."""
+    channels, segment), after sleeping `cost_ms` per audio-second of the batch. `busy` is the seconds slept, `cpu`
+    the CPU seconds spent making outputs (what copying a device's output to the host would cost)."""
 
     def __init__(self, cost_ms: float, sample_rate: int, sources: int, output: str = "music"):
         self.cost_ms, self.sample_rate, self.sources, self.output = cost_ms, sample_rate, sources, output
-        self.busy = 0.0
+        self.busy = self.cpu = 0.0
         self._lock = threading.Lock()
 
     def __call__(self, batch: Any) -> Any:
@@ -131,10 +131,15 @@ class StandInNetwork:
             time.sleep(self.cost_ms / 1000 * batch.shape[0] * batch.shape[-1] / self.sample_rate)
             with self._lock:
                 self.busy += time.perf_counter() - start
+        start = time.thread_time()
         shape = (batch.shape[0], self.sources, *batch.shape[1:])
         if self.output == "zeros":
-            return np.zeros(shape, np.float32)
-        return np.multiply(batch[:, None], np.float32(1 / self.sources), out=np.empty(shape, np.float32))
+            out = np.zeros(shape, np.float32)
+        else:
+            out = np.multiply(batch[:, None], np.float32(1 / self.sources), out=np.empty(shape, np.float32))
+        with self._lock:
+            self.cpu += time.thread_time() - start
+        return out
 
 
 def stand_in_separator(cost_ms: float, output: str, batch_size: int, io_workers: int | None) -> tuple[Any, Any]:
@@ -210,7 +215,7 @@ def stage_table(rows: Rows, route_name: str, path: Path, scratch: Path, output: 
     from modeling_hdemucs_flax.separation import BLOCK, _resample_stream, mix_statistics
 
     route = ROUTES[route_name]
-    separator, _ = stand_in_separator(0.0, output, 1, None)
+    separator, network = stand_in_separator(0.0, output, 1, None)
     model_rate, channels = separator.sample_rate, separator.audio_channels
     info = inspect_audio(path)
     seconds = info.frames / info.sample_rate
@@ -220,7 +225,7 @@ def stage_table(rows: Rows, route_name: str, path: Path, scratch: Path, output: 
         result = work()
         ms = (time.process_time() - start) * 1000 / seconds
         row = {"table": "stage", "route": route_name, "stage": stage, "label": label, "ms_per_audio_s": ms}
-        rows.add(f"{route_name:<11} {label:<40} {ms:>9.2f}", row)
+        rows.add(f"{route_name:<11} {label:<44} {ms:>9.2f}", row)
         return result
 
     blocks = measure("decode", "decode", lambda: list(iter_audio_blocks(inspect_audio(path))))
@@ -243,9 +248,17 @@ def stage_table(rows: Rows, route_name: str, path: Path, scratch: Path, output: 
             f"resample out, 4 stems ({model_rate} -> {info.sample_rate} Hz)",
             lambda: list(_resample_stream(pieces, model_rate, info.sample_rate, width)),
         )
-    song = np.concatenate(blocks, axis=1)
-    measure("schedule", "schedule (Separator.separate, in memory)", lambda: separator.separate(song, info.sample_rate))
-    stem = song * np.float32(1 / len(separator.sources))
+
+    def schedule() -> None:
+        for _ in separator.stream(lambda: iter(blocks), info.channels, info.sample_rate, name=str(path)):
+            pass
+
+    network.cpu = 0.0
+    measure("schedule", "schedule (Separator.stream, decoded blocks)", schedule)
+    copy_ms = network.cpu * 1000 / seconds
+    row = {"table": "stage", "route": route_name, "stage": "stand_in_output", "ms_per_audio_s": copy_ms}
+    rows.add(f"{route_name:<11} {'  of which the stand-in output copy':<44} {copy_ms:>9.2f}", row | {"label": ""})
+    stem = np.concatenate(blocks, axis=1) * np.float32(1 / len(separator.sources))
     subtype = output_subtype(route.output_ext, info.subtype)
 
     def encode() -> None:
@@ -303,8 +316,15 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
         "host_ms_per_audio_s": cpu * 1000 / audio_s,
         "x_realtime": audio_s / wall,
         "wait_fraction": 1 - network.busy / wall,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not `ru_maxrss`: Linux carries the parent's peak into a child across
+    fork/vfork + exec, so a child of this benchmark's parent (which holds decoded songs) would report >= 1.7 GB."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 E2E_HEADER = (
@@ -396,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         print(f"\nstages, host CPU ms per audio-second, song 0 ({cpu_name()})", flush=True)
-        print(f"{'route':<11} {'stage':<40} {'ms/audio s':>9}", flush=True)
+        print(f"{'route':<11} {'stage':<44} {'ms/audio s':>9}", flush=True)
         for route in args.routes:
             path = inputs[ROUTES[route].input_ext, ROUTES[route].input_rate][0]
             stage_table(rows, route, path, scratch, args.stand_in_output)
@@ -414,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
                 for cpus in cpu_sets:
                     for io in io_settings:
                         measured.append(end_to_end_row(rows, route, cpus, io, args.cost_ms, **route_options))
-            if args.cost_ms != FEED_COST_MS and cpu_sets:
+            if route == HEADLINE and args.cost_ms != FEED_COST_MS and cpu_sets:
                 for io in io_settings:
                     measured.append(end_to_end_row(rows, route, cpu_sets[-1], io, FEED_COST_MS, **route_options))
     summary(rows, args, measured, cpu_sets)
