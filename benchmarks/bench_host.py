@@ -40,7 +40,8 @@ Figures (all "per audio-second" figures divide by the songs' duration):
   projection    host CPUs needed per accelerator at 1000x realtime = host CPU seconds per audio-second x 1000,
                 from each route's fastest row.
   memory        (`--memory`, instead of the rest) peak RSS (VmHWM of a child) separating a 1-minute and a
-                60-minute 44.1 kHz WAV to WAV stems with a free stand-in, and their ratio.
+                60-minute 44.1 kHz WAV to WAV stems with a free stand-in, and their ratio; beside it the child's
+                peak before separating (imports, transformers bringing torch, and the model: most of the figure).
 
 `--io-workers N [N ...]` runs the end-to-end rows once per N, passing `io_workers=N` to `separate_files` (and to
 `Separator`) only where they take that parameter; where they do not, the pipeline has no io workers, the run
@@ -304,6 +305,7 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
     paths = [Path(p) for p in options["paths"]]
     audio_s = sum(inspect_audio(p).duration for p in paths)
     io = io_workers_kwargs(separate_files, options["io_workers"])
+    before = peak_rss_mb()  # imports (transformers brings torch) and the model: the same for any song
     start, start_cpu = time.perf_counter(), time.process_time()
     results = list(separate_files(separator, paths, options["out"], OutputOptions(ext=options["ext"]), **io))
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
@@ -312,6 +314,7 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit("\n".join(failed))
     return {
         "audio_s": audio_s,
+        "rss_before_mb": before,
         "wall_s": wall,
         "host_ms_per_audio_s": cpu * 1000 / audio_s,
         "x_realtime": audio_s / wall,
@@ -506,7 +509,7 @@ def summary(rows: Rows, args: argparse.Namespace, measured: list[dict], cpu_sets
 def memory_table(rows: Rows, args: argparse.Namespace) -> None:
     """Peak RSS of separating a short and a long WAV to WAV stems with a free stand-in, each in its own child."""
     print(f"\npeak RSS, WAV -> 4 WAV stems, free stand-in, one child per song ({cpu_name()})", flush=True)
-    print(f"{'minutes':>7} {'peak RSS MB':>11} {'x realtime':>10} {'wall s':>7}", flush=True)
+    print(f"{'minutes':>7} {'peak RSS MB':>11} {'before separating':>17} {'x realtime':>10} {'wall s':>7}", flush=True)
     peaks = []
     with tempfile.TemporaryDirectory(prefix="bench_host_memory_") as scratch:
         for minutes in args.memory_minutes:
@@ -518,7 +521,8 @@ def memory_table(rows: Rows, args: argparse.Namespace) -> None:
             song.unlink()
             peaks.append(result["peak_rss_mb"])
             rows.add(
-                f"{minutes:>7g} {result['peak_rss_mb']:>11.0f} {result['x_realtime']:>9.1f}x {result['wall_s']:>7.1f}",
+                f"{minutes:>7g} {result['peak_rss_mb']:>11.0f} {result['rss_before_mb']:>17.0f} "
+                f"{result['x_realtime']:>9.1f}x {result['wall_s']:>7.1f}",
                 {"table": "memory", "minutes": minutes, **result},
             )
     ratio = peaks[-1] / peaks[0]
