@@ -1,5 +1,6 @@
 """The benchmarks run, so that they cannot rot: `benchmarks/bench_gpu.py --smoke` (the tiny config on the CPU) as
-a user runs it, and its rule that a row running out of memory is reported and the run goes on."""
+a user runs it, and its rule that a row running out of memory is reported and the run goes on;
+`benchmarks/bench_host.py --smoke` (the host side with a stand-in network) and its stand-in."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from .flows import REPO_ROOT
 
 BENCH_GPU = REPO_ROOT / "benchmarks" / "bench_gpu.py"
+BENCH_HOST = REPO_ROOT / "benchmarks" / "bench_host.py"
 
 
 def test_bench_gpu_smoke_measures_every_row_and_the_parity(jax_cache, tmp_path):
@@ -61,10 +63,11 @@ def test_bench_gpu_smoke_measures_every_row_and_the_parity(jax_cache, tmp_path):
     assert f"TF32 off on both sides: {parity['db']:.1f} dB (target <= -100 dB)" in done.stdout
 
 
-def load_bench_gpu():
-    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH_GPU)
+def load_benchmark(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
 
@@ -72,7 +75,7 @@ def load_bench_gpu():
 def test_a_row_that_runs_out_of_memory_says_so_and_the_run_goes_on(tmp_path, capsys):
     """XLA's RESOURCE_EXHAUSTED and torch's OutOfMemoryError end their own row only ("out of memory", also in the
     JSON lines); any other error ends the run."""
-    bench = load_bench_gpu()
+    bench = load_benchmark(BENCH_GPU)
     table = bench.Table(str(tmp_path / "rows.jsonl"))
 
     def xla_out_of_memory():
@@ -102,3 +105,59 @@ def test_a_row_that_runs_out_of_memory_says_so_and_the_run_goes_on(tmp_path, cap
     assert lines[3].split() == ["flax", "Separator", "bfloat16", "1", "1.0", "50.0x", "-"]
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert [row.get("error") for row in rows] == ["out of memory", "out of memory", None]
+
+
+def test_bench_host_smoke_measures_every_row(tmp_path):
+    """Every stage of both smoke routes, the end-to-end rows (a free stand-in for each route, and the 1 ms per
+    audio-second feed check for the headline route mp3-flac, on one CPU) and the projection have positive figures in
+    the JSON lines; no timing is asserted."""
+    rows_file = tmp_path / "rows.jsonl"
+    done = subprocess.run(
+        [sys.executable, str(BENCH_HOST), "--smoke", "--jsonl", str(rows_file)],
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    print(done.stdout)
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    routes = ("wav-wav", "mp3-flac")
+    stages = {(r["route"], r["stage"]): r["ms_per_audio_s"] for r in rows if r["table"] == "stage"}
+    expected = {"decode", "statistics", "normalise", "schedule", "stand_in_output", "encode"}  # no resample_out
+    assert set(stages) == {(route, stage) for route in routes for stage in expected}
+    assert all(ms > 0 for ms in stages.values()), stages
+    runs = {(r["route"], r["cpus"], r["cost_ms"]): r for r in rows if r["table"] == "end_to_end"}
+    assert set(runs) == {("wav-wav", 1, 0.0), ("mp3-flac", 1, 0.0), ("mp3-flac", 1, 1.0)}
+    for (_, _, cost), run in runs.items():
+        assert run["audio_s"] == pytest.approx(6.0, abs=0.1)  # 2 songs of 3 s (MP3's decoded length, near)
+        assert all(run[name] > 0 for name in ("host_ms_per_audio_s", "x_realtime", "wall_s", "peak_rss_mb")), run
+        assert 0 < run["wait_fraction"] < 1 if cost else run["wait_fraction"] == 1.0, run  # a free stand-in waits
+    projection = {r["route"]: r["cores_per_accelerator_at_1000x"] for r in rows if r["table"] == "projection"}
+    assert set(projection) == set(routes) and all(cores > 0 for cores in projection.values())
+    assert "no two-CPU against one-CPU ratio: CPU counts measured [1]" in done.stdout
+
+
+def test_the_host_benchmarks_stand_in_and_its_io_workers_adaptation():
+    """The stand-in sleeps its cost per audio-second of the batch and returns a quarter of the input per source (or
+    zeros); `io_workers` reaches only functions that take it, and only when asked for."""
+    import numpy as np
+
+    bench = load_benchmark(BENCH_HOST)
+    batch = np.random.default_rng(0).standard_normal((2, 2, 4410)).astype(np.float32)  # 0.2 s of audio
+    network = bench.StandInNetwork(cost_ms=100.0, sample_rate=44100, sources=4)
+    out = network(batch)
+    assert out.shape == (2, 4, 2, 4410) and out.dtype == np.float32 and out.flags.writeable
+    np.testing.assert_array_equal(out, np.broadcast_to(batch[:, None] * np.float32(0.25), out.shape))
+    assert network.busy >= 0.02  # 100 ms per audio-second x 0.2 s
+    free = bench.StandInNetwork(cost_ms=0.0, sample_rate=44100, sources=4, output="zeros")
+    assert not free(batch).any() and free.busy == 0.0
+
+    def with_workers(paths, *, io_workers=None): ...
+
+    def without(paths): ...
+
+    assert bench.io_workers_kwargs(with_workers, 3) == {"io_workers": 3}
+    assert bench.io_workers_kwargs(with_workers, None) == {}
+    assert bench.io_workers_kwargs(without, 3) == {}
