@@ -191,20 +191,6 @@ def make_inputs(folder: Path, routes: list[str], songs: int, seconds: float) -> 
     return paths
 
 
-def write_long_wav(path: Path, minutes: float, rate: int = 44100) -> Path:
-    """A 16-bit stereo WAV of `minutes` of synthetic music (a 30-second `synth_song`, repeated), block by block."""
-    import soundfile as sf
-
-    from modeling_hdemucs_flax import synth_song
-
-    loop = synth_song(30 * rate, rate, 2).T
-    frames = int(minutes * 60 * rate)
-    with sf.SoundFile(path, "w", samplerate=rate, channels=2, subtype="PCM_16") as handle:
-        for start in range(0, frames, loop.shape[0]):
-            handle.write(loop[: frames - start])
-    return path
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Stages, in this process
 
@@ -509,12 +495,14 @@ def summary(rows: Rows, args: argparse.Namespace, measured: list[dict], cpu_sets
 
 def memory_table(rows: Rows, args: argparse.Namespace) -> None:
     """Peak RSS of separating a short and a long WAV to WAV stems with a free stand-in, each in its own child."""
+    from modeling_hdemucs_flax.synthetic import write_synth_wav
+
     print(f"\npeak RSS, WAV -> 4 WAV stems, free stand-in, one child per song ({cpu_name()})", flush=True)
     print(f"{'minutes':>7} {'peak RSS MB':>11} {'before separating':>17} {'x realtime':>10} {'wall s':>7}", flush=True)
     peaks = []
     with tempfile.TemporaryDirectory(prefix="bench_host_memory_") as scratch:
         for minutes in args.memory_minutes:
-            song = write_long_wav(Path(scratch) / f"song_{minutes:g}min.wav", minutes)
+            song = write_synth_wav(Path(scratch) / f"song_{minutes:g}min.wav", minutes)
             with tempfile.TemporaryDirectory(prefix="bench_host_out_", dir=scratch) as out:
                 options = {"paths": [str(song)], "ext": "wav", "out": out, "cost_ms": 0.0, "io_workers": None}
                 options.update(output=args.stand_in_output, batch_size=args.batch_size)

@@ -40,20 +40,6 @@ def run_child(options: dict) -> dict:
     return result
 
 
-def write_song(path: Path, minutes: float, rate: int = 44100) -> Path:
-    """A 16-bit stereo WAV of `minutes` of synthetic music (a 30-second `synth_song`, repeated), block by block."""
-    import soundfile as sf
-
-    from modeling_hdemucs_flax import synth_song
-
-    loop = synth_song(30 * rate, rate, 2).T
-    frames = int(minutes * 60 * rate)
-    with sf.SoundFile(path, "w", samplerate=rate, channels=2, subtype="PCM_16") as handle:
-        for start in range(0, frames, loop.shape[0]):
-            handle.write(loop[: frames - start])
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=("high", "tiny"), default="high", help="random-weight model size")
@@ -61,6 +47,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--batch-size", type=int, default=1)
     args = parser.parse_args()
+
+    from modeling_hdemucs_flax.synthetic import write_synth_wav
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -74,7 +62,7 @@ def main() -> None:
         }
         rows = [("cold start (empty cache)", run_child(base)), ("warm start (cache filled)", run_child(base))]
         for minutes in args.minutes:
-            song = write_song(scratch / f"song_{minutes:g}min.wav", minutes)
+            song = write_synth_wav(scratch / f"song_{minutes:g}min.wav", minutes)
             result = run_child({**base, "song": str(song)})
             result["rtf"] = result["separate_s"] / (minutes * 60)
             rows.append((f"separate {minutes:g} min file", result))

@@ -2,12 +2,14 @@
 
 One generator serves every place that needs music without shipping anyone's recordings: the converter's
 parity probe, the Space's example clips (`space/make_examples.py`), the test suite's inputs and the
-benchmarks' songs. Numpy only.
+benchmarks' songs. Numpy only (soundfile for `write_synth_wav`, when called).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -105,3 +107,16 @@ def synth_song(
         blend = np.array([0.5]) if channels == 1 else np.arange(channels) / (channels - 1)
         out = (1 - blend)[:, None] * mix[0] + blend[:, None] * mix[1]
     return (out + dc_offset).astype(np.float32)
+
+
+def write_synth_wav(path: str | os.PathLike, minutes: float, rate: int = 44100) -> Path:
+    """A 16-bit stereo WAV of `minutes` of synthetic music (a 30-second `synth_song`, repeated), written block by
+    block, so an hour-long test song never sits in memory (the memory benchmarks)."""
+    import soundfile as sf
+
+    loop = synth_song(30 * rate, rate, 2).T
+    frames = int(minutes * 60 * rate)
+    with sf.SoundFile(path, "w", samplerate=rate, channels=2, subtype="PCM_16") as handle:
+        for start in range(0, frames, loop.shape[0]):
+            handle.write(loop[: frames - start])
+    return Path(path)

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import pytest
@@ -18,6 +19,22 @@ from .flows import REPO_ROOT
 
 BENCH_GPU = REPO_ROOT / "benchmarks" / "bench_gpu.py"
 BENCH_HOST = REPO_ROOT / "benchmarks" / "bench_host.py"
+
+
+def run_smoke(script: Path, rows_file: Path, env: dict) -> subprocess.CompletedProcess:
+    """`script --smoke --jsonl rows_file` in a subprocess (in the rows file's folder), which must succeed; its
+    table is printed."""
+    done = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--jsonl", str(rows_file)],
+        env=env,
+        cwd=rows_file.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    print(done.stdout)
+    return done
 
 
 def test_bench_gpu_smoke_measures_every_row_and_the_parity(jax_cache, tmp_path):
@@ -31,16 +48,7 @@ def test_bench_gpu_smoke_measures_every_row_and_the_parity(jax_cache, tmp_path):
         "HDEMUCS_FLAX_COMPILATION_CACHE": str(jax_cache),
         "HDEMUCS_FLAX_CACHE": str(tmp_path / "cache"),
     }
-    done = subprocess.run(
-        [sys.executable, str(BENCH_GPU), "--smoke", "--jsonl", str(rows_file)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    print(done.stdout)
+    done = run_smoke(BENCH_GPU, rows_file, env)
     assert "default device cpu; network on cpu:0; torch on cpu;" in done.stdout
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
     measured = {(r["pipeline"], r["dtype"], r["batch_size"]): r for r in rows if r["pipeline"] != "parity"}
@@ -112,16 +120,7 @@ def test_bench_host_smoke_measures_every_row(tmp_path):
     audio-second feed check for the headline route mp3-flac, on one CPU) and the projection have positive figures in
     the JSON lines; no timing is asserted."""
     rows_file = tmp_path / "rows.jsonl"
-    done = subprocess.run(
-        [sys.executable, str(BENCH_HOST), "--smoke", "--jsonl", str(rows_file)],
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    print(done.stdout)
+    done = run_smoke(BENCH_HOST, rows_file, {**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
     routes = ("wav-wav", "mp3-flac")
     stages = {(r["route"], r["stage"]): r["ms_per_audio_s"] for r in rows if r["table"] == "stage"}

@@ -721,21 +721,17 @@ def test_serve_command_options_are_checked_like_the_other_commands(tiny_checkpoi
         with pytest.raises(SystemExit) as stop:
             main(["serve", *args])
         assert stop.value.code == 2 and message in capsys.readouterr().err
-    os.environ["HDEMUCS_API_JOB_TTL"] = "soon"
-    try:
-        with pytest.raises(SystemExit) as stop:
-            main(["serve"])
-    finally:
-        del os.environ["HDEMUCS_API_JOB_TTL"]
-    assert stop.value.code == 2 and "HDEMUCS_API_JOB_TTL='soon': must be float" in capsys.readouterr().err
-    os.environ["HDEMUCS_API_GPU_MEMORY_FRACTION"] = "lots"
-    try:
-        with pytest.raises(SystemExit) as stop:
-            main(["serve"])
-    finally:
-        del os.environ["HDEMUCS_API_GPU_MEMORY_FRACTION"]
-    assert stop.value.code == 2
-    assert "HDEMUCS_API_GPU_MEMORY_FRACTION='lots': must be a number" in capsys.readouterr().err
+    for name, value, message in [
+        ("HDEMUCS_API_JOB_TTL", "soon", "HDEMUCS_API_JOB_TTL='soon': must be float"),
+        ("HDEMUCS_API_GPU_MEMORY_FRACTION", "lots", "HDEMUCS_API_GPU_MEMORY_FRACTION='lots': must be a number"),
+    ]:
+        os.environ[name] = value
+        try:
+            with pytest.raises(SystemExit) as stop:
+                main(["serve"])
+        finally:
+            del os.environ[name]
+        assert stop.value.code == 2 and message in capsys.readouterr().err
     assert main(["serve", "--preload", "--model", str(tiny_checkpoint_dir)]) == 0
     assert main(["serve", "--preload", "--model", str(tmp_path / "nothing")]) == 1
     assert "nothing: no such model folder" in capsys.readouterr().err
