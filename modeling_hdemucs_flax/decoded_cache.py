@@ -10,6 +10,7 @@ ends the process), so memory stays bounded whatever the song's length.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -35,16 +36,8 @@ class DecodedOnce:
         spill_dir: str | os.PathLike | None = None,
     ):
         self._decode, self._limit, self._spill_dir = decode, memory_limit, spill_dir
-        self._complete = False
-        self._reset()
-
-    def _reset(self) -> None:
-        self.close()
-        self._in_memory: list[np.ndarray] = []
-        self._memory_bytes = 0
-        self._spilled: list[tuple[int, tuple[int, ...]]] = []  # (offset in the file, block shape), in order
         self._spill = None
-        self._spill_bytes = 0
+        self.close()  # sets the empty state
 
     @property
     def spilled_bytes(self) -> int:
@@ -55,7 +48,7 @@ class DecodedOnce:
         return self._replay() if self._complete else self._record()
 
     def _record(self) -> Iterator[np.ndarray]:
-        self._reset()
+        self.close()  # what an earlier, unfinished pass kept
         for block in self._decode():
             block = np.ascontiguousarray(block, np.float32)
             block.flags.writeable = False
@@ -78,14 +71,15 @@ class DecodedOnce:
         yield from self._in_memory
         for offset, shape in self._spilled:
             assert self._spill is not None
-            size = int(np.prod(shape)) * 4
-            data = os.pread(self._spill.fileno(), size, offset)
-            block = np.frombuffer(data, np.float32).reshape(shape)  # read-only: a view of immutable bytes
-            yield block
+            data = os.pread(self._spill.fileno(), math.prod(shape) * 4, offset)  # float32: 4 bytes a sample
+            yield np.frombuffer(data, np.float32).reshape(shape)  # read-only: a view of immutable bytes
 
     def close(self) -> None:
         """Drop the kept blocks and remove the temporary file (idempotent; a later call decodes again)."""
-        spill = getattr(self, "_spill", None)
-        if spill is not None:
-            spill.close()
-        self._spill, self._in_memory, self._spilled, self._complete = None, [], [], False
+        if self._spill is not None:
+            self._spill.close()
+        self._spill = None
+        self._in_memory: list[np.ndarray] = []
+        self._memory_bytes = self._spill_bytes = 0
+        self._spilled: list[tuple[int, tuple[int, ...]]] = []  # (offset in the file, block shape), in order
+        self._complete = False

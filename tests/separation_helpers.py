@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import jax
 import numpy as np
 import torch
@@ -130,3 +132,27 @@ class FailingForward:
         if self.calls == self.fail_at:
             raise RuntimeError("device lost")
         return AffineStandIn([1, 1, 1, 1], [0, 0, 0, 0], batch.shape, poison=False)(batch)
+
+
+class EventLog:
+    """Events from several threads, in the order they happened, for tests that show an overlap by the order of
+    events rather than by timing: a thread may wait (at most `wait` seconds) for another's events."""
+
+    def __init__(self, wait: float = 3.0):
+        self.events: list[tuple[str, object]] = []
+        self.changed = threading.Condition()
+        self.wait = wait
+
+    def add(self, kind: str, what: object) -> None:
+        with self.changed:
+            self.events.append((kind, what))
+            self.changed.notify_all()
+
+    def wait_for(self, *events: tuple[str, object]) -> None:
+        """Block until every one of `events` is logged (or `wait` seconds pass)."""
+        with self.changed:
+            self.changed.wait_for(lambda: all(e in self.events for e in events), timeout=self.wait)
+
+    def position(self, event: tuple[str, object]) -> int:
+        """Where `event` was first logged."""
+        return self.events.index(event)

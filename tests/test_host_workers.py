@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,9 +29,7 @@ from .audio_files import write_song
 from .conftest import SEGMENT_SECONDS, SOURCES
 from .flows import REPO_ROOT
 from .reference import music_like
-from .separation_helpers import AffineStandIn
-
-WAIT = 3.0  # seconds a stand-in network waits for another thread's step before giving up
+from .separation_helpers import AffineStandIn, EventLog
 
 
 def stand_in(model_separator: Separator) -> AffineStandIn:
@@ -151,33 +148,13 @@ def test_a_first_pass_that_stops_early_keeps_nothing(tmp_path):
     assert [b.shape for b in decoded()] == [(1, 4), (1, 4)] and len(calls) == 2
 
 
-class Log:
-    """Events from every thread, in the order they happened."""
-
-    def __init__(self):
-        self.events: list[tuple[str, object]] = []
-        self.changed = threading.Condition()
-
-    def add(self, kind: str, what: object) -> None:
-        with self.changed:
-            self.events.append((kind, what))
-            self.changed.notify_all()
-
-    def wait_for(self, *events: tuple[str, object]) -> None:
-        with self.changed:
-            self.changed.wait_for(lambda: all(e in self.events for e in events), timeout=WAIT)
-
-    def position(self, event: tuple[str, object]) -> int:
-        return self.events.index(event)
-
-
 def test_the_next_file_is_decoded_and_the_last_one_encoded_while_the_network_runs(tiny_pair, tmp_path, monkeypatch):
     """Three files, two host workers: file 2's decoding (its mix statistics pass) and the encoding of file 0's
     stems both start before the network has computed the third batch of file 1, and each holds on until it has
-    (or WAIT seconds pass): so the network goes on while they run. Without host workers both run on the thread
+    (or the log's 3 s wait passes): so the network goes on while they run. Without host workers both run on the thread
     that feeds the network: file 2 is decoded only once file 1 is done, and while file 0's stems are encoded the
     network gets no new batch, so neither can wait out the third batch."""
-    log = Log()
+    log = EventLog()
     paths = [write_song(tmp_path / "in" / f"{i}.wav", 4.0, 44100, 2, subtype="PCM_16") for i in range(3)]
     separator = separator_for(tiny_pair)
     per_file = separator.chunks_total(4 * 44100, 44100)

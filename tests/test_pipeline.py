@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import threading
 import tracemalloc
 
 import numpy as np
@@ -29,38 +28,18 @@ from .audio_files import write_corrupt
 from .conftest import SEGMENT_SECONDS, SOURCES, SR
 from .flows import REPO_ROOT, run_script
 from .reference import error_report, music_like
-from .separation_helpers import AffineStandIn, nonzero_signal
-
-WAIT = 3.0  # seconds a stand-in network waits for the other thread's next step before giving up
-
-
-class Log:
-    """Events from both threads, in the order they happened."""
-
-    def __init__(self):
-        self.events: list[tuple[str, int]] = []
-        self.changed = threading.Condition()
-
-    def add(self, kind: str, index: int) -> None:
-        with self.changed:
-            self.events.append((kind, index))
-            self.changed.notify_all()
-
-    def wait_for(self, event: tuple[str, int]) -> None:
-        """Block until `event` is logged (or WAIT seconds pass)."""
-        with self.changed:
-            self.changed.wait_for(lambda: event in self.events, timeout=WAIT)
+from .separation_helpers import AffineStandIn, EventLog, nonzero_signal
 
 
 def test_next_chunk_is_read_and_previous_output_consumed_while_the_network_runs():
     """While batch k is in the (stand-in) network, the pipeline reads the input of batch k + 1, and batch k - 1's
     output reaches the consumer before batch k is done. The stand-in network holds batch k until the log shows
-    the read of block k + 2, the first one only chunk k + 1 needs (or WAIT seconds pass): an unpipelined
+    the read of block k + 2, the first one only chunk k + 1 needs (or the log's 3 s wait passes): an unpipelined
     schedule reads it only after the network's end, and hands on no output before it either."""
     segment, stride, block = 400, 300, 300  # chunk k covers blocks k and k + 1: each chunk needs one new block
     length = 12 * stride + segment
     x = nonzero_signal(2, length, seed=1)
-    log = Log()
+    log = EventLog()
     stand_in = AffineStandIn([1.0, 2.0], [0.0, 0.0], (1, 2, segment))
     calls = []
 
