@@ -179,7 +179,7 @@ def make_inputs(folder: Path, routes: list[str], songs: int, seconds: float) -> 
     import soxr
 
     from modeling_hdemucs_flax import synth_song
-    from modeling_hdemucs_flax.audio_io import write_audio
+    from modeling_hdemucs_flax.io.audio_io import write_audio
 
     formats = sorted({(ROUTES[r].input_ext, ROUTES[r].input_rate) for r in routes})
     paths: dict[tuple[str, int], list[Path]] = {key: [] for key in formats}
@@ -199,8 +199,8 @@ def stage_table(rows: Rows, route_name: str, path: Path, scratch: Path, output: 
     """Host CPU ms per audio-second of each stage alone, on one song."""
     import numpy as np
 
-    from modeling_hdemucs_flax.audio_io import StemWriter, inspect_audio, iter_audio_blocks, output_subtype
-    from modeling_hdemucs_flax.separation import BLOCK, _resample_stream, mix_statistics
+    from modeling_hdemucs_flax.io.audio_io import StemWriter, inspect_audio, iter_audio_blocks, output_subtype
+    from modeling_hdemucs_flax.separation.separator import BLOCK, _resample_stream, mix_statistics
 
     route = ROUTES[route_name]
     separator, network = stand_in_separator(0.0, output, 1, None)
@@ -283,8 +283,8 @@ def run_child(options: dict[str, Any]) -> dict[str, Any]:
 def child(options: dict[str, Any]) -> dict[str, Any]:
     """One end-to-end measurement: `separate_files` over `options["paths"]`, or (memory) one file."""
     os.sched_setaffinity(0, options["cpus"])  # first, so every thread the libraries start runs there
-    from modeling_hdemucs_flax.audio_io import inspect_audio
-    from modeling_hdemucs_flax.file_output import OutputOptions, separate_files
+    from modeling_hdemucs_flax.io.audio_io import inspect_audio
+    from modeling_hdemucs_flax.separation.file_output import OutputOptions, separate_files
 
     separator, network = stand_in_separator(
         options["cost_ms"], options["output"], options["batch_size"], options["io_workers"]
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     from modeling_hdemucs_flax.runtime import select_platform
 
     select_platform("cpu")  # the host alone: JAX never claims an accelerator's memory here
-    from modeling_hdemucs_flax.file_output import separate_files
+    from modeling_hdemucs_flax.separation.file_output import separate_files
 
     available = sorted(os.sched_getaffinity(0))
     print(

@@ -37,20 +37,20 @@ import numpy as np
 from safetensors import safe_open
 
 from modeling_hdemucs_flax import FlaxHDemucs, HDemucsConfig
-from modeling_hdemucs_flax.configuration_hdemucs import PRESETS
-from modeling_hdemucs_flax.downloads import (
+from modeling_hdemucs_flax.errors import DownloadError, HDemucsFlaxError, one_line
+from modeling_hdemucs_flax.metrics import max_abs_error, relative_error_db
+from modeling_hdemucs_flax.models.hdemucs.configuration_hdemucs import PRESETS
+from modeling_hdemucs_flax.models.hdemucs.convert_torchaudio import convert_torchaudio_state_dict
+from modeling_hdemucs_flax.synthetic import synth_song
+from modeling_hdemucs_flax.weights.downloads import sha256_file
+from modeling_hdemucs_flax.weights.torch_checkpoint import load_torch_state_dict
+from modeling_hdemucs_flax.zoo.pretrained import save_pretrained_atomic
+from modeling_hdemucs_flax.zoo.torchaudio_bundles import (
     BUNDLES,
     TorchaudioBundle,
     fetch_torchaudio_checkpoint,
-    sha256_file,
     torchaudio_url,
 )
-from modeling_hdemucs_flax.errors import DownloadError, HDemucsFlaxError, one_line
-from modeling_hdemucs_flax.metrics import max_abs_error, relative_error_db
-from modeling_hdemucs_flax.pretrained import save_pretrained_atomic
-from modeling_hdemucs_flax.synthetic import synth_song
-from modeling_hdemucs_flax.torch_checkpoint import load_torch_state_dict
-from modeling_hdemucs_flax.weight_conversion import convert_torchaudio_state_dict
 
 OUTPUT_FILES = ("README.md", "config.json", "model.safetensors")
 

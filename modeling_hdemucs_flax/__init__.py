@@ -15,12 +15,12 @@ __version__ = "0.1.0"
 
 # name -> the submodule that defines it
 _EXPORTS = {
-    "AUDIO_EXTENSIONS": "audio_io",
-    "AudioInfo": "audio_io",
-    "inspect_audio": "audio_io",
-    "read_audio": "audio_io",
-    "write_audio": "audio_io",
-    "HDemucsConfig": "configuration_hdemucs",
+    "AUDIO_EXTENSIONS": "io.audio_io",
+    "AudioInfo": "io.audio_io",
+    "inspect_audio": "io.audio_io",
+    "read_audio": "io.audio_io",
+    "write_audio": "io.audio_io",
+    "HDemucsConfig": "models.hdemucs.configuration_hdemucs",
     "AudioError": "errors",
     "AudioFormatError": "errors",
     "AudioTooLongError": "errors",
@@ -33,29 +33,29 @@ _EXPORTS = {
     "ModelOutputError": "errors",
     "OptionError": "errors",
     "one_line": "errors",
-    "Report": "dataset",
-    "WorkerResources": "dataset",
-    "separate_dataset": "dataset",
-    "OutputOptions": "file_output",
-    "Track": "file_output",
-    "find_tracks": "file_output",
-    "plan_outputs": "file_output",
-    "separate_file": "file_output",
-    "plan_layers": "layer_plan",
+    "Report": "apps.dataset",
+    "WorkerResources": "apps.dataset_worker",
+    "separate_dataset": "apps.dataset",
+    "OutputOptions": "separation.file_output",
+    "Track": "separation.file_output",
+    "find_tracks": "separation.file_output",
+    "plan_outputs": "separation.file_output",
+    "separate_file": "separation.file_output",
+    "plan_layers": "models.hdemucs.layer_plan",
     "relative_error_db": "metrics",
-    "FlaxHDemucs": "modeling_flax_hdemucs",
-    "FlaxHDemucsOutput": "modeling_flax_hdemucs",
-    "HDemucsModule": "modeling_flax_hdemucs",
+    "FlaxHDemucs": "models.hdemucs.modeling_flax_hdemucs",
+    "FlaxHDemucsOutput": "models.hdemucs.modeling_flax_hdemucs",
+    "HDemucsModule": "models.hdemucs.modeling_flax_hdemucs",
     "SeparationOptions": "options",
-    "load_model": "pretrained",
+    "load_model": "zoo.pretrained",
     "cache_dir": "runtime",
     "configure_compilation_cache": "runtime",
     "configure_xla": "runtime",
     "hide_torch_from_transformers": "runtime",
-    "Separator": "separation",
+    "Separator": "separation.separator",
     "synth_song": "synthetic",
-    "convert_torchaudio_state_dict": "weight_conversion",
-    "to_torchaudio_state_dict": "weight_conversion",
+    "convert_torchaudio_state_dict": "models.hdemucs.convert_torchaudio",
+    "to_torchaudio_state_dict": "models.hdemucs.convert_torchaudio",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -75,9 +75,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names load lazily
-    from .audio_io import AUDIO_EXTENSIONS, AudioInfo, inspect_audio, read_audio, write_audio
-    from .configuration_hdemucs import HDemucsConfig
-    from .dataset import Report, WorkerResources, separate_dataset
+    from .apps.dataset import Report, separate_dataset
+    from .apps.dataset_worker import WorkerResources
     from .errors import (
         AudioError,
         AudioFormatError,
@@ -92,13 +91,15 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names lo
         OptionError,
         one_line,
     )
-    from .file_output import OutputOptions, Track, find_tracks, plan_outputs, separate_file
-    from .layer_plan import plan_layers
+    from .io.audio_io import AUDIO_EXTENSIONS, AudioInfo, inspect_audio, read_audio, write_audio
     from .metrics import relative_error_db
-    from .modeling_flax_hdemucs import FlaxHDemucs, FlaxHDemucsOutput, HDemucsModule
+    from .models.hdemucs.configuration_hdemucs import HDemucsConfig
+    from .models.hdemucs.convert_torchaudio import convert_torchaudio_state_dict, to_torchaudio_state_dict
+    from .models.hdemucs.layer_plan import plan_layers
+    from .models.hdemucs.modeling_flax_hdemucs import FlaxHDemucs, FlaxHDemucsOutput, HDemucsModule
     from .options import SeparationOptions
-    from .pretrained import load_model
     from .runtime import cache_dir, configure_compilation_cache, configure_xla, hide_torch_from_transformers
-    from .separation import Separator
+    from .separation.file_output import OutputOptions, Track, find_tracks, plan_outputs, separate_file
+    from .separation.separator import Separator
     from .synthetic import synth_song
-    from .weight_conversion import convert_torchaudio_state_dict, to_torchaudio_state_dict
+    from .zoo.pretrained import load_model

@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from . import tempfiles
+from .io import tempfiles
 
 PARTIAL = ".partial"  # the suffix of an entry being written (`tempfiles.new_name`)
 SUPPORTED_JAX = "0.10."

@@ -52,7 +52,7 @@ from modeling_hdemucs_flax import (  # noqa: E402
     inspect_audio,
     separate_file,
 )
-from modeling_hdemucs_flax.model_names import model_label  # noqa: E402
+from modeling_hdemucs_flax.zoo.model_names import model_label  # noqa: E402
 
 logger = logging.getLogger("hdemucs_space")
 
@@ -455,7 +455,7 @@ def main() -> int:
 
 def _load_and_serve(limits: Limits) -> int:
     from modeling_hdemucs_flax import ModelLoadError
-    from modeling_hdemucs_flax.pretrained import model_licence
+    from modeling_hdemucs_flax.zoo.pretrained import model_licence
 
     started = time.monotonic()
     spec = os.environ.get("HDEMUCS_MODEL") or None

@@ -24,7 +24,7 @@ SPACE_FILES = ("app.py", "README.md", "requirements.txt")
 
 def stage(target: Path) -> Path:
     """Write the Space's files into `target` (created; must not exist or be empty): app.py, README.md,
-    requirements.txt, examples/*.ogg and modeling_hdemucs_flax/*.py. Returns `target`."""
+    requirements.txt, examples/*.ogg and modeling_hdemucs_flax/**/*.py. Returns `target`."""
     target.mkdir(parents=True, exist_ok=True)
     if any(target.iterdir()):
         raise SystemExit(f"{target}: not empty; stage into a new folder")
@@ -33,9 +33,10 @@ def stage(target: Path) -> Path:
     (target / "examples").mkdir()
     for clip in sorted((HERE / "examples").glob("*.ogg")):
         shutil.copy2(clip, target / "examples" / clip.name)
-    (target / PACKAGE.name).mkdir()
-    for source in sorted(PACKAGE.glob("*.py")):
-        shutil.copy2(source, target / PACKAGE.name / source.name)
+    for source in sorted(PACKAGE.rglob("*.py")):
+        copy = target / PACKAGE.name / source.relative_to(PACKAGE)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, copy)
     return target
 
 

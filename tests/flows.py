@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modeling_hdemucs_flax.downloads import TorchaudioBundle
+from modeling_hdemucs_flax.zoo.torchaudio_bundles import TorchaudioBundle
 
 from .reference import music_like, tiny_config
 

@@ -1,4 +1,4 @@
-"""Running the HTTP API (`modeling_hdemucs_flax.serve`) for tests: a real uvicorn server on 127.0.0.1, either in a
+"""Running the HTTP API (`modeling_hdemucs_flax.apps.serve`) for tests: a real uvicorn server on 127.0.0.1, either in a
 thread of the test process (`ThreadedServer`, around any `create_app` app) or as the `hdemucs-flax serve` command in
 a subprocess (`ServeProcess`). Both pick a free port; every request in these tests goes to 127.0.0.1 only.
 """

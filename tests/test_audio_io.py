@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from modeling_hdemucs_flax import OptionError
-from modeling_hdemucs_flax.audio_io import (
+from modeling_hdemucs_flax.io.audio_io import (
     AtomicAudioWriter,
     AudioError,
     inspect_audio,

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from modeling_hdemucs_flax import Separator, batch_tuning
-from modeling_hdemucs_flax.batch_tuning import tune_batch_size
-from modeling_hdemucs_flax.cli import main
+from modeling_hdemucs_flax.apps.cli import main
 from modeling_hdemucs_flax.options import default_batch_size
+from modeling_hdemucs_flax.separation.batch_tuning import tune_batch_size
 
 from .audio_files import write_song
 from .conftest import SEGMENT_SECONDS

@@ -18,8 +18,8 @@ import torch
 import torchaudio
 
 from modeling_hdemucs_flax import CheckpointError, FlaxHDemucs, ModelLoadError, load_model
-from modeling_hdemucs_flax.cli import main
-from modeling_hdemucs_flax.torch_checkpoint import load_torch_state_dict
+from modeling_hdemucs_flax.apps.cli import main
+from modeling_hdemucs_flax.weights.torch_checkpoint import load_torch_state_dict
 
 from .audio_files import write_song
 from .conftest import SEGMENT, SEGMENT_SECONDS, SOURCES

@@ -22,7 +22,7 @@ import pytest
 import soundfile as sf
 
 from modeling_hdemucs_flax import Separator, separate_file
-from modeling_hdemucs_flax.cli import build_parser, main
+from modeling_hdemucs_flax.apps.cli import build_parser, main
 
 from .audio_files import bad_files, write_song
 from .conftest import SEGMENT_SECONDS, SOURCES
@@ -575,7 +575,7 @@ def test_an_unreachable_hub_costs_the_pre_check_one_quick_attempt(tmp_path):
         port = probe_socket.getsockname()[1]
     env = flow_env(tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{port}")
     code = (
-        "import time; from modeling_hdemucs_flax.model_facts import read_model_facts; t = time.monotonic(); "
+        "import time; from modeling_hdemucs_flax.zoo.model_facts import read_model_facts; t = time.monotonic(); "
         "print(read_model_facts('someone/tiny'), time.monotonic() - t)"
     )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -24,10 +24,10 @@ import pytest
 import soundfile as sf
 
 from modeling_hdemucs_flax import DatasetError, OptionError, OutputOptions, Separator, separate_dataset
-from modeling_hdemucs_flax.cli import main
-from modeling_hdemucs_flax.dataset import MARKERS
-from modeling_hdemucs_flax.dataset_plan import plan_tracks
-from modeling_hdemucs_flax.storage import LocalStore, ObjectStore
+from modeling_hdemucs_flax.apps.cli import main
+from modeling_hdemucs_flax.apps.dataset_plan import plan_tracks
+from modeling_hdemucs_flax.apps.dataset_worker import MARKERS
+from modeling_hdemucs_flax.io.storage import LocalStore, ObjectStore
 
 from .audio_files import write_song
 from .conftest import SEGMENT_SECONDS, SOURCES

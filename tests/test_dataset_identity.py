@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from modeling_hdemucs_flax.cli import main
-from modeling_hdemucs_flax.pretrained import DEFAULT_BUNDLE, DEFAULT_MODEL
+from modeling_hdemucs_flax.apps.cli import main
+from modeling_hdemucs_flax.zoo.pretrained import DEFAULT_BUNDLE, DEFAULT_MODEL
 
 from .audio_files import write_song
 from .conftest import SEGMENT_SECONDS
@@ -208,8 +208,8 @@ def test_a_hub_model_is_identified_by_its_commit(tiny_checkpoint_dir, jax_cache,
 def test_a_large_weights_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
     """A weights file of `CACHED_DIGEST_BYTES` or more is hashed once; its digest comes from the cache while the
     file is unchanged, and is computed again when the file is rewritten, even with its old size and mtime."""
-    from modeling_hdemucs_flax import model_identity
-    from modeling_hdemucs_flax.model_identity import CACHED_DIGEST_BYTES, identify_model
+    from modeling_hdemucs_flax.zoo import model_identity
+    from modeling_hdemucs_flax.zoo.model_identity import CACHED_DIGEST_BYTES, identify_model
 
     monkeypatch.setenv("HDEMUCS_FLAX_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "model"

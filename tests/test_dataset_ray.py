@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from modeling_hdemucs_flax.dataset import WorkerResources
-from modeling_hdemucs_flax.dataset_ray import actor_environment
+from modeling_hdemucs_flax.apps.dataset_ray import actor_environment
+from modeling_hdemucs_flax.apps.dataset_worker import WorkerResources
 
 from .audio_files import write_song
 from .conftest import SEGMENT_SECONDS, SOURCES

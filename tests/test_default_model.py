@@ -1,4 +1,4 @@
-"""The default-model chain of `modeling_hdemucs_flax.pretrained`: local cache -> the Hub's converted copy ->
+"""The default-model chain of `modeling_hdemucs_flax.zoo.pretrained`: local cache -> the Hub's converted copy ->
 torchaudio's official file (sha256-checked, converted without torch, cached) — against local servers.
 
 The chain takes its bundle and repo id as parameters; the tests give it the tiny random-weight model in both
@@ -14,7 +14,7 @@ import json
 import numpy as np
 import torch
 
-from modeling_hdemucs_flax.pretrained import DEFAULT_MODEL
+from modeling_hdemucs_flax.zoo.pretrained import DEFAULT_MODEL
 
 from .flows import error_lines, flow_env, probe, run_script, tiny_bundle
 from .hub_server import FileServer, HubServer

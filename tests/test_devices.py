@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 
 from modeling_hdemucs_flax import FlaxHDemucs, OptionError, Separator, relative_error_db
-from modeling_hdemucs_flax.cli import main
+from modeling_hdemucs_flax.apps.cli import main
 
 from .audio_files import write_song
 from .conftest import SEGMENT_SECONDS, SOURCES
@@ -146,7 +146,7 @@ def test_the_precision_reaches_the_model_from_every_front_door(tiny_checkpoint_d
     with pytest.raises(OptionError, match=r"^matmul_precision='fp32': must be one of float32, tensorfloat32, bf"):
         Separator.from_pretrained(tmp_path / "not-loaded", matmul_precision="fp32")
 
-    from modeling_hdemucs_flax.cli import build_parser, load_separator, options_from
+    from modeling_hdemucs_flax.apps.cli import build_parser, load_separator, options_from
 
     argv = ["separate", "song.wav", "--model", str(tiny_checkpoint_dir), "--segment", str(SEGMENT_SECONDS)]
     argv += ["--compilation-cache", str(jax_cache), "-q", "--matmul-precision", "tensorfloat32"]

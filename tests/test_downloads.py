@@ -22,8 +22,9 @@ import pytest
 import torch
 
 from modeling_hdemucs_flax import DownloadError
-from modeling_hdemucs_flax.cli import main
-from modeling_hdemucs_flax.downloads import BUNDLES, download_file
+from modeling_hdemucs_flax.apps.cli import main
+from modeling_hdemucs_flax.weights.downloads import download_file
+from modeling_hdemucs_flax.zoo.torchaudio_bundles import BUNDLES
 
 from .audio_files import write_song
 from .flows import REPO_ROOT, error_lines, flow_env, probe, run_on_terminal, run_script, tiny_bundle
@@ -76,7 +77,7 @@ def test_a_bundle_of_unknown_size_is_capped_on_the_converters_path(tmp_path, mon
     --allow-unverified` downloads it capped at MAX_DOWNLOAD_BYTES (lowered here; 2 GiB for real) from a server
     that sends more without announcing a length: one line, nothing kept."""
     from conversion import convert_torchaudio_hdemucs as convert
-    from modeling_hdemucs_flax import downloads
+    from modeling_hdemucs_flax.weights import downloads
 
     assert BUNDLES["HDEMUCS_HIGH_MUSDB"].size is None and downloads.MAX_DOWNLOAD_BYTES == 2 * 1024**3
     bundle = tiny_bundle(None)

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from modeling_hdemucs_flax import AudioError, Separator, inspect_audio, read_audio, separate_file
-from modeling_hdemucs_flax.audio_io import iter_audio_blocks
+from modeling_hdemucs_flax.io.audio_io import iter_audio_blocks
 
 from .audio_files import tones, write_song, write_with_pyav
 from .conftest import SEGMENT_SECONDS, SOURCES, SR

@@ -19,11 +19,11 @@ import pytest
 import soundfile as sf
 
 from modeling_hdemucs_flax import OutputOptions, Separator, read_audio, write_audio
-from modeling_hdemucs_flax import file_output as file_output_module
-from modeling_hdemucs_flax.audio_io import StemWriter
-from modeling_hdemucs_flax.decoded_cache import DecodedOnce
-from modeling_hdemucs_flax.file_output import separate_files
-from modeling_hdemucs_flax.separation import READ_AHEAD_BLOCKS
+from modeling_hdemucs_flax.io.audio_io import StemWriter
+from modeling_hdemucs_flax.io.decoded_cache import DecodedOnce
+from modeling_hdemucs_flax.separation import file_output as file_output_module
+from modeling_hdemucs_flax.separation.file_output import separate_files
+from modeling_hdemucs_flax.separation.separator import READ_AHEAD_BLOCKS
 
 from .audio_files import write_song
 from .conftest import SEGMENT_SECONDS, SOURCES

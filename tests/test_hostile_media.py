@@ -19,8 +19,8 @@ import sys
 import pytest
 
 from modeling_hdemucs_flax import AudioFormatError, AudioTooLongError, Separator, read_audio, separate_dataset
-from modeling_hdemucs_flax.audio_io import inspect_audio, iter_audio_blocks
-from modeling_hdemucs_flax.serve import create_app
+from modeling_hdemucs_flax.apps.serve import create_app
+from modeling_hdemucs_flax.io.audio_io import inspect_audio, iter_audio_blocks
 
 from .audio_files import media_that_open_other_files, write_song, write_understated_matroska
 from .conftest import SEGMENT_SECONDS, SOURCES

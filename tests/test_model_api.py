@@ -25,11 +25,11 @@ from modeling_hdemucs_flax import (
     convert_torchaudio_state_dict,
     to_torchaudio_state_dict,
 )
-from modeling_hdemucs_flax.config_rules import ARCHITECTURE_DEFAULTS, config_from_json
-from modeling_hdemucs_flax.layer_plan import plan_layers
 from modeling_hdemucs_flax.metrics import relative_error_db
-from modeling_hdemucs_flax.torch_checkpoint import load_torch_state_dict
-from modeling_hdemucs_flax.weight_conversion import param_shapes
+from modeling_hdemucs_flax.models.hdemucs.config_rules import ARCHITECTURE_DEFAULTS, config_from_json
+from modeling_hdemucs_flax.models.hdemucs.convert_torchaudio import param_shapes
+from modeling_hdemucs_flax.models.hdemucs.layer_plan import plan_layers
+from modeling_hdemucs_flax.weights.torch_checkpoint import load_torch_state_dict
 
 from .audio_files import write_song
 from .conftest import SOURCES

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from modeling_hdemucs_flax import OptionError, OutputOptions, Track, find_tracks, plan_outputs
-from modeling_hdemucs_flax.audio_io import AtomicAudioWriter, StemWriter, sweep_partial_files
+from modeling_hdemucs_flax.io.audio_io import AtomicAudioWriter, StemWriter, sweep_partial_files
 
 from .audio_files import tones, write_song
 from .conftest import SOURCES
@@ -150,7 +150,7 @@ def test_an_interrupt_while_a_stem_file_is_made_leaves_no_temporary(tmp_path, mo
     whichever step it interrupts."""
     import soundfile
 
-    from modeling_hdemucs_flax import audio_io
+    from modeling_hdemucs_flax.io import audio_io
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeling_hdemucs_flax.separation import (
+from modeling_hdemucs_flax.separation.separator import (
     chunk_weight,
     mix_statistics,
     overlap_add_stream,

@@ -21,8 +21,8 @@ from modeling_hdemucs_flax import (
     separate_file,
     write_audio,
 )
-from modeling_hdemucs_flax.file_output import separate_files
-from modeling_hdemucs_flax.separation import Signal, chunk_weight, overlap_add_stream
+from modeling_hdemucs_flax.separation.file_output import separate_files
+from modeling_hdemucs_flax.separation.separator import Signal, chunk_weight, overlap_add_stream
 
 from .audio_files import write_corrupt
 from .conftest import SEGMENT_SECONDS, SOURCES, SR

@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from conversion import convert_torchaudio_hdemucs as convert
 from modeling_hdemucs_flax import FlaxHDemucs
-from modeling_hdemucs_flax.downloads import fetch_torchaudio_checkpoint
+from modeling_hdemucs_flax.zoo.torchaudio_bundles import fetch_torchaudio_checkpoint
 
 from .flows import error_lines, flow_env, probe, run_converter, run_script, tiny_bundle
 from .hub_server import FileServer, HubServer

@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 
 from modeling_hdemucs_flax import AudioError, FlaxHDemucs, Separator, read_audio, separate_file, write_audio
-from modeling_hdemucs_flax.separation import draw_shift_delays, network_forward
+from modeling_hdemucs_flax.separation.separator import draw_shift_delays, network_forward
 
 from .conftest import SEGMENT, SEGMENT_SECONDS, SR
 from .reference import error_report, music_like, tiny_config

@@ -29,9 +29,9 @@ import soundfile as sf
 
 import modeling_hdemucs_flax
 from modeling_hdemucs_flax import Separator, __version__, separate_file
-from modeling_hdemucs_flax.audio_io import StemWriter
-from modeling_hdemucs_flax.cli import main
-from modeling_hdemucs_flax.serve import ServeLimits, create_app
+from modeling_hdemucs_flax.apps.cli import main
+from modeling_hdemucs_flax.apps.serve import ServeLimits, create_app
+from modeling_hdemucs_flax.io.audio_io import StemWriter
 
 from .audio_files import bad_files, tones, write_song, write_understated_matroska
 from .conftest import SEGMENT_SECONDS, SOURCES
@@ -780,7 +780,7 @@ def test_serve_command_refuses_an_empty_token_and_filename_before_loading_anythi
 def test_serve_command_without_the_extra_says_how_to_install_it_from_a_checkout(monkeypatch, capsys):
     """Without FastAPI the command says to install the [serve] extra from the checkout (the package is not on
     PyPI, so `pip install 'hdemucs-flax[serve]'` would name an unclaimed project)."""
-    monkeypatch.delitem(sys.modules, "modeling_hdemucs_flax.serve", raising=False)
+    monkeypatch.delitem(sys.modules, "modeling_hdemucs_flax.apps.serve", raising=False)
     monkeypatch.delattr(modeling_hdemucs_flax, "serve", raising=False)
     monkeypatch.setitem(sys.modules, "fastapi", None)  # `import fastapi` raises ModuleNotFoundError
     assert main(["serve"]) == 1

@@ -406,7 +406,7 @@ def test_publish_stages_an_uploadable_space_with_the_package_vendored(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
-    package = sorted(f"modeling_hdemucs_flax/{p.name}" for p in (ROOT / "modeling_hdemucs_flax").glob("*.py"))
+    package = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "modeling_hdemucs_flax").rglob("*.py"))
     assert files == sorted(
         ["README.md", "app.py", "requirements.txt", "examples/slow_ballad.ogg", "examples/synth_pop.ogg", *package]
     )
@@ -461,8 +461,8 @@ def test_footer_names_the_model_loaded_and_its_licence(server, tiny_checkpoint_d
 def test_model_label_names_a_folder_by_its_name_only(tmp_path, monkeypatch):
     """The rule the footer and the HTTP API share: a Hub id as given, a folder (however it is written) by its
     name, the default model by its Hub id."""
-    from modeling_hdemucs_flax.model_names import model_label
-    from modeling_hdemucs_flax.pretrained import DEFAULT_MODEL
+    from modeling_hdemucs_flax.zoo.model_names import model_label
+    from modeling_hdemucs_flax.zoo.pretrained import DEFAULT_MODEL
 
     folder = tmp_path / "models" / "small"
     folder.mkdir(parents=True)

@@ -45,7 +45,7 @@ def test_pyright_basic_mode_reports_no_errors():
     summary = report["summary"]
     errors = [d for d in report["generalDiagnostics"] if d["severity"] == "error"]
     print(f"[pyright] {summary} in {time.monotonic() - started:.0f} s")
-    assert summary["filesAnalyzed"] >= len(list(PACKAGE.glob("*.py")))
+    assert summary["filesAnalyzed"] >= len(list(PACKAGE.rglob("*.py")))
     assert errors == [], "\n".join(f"{d['file']}:{d['range']['start']['line'] + 1}: {d['message']}" for d in errors)
     assert summary["errorCount"] == 0
 
@@ -79,7 +79,9 @@ def unannotated(tree: ast.Module) -> list[str]:
 
 def test_public_functions_are_fully_annotated():
     missing = {
-        path.name: found for path in sorted(PACKAGE.glob("*.py")) if (found := unannotated(ast.parse(path.read_text())))
+        str(path.relative_to(PACKAGE)): found
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (found := unannotated(ast.parse(path.read_text())))
     }
     assert missing == {}
 

@@ -9,7 +9,7 @@ import io
 import json
 import sys
 
-from modeling_hdemucs_flax.cli import main
+from modeling_hdemucs_flax.apps.cli import main
 
 folder, segment, song, out, cache = sys.argv[1:6]
 common = ["separate", song, "--model", folder, "--segment", segment, "--compilation-cache", cache, "--float32"]

@@ -3,7 +3,7 @@ one `loaded NAME: True|False` line each (on stdout, after whatever the command p
 
 import sys
 
-from modeling_hdemucs_flax.cli import entry_point
+from modeling_hdemucs_flax.apps.cli import entry_point
 
 try:
     status = entry_point(sys.argv[1:])

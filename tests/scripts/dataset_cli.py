@@ -3,7 +3,7 @@ the driver imported (`loaded NAME: True|False`) and `exit status: N`, and exits 
 
 import sys
 
-from modeling_hdemucs_flax.cli import entry_point
+from modeling_hdemucs_flax.apps.cli import entry_point
 
 try:
     status = entry_point(sys.argv[1:])

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 
-from modeling_hdemucs_flax.downloads import TorchaudioBundle, torchaudio_checkpoint_path
-from modeling_hdemucs_flax.pretrained import ModelLoadError, load_default_model
+from modeling_hdemucs_flax.zoo.pretrained import ModelLoadError, load_default_model
+from modeling_hdemucs_flax.zoo.torchaudio_bundles import TorchaudioBundle, torchaudio_checkpoint_path
 
 spec, checkpoint, probe_path, out = sys.argv[1:]
 bundle = TorchaudioBundle(**{**json.loads(spec), "sources": ("drums", "bass", "other", "vocals")})

@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 
-from modeling_hdemucs_flax.downloads import TorchaudioBundle
-from modeling_hdemucs_flax.pretrained import ModelLoadError, load_default_model, load_model
+from modeling_hdemucs_flax.zoo.pretrained import ModelLoadError, load_default_model, load_model
+from modeling_hdemucs_flax.zoo.torchaudio_bundles import TorchaudioBundle
 
 spec, probe_path, out, *caches = sys.argv[1:]
 good = TorchaudioBundle(**{**json.loads(spec)["good"], "sources": ("drums", "bass", "other", "vocals")})

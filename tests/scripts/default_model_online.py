@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 
-from modeling_hdemucs_flax.downloads import TorchaudioBundle
-from modeling_hdemucs_flax.pretrained import ModelLoadError, load_default_model
+from modeling_hdemucs_flax.zoo.pretrained import ModelLoadError, load_default_model
+from modeling_hdemucs_flax.zoo.torchaudio_bundles import TorchaudioBundle
 
 spec, probe_path, out, *caches = sys.argv[1:]
 bundles = {name: TorchaudioBundle(**{**b, "sources": tuple(b["sources"])}) for name, b in json.loads(spec).items()}

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from modeling_hdemucs_flax import FlaxHDemucs, Separator, configure_compilation_cache, load_model, modeling_flax_hdemucs
-from modeling_hdemucs_flax.cli import build_parser, load_separator, options_from
+from modeling_hdemucs_flax.apps.cli import build_parser, load_separator, options_from
 from tests.reference import music_like
 
 folder, segment = sys.argv[1], float(sys.argv[2])

@@ -7,7 +7,7 @@ import sys
 
 from jaxlib import xla_client
 
-from modeling_hdemucs_flax.cli import entry_point
+from modeling_hdemucs_flax.apps.cli import entry_point
 
 try:
     status = entry_point(sys.argv[1:])

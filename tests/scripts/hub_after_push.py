@@ -8,7 +8,7 @@ import numpy as np
 
 from conversion import convert_torchaudio_hdemucs as convert
 from modeling_hdemucs_flax import FlaxHDemucs
-from modeling_hdemucs_flax.pretrained import ModelLoadError, load_model
+from modeling_hdemucs_flax.zoo.pretrained import ModelLoadError, load_model
 
 repo_id, probe_path, out_path, *convert_argv = sys.argv[1:]
 model = FlaxHDemucs.from_pretrained(repo_id)

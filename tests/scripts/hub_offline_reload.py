@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from modeling_hdemucs_flax.pretrained import ModelLoadError, load_model
+from modeling_hdemucs_flax.zoo.pretrained import ModelLoadError, load_model
 
 repo_id, probe_path, out_path = sys.argv[1:]
 model = load_model(repo_id)

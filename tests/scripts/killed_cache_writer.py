@@ -9,6 +9,6 @@ import sys
 signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores SIGXFSZ; the kernel's default action kills
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
 
-from modeling_hdemucs_flax.cli import entry_point  # noqa: E402  (after the limit: the whole run is under it)
+from modeling_hdemucs_flax.apps.cli import entry_point  # noqa: E402  (after the limit: the whole run is under it)
 
 sys.exit(entry_point(sys.argv[2:]))

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from modeling_hdemucs_flax import Separator, configure_compilation_cache, load_model, relative_error_db
-from modeling_hdemucs_flax.separation import Signal
+from modeling_hdemucs_flax.separation.separator import Signal
 from tests.reference import music_like
 from tests.separation_helpers import CompileCounter
 

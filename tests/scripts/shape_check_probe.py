@@ -6,7 +6,7 @@ from jaxtyping import TypeCheckError
 
 import tests.shape_checks  # noqa: F401 (installs the import hook before the package's modules load)
 from modeling_hdemucs_flax import FlaxHDemucs
-from modeling_hdemucs_flax.spectral import stft
+from modeling_hdemucs_flax.models.common.spectral import stft
 from tests.reference import tiny_config
 
 

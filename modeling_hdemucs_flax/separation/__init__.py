@@ -1,0 +1,1 @@
+"""Separation: the schedule (`Separator`: chunks, batches, overlap-add), file output, batch-size tuning."""

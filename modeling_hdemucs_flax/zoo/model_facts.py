@@ -1,0 +1,99 @@
+"""What a model is before it is loaded: the sources, sample rate and channel count an application plans with,
+read from the model's config.json alone, without its weights, JAX or transformers.
+
+The command line checks a run against these (the stems' paths, `--two-stems`, finished tracks) in a fraction of
+a second, before it spends seconds loading and compiling the network, or minutes downloading it. Where the
+config comes from follows `pretrained.load_model`'s reading of a `--model` value: a local folder's config.json,
+a Hub repo's (from the Hugging Face cache, else fetched alone, in one attempt), or for the default model its
+entry in `downloads.BUNDLES`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..models.hdemucs.config_rules import ARCHITECTURE_DEFAULTS, config_from_json
+from ..weights.locations import looks_like_path
+from .torchaudio_bundles import DEFAULT_BUNDLE
+
+FETCH_SECONDS = 10.0  # a Hub repo's config.json: one attempt, this long at most
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is about 1 kB
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """A model's `sources` (the stems it separates, in order), `sample_rate` (Hz, the rate it runs at) and
+    `audio_channels` (channels it separates; mono input is up-mixed)."""
+
+    sources: tuple[str, ...]
+    sample_rate: int
+    audio_channels: int
+
+
+def _hub_config(repo_id: str, revision: str | None) -> bytes | None:
+    """The Hub repo's config.json: the Hugging Face cache's copy, else fetched alone in one attempt (unless
+    offline); None when it cannot be had.
+
+    One attempt, bounded by `FETCH_SECONDS`, rather than `hf_hub_download`'s five retries (23 s when the
+    connection is refused): whatever fails here makes `load_model`, which tries the same repo next, fail too and
+    say what is wrong and what to do, so a retry here would only double the wait."""
+    from huggingface_hub import constants, get_session, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.utils import (  # documented (utilities reference), not in the package's export list
+        build_hf_headers,  # pyright: ignore[reportPrivateImportUsage]
+    )
+
+    try:  # any failure (an invalid repo id, an unknown repo, no network, a server error) is the loader's to word
+        cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+        if isinstance(cached, str):
+            return Path(cached).read_bytes()
+        if constants.HF_HUB_OFFLINE:
+            return None
+        url = hf_hub_url(repo_id, "config.json", revision=revision)
+        ends = time.monotonic() + FETCH_SECONDS
+        with get_session().get(url, headers=build_hf_headers(), timeout=FETCH_SECONDS, stream=True) as response:
+            if response.status_code != 200:
+                return None
+            data = b""
+            for chunk in response.iter_content(1 << 16):
+                data += chunk
+                if len(data) > MAX_CONFIG_BYTES or time.monotonic() > ends:
+                    return None
+            return data
+    except Exception:
+        return None
+
+
+def read_model_facts(model: str | os.PathLike | None, revision: str | None = None) -> ModelFacts | None:
+    """The facts of `model` (as `load_model` takes it: a folder, a Hub repo id, or None for the default model),
+    from its config.json checked by the rules `HDemucsConfig` applies (`config_rules.check_config`).
+
+    Returns None when the config cannot be read here (no such folder, no config.json, not JSON, the Hub out of
+    reach): loading the model then says what is wrong. Raises `ConfigError` when the config.json is read and
+    describes no usable model (a field out of range, a source name that cannot be a file name)."""
+    if model is None:
+        bundle = DEFAULT_BUNDLE
+        channels = bundle.overrides.get("audio_channels", ARCHITECTURE_DEFAULTS["audio_channels"])
+        return ModelFacts(tuple(bundle.sources), bundle.sample_rate, channels)
+    spec = str(model)
+    if isinstance(model, os.PathLike) or looks_like_path(spec):
+        config_file = Path(spec).expanduser() / "config.json"
+        try:
+            data = config_file.read_bytes() if config_file.is_file() else None
+        except OSError:
+            data = None
+    else:
+        data = _hub_config(spec, revision)
+    if data is None:
+        return None
+    try:
+        fields = json.loads(data.decode("utf-8"))
+    except ValueError:  # not UTF-8, not JSON: `load_model` words it
+        return None
+    if not isinstance(fields, dict):
+        return None
+    config = config_from_json(fields)
+    return ModelFacts(tuple(config.sources), config.sampling_rate, config.audio_channels)
