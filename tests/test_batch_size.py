@@ -12,9 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from modeling_hdemucs_flax import Separator, batch_tuning
+from modeling_hdemucs_flax import Separator
 from modeling_hdemucs_flax.apps.cli import main
 from modeling_hdemucs_flax.options import default_batch_size
+from modeling_hdemucs_flax.separation import batch_tuning
 from modeling_hdemucs_flax.separation.batch_tuning import tune_batch_size
 
 from .audio_files import write_song

@@ -146,7 +146,8 @@ def test_the_precision_reaches_the_model_from_every_front_door(tiny_checkpoint_d
     with pytest.raises(OptionError, match=r"^matmul_precision='fp32': must be one of float32, tensorfloat32, bf"):
         Separator.from_pretrained(tmp_path / "not-loaded", matmul_precision="fp32")
 
-    from modeling_hdemucs_flax.apps.cli import build_parser, load_separator, options_from
+    from modeling_hdemucs_flax.apps.arguments import options_from
+    from modeling_hdemucs_flax.apps.cli import build_parser, load_separator
 
     argv = ["separate", "song.wav", "--model", str(tiny_checkpoint_dir), "--segment", str(SEGMENT_SECONDS)]
     argv += ["--compilation-cache", str(jax_cache), "-q", "--matmul-precision", "tensorfloat32"]

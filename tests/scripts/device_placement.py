@@ -11,8 +11,10 @@ import sys
 import jax
 import numpy as np
 
-from modeling_hdemucs_flax import FlaxHDemucs, Separator, configure_compilation_cache, load_model, modeling_flax_hdemucs
-from modeling_hdemucs_flax.apps.cli import build_parser, load_separator, options_from
+from modeling_hdemucs_flax import FlaxHDemucs, Separator, configure_compilation_cache, load_model
+from modeling_hdemucs_flax.apps.arguments import options_from
+from modeling_hdemucs_flax.apps.cli import build_parser, load_separator
+from modeling_hdemucs_flax.models.hdemucs import modeling_flax_hdemucs
 from tests.reference import music_like
 
 folder, segment = sys.argv[1], float(sys.argv[2])
