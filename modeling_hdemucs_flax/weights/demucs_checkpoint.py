@@ -28,6 +28,7 @@ state against the kwargs is the converter's job. Every failure is one `Checkpoin
 
 from __future__ import annotations
 
+import _compat_pickle
 import json
 import math
 import pickle
@@ -199,7 +200,6 @@ _REFUSED_OPCODES = (
     (pickle.NEWOBJ_EX, "builds an object from a class (NEWOBJ_EX)"),
     (pickle.INST, "builds an object from a class (INST)"),
     (pickle.OBJ, "builds an object from a class (OBJ)"),
-    (pickle.BUILD, "sets an object's state (BUILD)"),
     (pickle.EXT1, "uses the extension registry (EXT1)"),
     (pickle.EXT2, "uses the extension registry (EXT2)"),
     (pickle.EXT4, "uses the extension registry (EXT4)"),
@@ -216,16 +216,39 @@ class _DemucsUnpickler(TensorUnpickler):
     - torch's tensor rebuild functions and storage types (`TensorUnpickler.tensor_global`): the state.
 
     Every other global (os.system, builtins.eval, any other class) is refused when the pickle names it, before
-    anything could call it. Opcodes that build objects from a class (NEWOBJ, NEWOBJ_EX, INST, OBJ) or set their
-    state (BUILD), and the extension registry (EXT1/2/4), are refused too: serialize_model's pickle uses none,
-    and REDUCE reaches only the callables above."""
+    anything could call it. Opcodes that build objects from a class (NEWOBJ, NEWOBJ_EX, INST, OBJ) and the extension
+    registry (EXT1/2/4) are refused too (serialize_model's pickle uses none), BUILD is allowed only to give an
+    OrderedDict its (ignored) attributes, and REDUCE reaches only the callables above."""
 
     dispatch = dict(TensorUnpickler.dispatch)
+    # The pure-Python unpickler's state, which typeshed does not declare.
+    proto: int
+    fix_imports: bool
     for _opcode, _what in _REFUSED_OPCODES:
         dispatch[_opcode[0]] = _refuse_opcode(_what)
     del _opcode, _what
 
+    def _load_build(self) -> None:
+        """BUILD, for one case only: `module.state_dict()` is an OrderedDict whose `_metadata` attribute (layer
+        versions) pickles as its state. That state is dropped; any other object's BUILD is refused."""
+        state = self.stack.pop()
+        target = self.stack[-1]
+        if not isinstance(target, OrderedDict) or not isinstance(state, dict):
+            raise CheckpointInvalid(
+                f"the demucs checkpoint sets the state of a {type(target).__name__} (BUILD), which is not allowed "
+                "(only a state dict's OrderedDict carries one, and it is ignored)"
+            )
+
+    dispatch[pickle.BUILD[0]] = _load_build
+
     def find_class(self, module: str, name: str) -> Any:
+        if self.proto < 3 and self.fix_imports:
+            # Python 2 names, as protocol 2 (torch.save's) writes some globals (builtins.eval as __builtin__.eval,
+            # subprocess.Popen as commands.Popen): mapped as pickle maps them, so a refusal names the real global.
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            else:
+                module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         qualname = f"{module}.{name}"
         if qualname in DEMUCS_CLASSES:
             return _ClassName(qualname)
@@ -294,7 +317,7 @@ def _klass(value: Any) -> str:
         return value
     if isinstance(value, str):
         raise CheckpointInvalid(f"klass names {_shown(value)}, which is not allowed: {ALLOWED_TEXT}")
-    raise CheckpointInvalid(f"klass is a {type(value).__name__}, not a demucs model class")
+    raise CheckpointInvalid(f"klass is of type {type(value).__name__}, not a demucs model class")
 
 
 def _float32_state(state: Any) -> dict[str, np.ndarray]:
@@ -410,7 +433,7 @@ def _read_text(path: Path, limit: int) -> str:
     """A small text file, refused above `limit` bytes before it is read."""
     size = path.stat().st_size
     if size > limit:
-        raise CheckpointInvalid(f"is {size} bytes; this reader stops at {limit}")
+        raise CheckpointInvalid(f"the file is {size} bytes; this reader stops at {limit}")
     return path.read_text(encoding="utf-8")
 
 
