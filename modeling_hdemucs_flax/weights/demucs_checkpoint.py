@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, NoReturn
 
 import ml_dtypes
@@ -50,16 +51,19 @@ from ..torch_checkpoint import CheckpointInvalid, TensorUnpickler, checkpoint_er
 
 # The demucs model classes a checkpoint may name, each with what it is and the architecture it converts to here
 # (None: read as data so it can be refused by name, never converted). They are names only: the reader keeps the
-# dotted name as a string and neither imports the module nor calls the class.
-DEMUCS_CLASSES: Mapping[str, tuple[str, Literal["htdemucs", "hdemucs"] | None]] = {
-    "demucs.htdemucs.HTDemucs": ("Hybrid Transformer Demucs (v4: htdemucs, htdemucs_ft, htdemucs_6s)", "htdemucs"),
-    "demucs.hdemucs.HDemucs": ("Hybrid Demucs (v3: hdemucs_mmi, the hybrid models of the mdx bags)", "hdemucs"),
-    "demucs.demucs.Demucs": ("the waveform-only Demucs (v1/v2, still shipped by demucs 4)", None),
-}
+# dotted name as a string and neither imports the module nor calls the class. They are the three classes demucs's
+# own training builds models from (`demucs/train.py` get_model), less the training-only wrapper of torchaudio's.
+DEMUCS_CLASSES: Mapping[str, tuple[str, Literal["htdemucs", "hdemucs"] | None]] = MappingProxyType(
+    {
+        "demucs.htdemucs.HTDemucs": ("Hybrid Transformer Demucs (v4: htdemucs, htdemucs_ft, htdemucs_6s)", "htdemucs"),
+        "demucs.hdemucs.HDemucs": ("Hybrid Demucs (v3: hdemucs_mmi)", "hdemucs"),
+        "demucs.demucs.Demucs": ("the waveform-only Demucs (v1/v2, still shipped by demucs 4)", None),
+    }
+)
 # Deliberately absent: `demucs.wdemucs.WDemucs`, an alias of HDemucs that demucs keeps "for compat" with files
-# from its v3 development; no model this project knows names it, and its arguments are not known to match
-# HDemucs's of today, so a file naming it is refused rather than guessed at. Likewise demucs.train's
-# TorchHDemucsWrapper (a training-time wrapper of torchaudio's model) and any class of another package.
+# from its v3 development (the registry's models were released with demucs 4, whose training builds HDemucs by its
+# own name), and whose arguments are not known to match HDemucs's of today, so a file naming it is refused rather
+# than guessed at; demucs.train's TorchHDemucsWrapper (training-time only); any class of another package.
 
 ALLOWED_TEXT = (
     "only the demucs model classes "
@@ -465,7 +469,10 @@ def read_demucs_safetensors(path: str | Path) -> DemucsPackage:
     if sidecar.is_file():
         with _file_errors(sidecar, "demucs sidecar (JSON)"):
             extra = json.loads(_read_text(sidecar, MAX_SIDECAR_BYTES))
+        try:
             training_args = _decode_json(extra.get("training_args")) if isinstance(extra, dict) else None
+        except (CheckpointInvalid, RecursionError):  # an odd training configuration is dropped (_training_args)
+            training_args = None
     with _file_errors(path, "demucs safetensors file"):
         return _package(root, sha256, training_args)
 
