@@ -4,6 +4,10 @@ size, stride, offset or element count it likes — including the lies a hostile 
 
     tensor("w", key="0", size=(2, 3), stride=(3, 1))            # one entry of the state dict
     write_checkpoint(path, [tensor(...)], {"0": raw_bytes})      # the file
+
+demucs packages (a dict of klass/args/kwargs/state/...) are crafted the same way, each value as opcodes:
+
+    package_pickle({"klass": pickled_global("os", "system"), "kwargs": pickled({}), ...})
 """
 
 from __future__ import annotations
@@ -119,3 +123,47 @@ def write_copy_amplifier(path: Path, views: int = 4096, elements: int = 1 << 20)
     4.5 MB whose tensors, each copied out on its own, would take `views` x 4 MiB (16 GiB)."""
     tensors = [tensor(f"w{i}", "0", (elements,)) for i in range(views)]
     return write_checkpoint(path, state_dict_pickle(tensors), {"0": bytes(4 * elements)})
+
+
+# --- demucs packages (a dict whose values are written opcode by opcode) ---------------------------------------------
+
+
+def pickled(value) -> bytes:
+    """`value`'s own protocol-2 opcodes, header and STOP removed, to splice into a crafted pickle (plain values)."""
+    return pickle.dumps(value, protocol=2)[2:-1]
+
+
+def pickled_global(module: str, name: str) -> bytes:
+    """A reference to `module.name`, as a pickle names a class or function."""
+    return _global(module, name)
+
+
+def pickled_call(module: str, name: str, *args: bytes) -> bytes:
+    """`module.name(*args)` through REDUCE: what a pickle runs while it is loaded."""
+    return _global(module, name) + _tuple(list(args)) + pickle.REDUCE
+
+
+def pickled_dict(items: dict[str, bytes]) -> bytes:
+    """A dict {key: value} whose values are given as opcodes."""
+    return pickle.EMPTY_DICT + pickle.MARK + b"".join(_string(k) + v for k, v in items.items()) + pickle.SETITEMS
+
+
+def package_pickle(items: dict[str, bytes]) -> bytes:
+    """The data.pkl of a demucs package (`serialize_model`'s dict) whose values are given as opcodes."""
+    return pickle.PROTO + bytes([2]) + pickled_dict(items) + pickle.STOP
+
+
+def shared_lists(levels: int = 60) -> bytes:
+    """A list nested `levels` deep, each level holding the one below twice (shared through the memo): tiny on disk,
+    2**levels values for whoever walks it."""
+    out = [pickle.EMPTY_LIST, pickle.LONG_BINPUT + struct.pack("<I", 1000), pickle.POP]
+    for level in range(1, levels + 1):
+        below, this = pickle.LONG_BINGET + struct.pack("<I", 999 + level), struct.pack("<I", 1000 + level)
+        out += [pickle.MARK, below, below, pickle.LIST, pickle.LONG_BINPUT + this, pickle.POP]
+    out.append(pickle.LONG_BINGET + struct.pack("<I", 1000 + levels))
+    return b"".join(out)
+
+
+def deep_lists(depth: int = 100_000) -> bytes:
+    """[[[...]]] nested `depth` deep, built without recursion (marks first, then one LIST per level)."""
+    return pickle.MARK * depth + pickle.EMPTY_LIST + pickle.LIST * depth

@@ -14,6 +14,12 @@ A checkpoint is untrusted input (it may come from anywhere), so the reader is de
 - a name that occurs twice in the archive resolves to its first entry, as torch's reader does;
 - dict keys must be strings before they are hashed, so a crafted key cannot take exponential time;
 - every failure is one `CheckpointError` line naming the file.
+
+`load_torch_state_dict` reads plain state dicts. The pieces are public for readers of other torch.save files
+built on the same bounds: `read_torch_archive(path, unpickler)` unpickles the archive with a subclass of
+`TensorUnpickler` (which keeps the tensor globals and widens or narrows `find_class`'s allowlist), inside
+`checkpoint_errors(path)`, which turns every failure, `CheckpointInvalid` included, into one line
+(`weights/demucs_checkpoint.py` reads demucs's `.th` packages so).
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ import pickle
 import zipfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import ml_dtypes
 import numpy as np
@@ -59,8 +66,9 @@ MAX_COPIES = 4
 COPY_SLACK = 1 << 20
 
 
-class _Invalid(Exception):
-    """A reason the checkpoint is unusable; becomes `CheckpointError("<path>: ...")`."""
+class CheckpointInvalid(Exception):
+    """A reason the checkpoint is unusable; `checkpoint_errors` turns it into `CheckpointError("<path>: ...")`.
+    Readers built on this module (`weights.demucs_checkpoint`) raise it for their own checks."""
 
 
 class _StorageType:
@@ -75,19 +83,19 @@ def _is_int(value: Any) -> bool:
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or len(value) > MAX_DIMS or not all(_is_int(v) for v in value):
-        raise _Invalid(f"a tensor's {what} is not a tuple of at most {MAX_DIMS} integers")
+        raise CheckpointInvalid(f"a tensor's {what} is not a tuple of at most {MAX_DIMS} integers")
     return tuple(value)
 
 
 def _tensor_view(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     """torch._utils._rebuild_tensor_v2's tensor as a read-only view of `storage`, every bound checked first."""
     if not isinstance(storage, np.ndarray) or storage.ndim != 1:
-        raise _Invalid("a tensor does not refer to a storage")
+        raise CheckpointInvalid("a tensor does not refer to a storage")
     size, stride = _int_tuple(size, "size"), _int_tuple(stride, "stride")
     if len(size) != len(stride):
-        raise _Invalid(f"a tensor has {len(size)} sizes but {len(stride)} strides")
+        raise CheckpointInvalid(f"a tensor has {len(size)} sizes but {len(stride)} strides")
     if not _is_int(storage_offset) or storage_offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
-        raise _Invalid("a tensor has a negative size, stride or offset")
+        raise CheckpointInvalid("a tensor has a negative size, stride or offset")
     numel = 1
     for n in size:
         numel *= n
@@ -95,12 +103,14 @@ def _tensor_view(storage, storage_offset, size, stride, requires_grad=False, bac
         return np.zeros(size, storage.dtype)
     last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
     if last >= storage.size:
-        raise _Invalid(
+        raise CheckpointInvalid(
             f"a tensor of size {list(size)}, stride {list(stride)} at offset {storage_offset} reaches element "
             f"{last} of a storage of {storage.size}"
         )
     if numel > storage.size:  # only overlapping strides (e.g. 0) can make a view larger than its storage
-        raise _Invalid(f"a tensor of size {list(size)} holds {numel} elements, more than its storage's {storage.size}")
+        raise CheckpointInvalid(
+            f"a tensor of size {list(size)} holds {numel} elements, more than its storage's {storage.size}"
+        )
     itemsize = storage.dtype.itemsize
     return np.lib.stride_tricks.as_strided(
         storage[storage_offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
@@ -109,7 +119,7 @@ def _tensor_view(storage, storage_offset, size, stride, requires_grad=False, bac
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *args):
     if not isinstance(data, np.ndarray):
-        raise _Invalid("a parameter does not wrap a tensor")
+        raise CheckpointInvalid("a parameter does not wrap a tensor")
     return data
 
 
@@ -127,19 +137,19 @@ class _Archive:
         """The member's bytes, at most `limit` (and the archive's remaining budget); exactly `expected` if given."""
         info = self.members.get(name)
         if info is None:
-            raise _Invalid(f"member {name} is missing")
+            raise CheckpointInvalid(f"member {name} is missing")
         declared = info.file_size
         if expected is not None and declared != expected:
-            raise _Invalid(f"member {name} holds {declared} bytes, its tensor declares {expected}")
+            raise CheckpointInvalid(f"member {name} holds {declared} bytes, its tensor declares {expected}")
         if declared > limit or declared > self._budget:
-            raise _Invalid(
+            raise CheckpointInvalid(
                 f"member {name} is too large ({declared} bytes; this reader stops at {min(limit, self._budget)})"
             )
         self._budget -= declared
         with self._archive.open(info) as handle:
             data = handle.read(declared + 1)  # bounded: a member longer than its header says is refused
         if len(data) != declared:
-            raise _Invalid(f"member {name} holds {len(data)} bytes, its header says {declared}")
+            raise CheckpointInvalid(f"member {name} holds {len(data)} bytes, its header says {declared}")
         return data
 
 
@@ -148,14 +158,16 @@ def _string_keys(items: list) -> None:
     pickle memo) is a few bytes on disk and takes 2**depth steps to hash or print."""
     for key in items:
         if not isinstance(key, str):
-            raise _Invalid(f"a dict key is a {type(key).__name__}, not a string (a state dict's keys are names)")
+            raise CheckpointInvalid(
+                f"a dict key is a {type(key).__name__}, not a string (a state dict's keys are names)"
+            )
 
 
 def _refuse_sets(self: Any) -> None:
-    raise _Invalid("the checkpoint holds a set (a state dict has none)")
+    raise CheckpointInvalid("the checkpoint holds a set (a state dict has none)")
 
 
-class _Unpickler(pickle._Unpickler):
+class TensorUnpickler(pickle._Unpickler):
     """pickle's own Python unpickler (its dispatch table can be amended, unlike the C one's), with dict keys
     checked before hashing and sets refused; `find_class` is an allowlist, `persistent_load` reads storages."""
 
@@ -189,7 +201,7 @@ class _Unpickler(pickle._Unpickler):
         dispatch[_opcode[0]] = _refuse_sets
     del _opcode
 
-    def __init__(self, file, archive: _Archive, prefix: str):
+    def __init__(self, file: IO[bytes], archive: _Archive, prefix: str):
         super().__init__(file)
         self._archive = archive
         self._prefix = prefix
@@ -204,30 +216,37 @@ class _Unpickler(pickle._Unpickler):
         view = _tensor_view(*args)
         budget = MAX_COPIES * self._storage_bytes + COPY_SLACK
         if self._copied_bytes + view.nbytes > budget:
-            raise _Invalid(
+            raise CheckpointInvalid(
                 f"its tensors would copy out more than {budget} bytes, {MAX_COPIES} times the {self._storage_bytes} "
                 "bytes of their storages (many tensors viewing the same storage); a state dict needs no such copies"
             )
         self._copied_bytes += view.nbytes
         return np.array(view, copy=True)
 
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "collections" and name == "OrderedDict":
-            return OrderedDict
+    def tensor_global(self, module: str, name: str) -> Any:
+        """What a tensor in a torch.save pickle needs (its rebuild functions and storage types), or None."""
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
             return self._rebuild_tensor
         if module == "torch._utils" and name == "_rebuild_parameter":
             return _rebuild_parameter
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
-        raise _Invalid(f"unsupported object {module}.{name} in checkpoint (expected a plain state dict)")
+        return None
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "collections" and name == "OrderedDict":
+            return OrderedDict
+        found = self.tensor_global(module, name)
+        if found is None:
+            raise CheckpointInvalid(f"unsupported object {module}.{name} in checkpoint (expected a plain state dict)")
+        return found
 
     def persistent_load(self, pid: Any) -> np.ndarray:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise _Invalid(f"unsupported persistent id {str(pid)[:80]!r}")
+            raise CheckpointInvalid(f"unsupported persistent id {str(pid)[:80]!r}")
         _, storage_type, key, _location, numel = pid
         if not isinstance(storage_type, _StorageType) or not isinstance(key, str) or not _is_int(numel) or numel < 0:
-            raise _Invalid(f"malformed storage reference {str(pid)[:80]!r}")
+            raise CheckpointInvalid(f"malformed storage reference {str(pid)[:80]!r}")
         cache_key = (key, storage_type.name)
         if cache_key not in self._storages:
             itemsize = storage_type.dtype.itemsize
@@ -251,41 +270,39 @@ def _describe_keys(state: dict) -> str:
 _ZIP_START = b"PK\x03\x04"
 
 
-def _load(path: Path) -> dict[str, np.ndarray]:
+def read_torch_archive(path: Path, unpickler: type[TensorUnpickler] = TensorUnpickler) -> Any:
+    """The object a torch.save zip file holds, unpickled by `unpickler` (whose `find_class` is the allowlist) with
+    its storages read within the bounds above. Raises `CheckpointInvalid` and whatever a malformed pickle raises:
+    call it inside `checkpoint_errors(path)`."""
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as handle:
             if handle.read(len(_ZIP_START)) == _ZIP_START:
-                raise _Invalid(
+                raise CheckpointInvalid(
                     "truncated or damaged torch checkpoint (a zip archive whose end is missing or unreadable); "
                     "download or copy it again"
                 )
-        raise _Invalid("not a torch checkpoint in zip format (torch >= 1.6 writes one by default)")
+        raise CheckpointInvalid("not a torch checkpoint in zip format (torch >= 1.6 writes one by default)")
     with zipfile.ZipFile(path) as handle:
         archive = _Archive(handle, path.stat().st_size)
         pickles = [n for n in archive.members if n.endswith("/data.pkl")]
         if len(pickles) != 1:
-            raise _Invalid("not a torch checkpoint (no single data.pkl inside)")
+            raise CheckpointInvalid("not a torch checkpoint (no single data.pkl inside)")
         prefix = pickles[0][: -len("/data.pkl")]
         if f"{prefix}/byteorder" in archive.members:
             order = archive.read(f"{prefix}/byteorder", limit=16)
             if order != b"little":
-                raise _Invalid("big-endian checkpoints are not supported")
+                raise CheckpointInvalid("big-endian checkpoints are not supported")
         data = archive.read(pickles[0], limit=MAX_PICKLE_BYTES)
-        state = _Unpickler(io.BytesIO(data), archive, prefix).load()
-    if not isinstance(state, dict):
-        raise _Invalid(f"the checkpoint is not a state dict of named tensors (it holds a {type(state).__name__})")
-    if not all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in state.items()):
-        raise _Invalid(f"the checkpoint is not a state dict of named tensors{_describe_keys(state)}")
-    return dict(state)
+        return unpickler(io.BytesIO(data), archive, prefix).load()
 
 
-def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Load a state dict written by `torch.save(model.state_dict(), path)` as {key: numpy array}. Raises
-    `CheckpointError` (one line) for anything else: a malformed, truncated, hostile or oversized file."""
-    path = Path(path)
+@contextmanager
+def checkpoint_errors(path: Path) -> Iterator[None]:
+    """Turn every failure while reading the checkpoint at `path` into one `CheckpointError` line naming it: a
+    `CheckpointInvalid` as it is, a malformed, truncated, oversized or too deeply nested file as what it means."""
     try:
-        return _load(path)
-    except _Invalid as error:
+        yield
+    except CheckpointInvalid as error:
         raise CheckpointError(f"{path}: {error}") from None
     except CheckpointError:
         raise
@@ -302,3 +319,18 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         # A KeyError's text is a key the file chose (an unknown opcode or memo entry): say what it means instead.
         text = "malformed pickle data" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({' '.join(text.split())[:200]})") from None
+
+
+def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Load a state dict written by `torch.save(model.state_dict(), path)` as {key: numpy array}. Raises
+    `CheckpointError` (one line) for anything else: a malformed, truncated, hostile or oversized file."""
+    path = Path(path)
+    with checkpoint_errors(path):
+        state = read_torch_archive(path)
+        if not isinstance(state, dict):
+            raise CheckpointInvalid(
+                f"the checkpoint is not a state dict of named tensors (it holds a {type(state).__name__})"
+            )
+        if not all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in state.items()):
+            raise CheckpointInvalid(f"the checkpoint is not a state dict of named tensors{_describe_keys(state)}")
+        return dict(state)
