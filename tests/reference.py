@@ -44,6 +44,21 @@ def redraw_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
+@torch.no_grad()
+def redraw_all_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """`redraw_`, and every other tensor (convolution, LSTM and linear weights and biases) re-drawn uniformly within
+    its own initial range (+-max-abs of the seeded, rescaled initialisation), in place: every parameter drawn
+    from `seed`, none left at a constant such as LocalState's decay bias of -2."""
+    redraw_(module, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for name, tensor in module.state_dict().items():
+        if name.endswith(".scale") or _is_norm(module, name) or "freq_emb" in name:
+            continue
+        bound = tensor.abs().max()
+        tensor.copy_((2 * torch.rand(tensor.shape, generator=gen) - 1) * bound)
+    return module
+
+
 def _is_norm(module: torch.nn.Module, name: str) -> bool:
     owner = module.get_submodule(name.rsplit(".", 1)[0])
     return isinstance(owner, torch.nn.GroupNorm)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torchaudio.models._hdemucs import _ispectro, _spectro
 
-from modeling_hdemucs_flax.models.common.hybrid_layers import HDecLayer, HEncLayer
 from modeling_hdemucs_flax.models.common.layers import BLSTM, DConv, LocalState
 from modeling_hdemucs_flax.models.common.spectral import hdemucs_ispec, hdemucs_spec, istft, stft
+from modeling_hdemucs_flax.models.hdemucs.hybrid_layers import HDecLayer, HEncLayer
 from modeling_hdemucs_flax.models.hdemucs.layer_plan import ATTN_HEADS, LSTM_MAX_STEPS, plan_layers
 
 from .reference import error_report, music_like

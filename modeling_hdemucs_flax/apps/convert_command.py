@@ -2,12 +2,12 @@
 
     hdemucs-flax convert hdemucs_high_trained.pt -o hdemucs-high      # then: separate --model hdemucs-high
 
-The file is read by the package's own torch-free reader (`torch_checkpoint`), converted by the same code as
-the publishing script (`weight_conversion`) and written with `save_pretrained_atomic` (the folder appears
-complete or not at all). Unlike `conversion/convert_torchaudio_hdemucs.py` there is no parity gate against
-torchaudio (torch is not needed here, so it is not run); the conversion is checked for completeness (every
-key, every shape) and the weights for finiteness. A file whose sha256 is the published digest of one of
-torchaudio's bundles gets that bundle's architecture; any other file the high preset, or `--config`.
+The file is read by the package's own torch-free reader (`torch_checkpoint`), converted by the same code as the
+publishing script (`models.hdemucs.convert_torchaudio`) and written with `save_pretrained_atomic` (the folder
+appears complete or not at all). Unlike `conversion/convert_torchaudio_hdemucs.py` there is no parity gate against
+torchaudio (torch is not needed here, so it is not run); the conversion is checked for completeness (every key,
+every shape) and the weights for finiteness. A file whose sha256 is the published digest of one of torchaudio's
+bundles gets that bundle's architecture; any other file the high preset, or `--config`.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from ..errors import AudioError, ModelOutputError, OptionError
 from ..io.audio_io import check_channels
 from ..io.prefetch import ahead
 from ..models.common.layers import Dtype
-from ..models.hdemucs.modeling_flax_hdemucs import FlaxHDemucs
+from ..models.family import FlaxSeparationModel
 from ..options import DEFAULT_MATMUL_PRECISION, WEIGHTINGS, SeparationOptions, check_batch_split, check_io_workers
 from ..runtime import default_device, describe_devices
 
@@ -566,13 +566,13 @@ def _adapt_channels_out(stems: np.ndarray, channels: int) -> np.ndarray:
     return stems.mean(axis=1, keepdims=True) if channels == 1 and stems.shape[1] > 1 else stems
 
 
-def network_forward(model: FlaxHDemucs, devices: Sequence[Any] | None = None) -> Forward:
+def network_forward(model: FlaxSeparationModel, devices: Sequence[Any] | None = None) -> Forward:
     """The model's own jitted forward pass (compiled once per shape, in the model's compute dtype) on numpy
     batches, with the parameters the model holds at call time. It returns the output as JAX dispatched it, without
     waiting for the device (`np.asarray` of it waits).
 
     `devices` None: JAX's default device at each call (where the model's uncommitted parameters go). One device:
-    the parameters and their prepared copy are committed there once (`FlaxHDemucs.placed_params`) and every batch
+    the parameters and their prepared copy are committed there once (`FlaxSeparationModel.placed_params`) and every batch
     is sent there. Several: each batch is split over them along its first axis (`NamedSharding` over a one-axis
     mesh "batch"; the batch size must be a multiple of their number) and the parameters and their prepared copy
     are replicated on every one, once. XLA partitions the same program with no communication between the
@@ -598,6 +598,14 @@ def network_forward(model: FlaxHDemucs, devices: Sequence[Any] | None = None) ->
         return _sources(model(jax.device_put(batch, rows), params=params, prepared=prepared))
 
     return placed
+
+
+def check_segment_limit(segment_samples: int, model: FlaxSeparationModel, name: str) -> None:
+    """Raise `OptionError` when chunks of `segment_samples` are longer than `model` (named `name`) accepts."""
+    limit = model.max_segment
+    if limit is not None and segment_samples > round(limit * model.config.sampling_rate):
+        seconds = segment_samples / model.config.sampling_rate
+        raise OptionError("segment", round(seconds, 6), f"is longer than {name} accepts: at most {limit:g} s")
 
 
 def _sources(output: Any) -> jax.Array:
@@ -657,13 +665,15 @@ def _until(stop: threading.Event, blocks: Iterable[np.ndarray]) -> Iterator[np.n
 
 
 class Separator:
-    """Separates songs of any length with a `FlaxHDemucs`, compiling one forward shape.
+    """Separates songs of any length with a model of the family (`FlaxHDemucs`, `FlaxHTDemucs`), compiling one
+    forward shape.
 
     Args:
         model: the network. Its `dtype` is the compute dtype (load it with `dtype=jnp.bfloat16` for bfloat16);
             normalisation, resampling and overlap-add stay float32 whatever it is.
         segment, overlap, shifts, seed, batch_size, weighting, transition_power: the schedule; see
-            `SeparationOptions` (validated there).
+            `SeparationOptions` (validated there). `segment` None: the model's own (`default_segment`); one
+            longer than the model accepts (`max_segment`, HTDemucs's training segment) is an `OptionError`.
         progress: default callback (chunks_done, chunks_total) for `separate` / `stream`.
         forward: what runs one batch of chunks, float32 (batch_size, audio_channels, segment samples) ->
             (batch_size, sources, audio_channels, segment samples) as numpy or a `jax.Array` (which may still
@@ -677,7 +687,7 @@ class Separator:
 
     def __init__(
         self,
-        model: FlaxHDemucs,
+        model: FlaxSeparationModel,
         *,
         segment: float | None = None,
         overlap: float = 0.25,
@@ -697,7 +707,9 @@ class Separator:
         self.sources = list(model.config.sources)
         self.audio_channels = int(model.config.audio_channels)
         self.progress = progress
+        segment = model.default_segment if segment is None else segment
         self._set_options(SeparationOptions(segment, overlap, shifts, seed, batch_size, weighting, transition_power))
+        check_segment_limit(self.segment_samples, model, self.model_name)
         self.devices = tuple(devices) if devices else None
         if self.devices:
             check_batch_split(batch_size, len(self.devices))

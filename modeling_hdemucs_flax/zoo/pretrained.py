@@ -38,7 +38,9 @@ from urllib.parse import urlsplit
 import jax.numpy as jnp
 
 from ..errors import DownloadError, HDemucsFlaxError, ModelLoadError, describe
+from ..models.auto import load_family_model
 from ..models.common.layers import Dtype
+from ..models.family import FlaxSeparationModel
 from ..models.hdemucs.modeling_flax_hdemucs import FlaxHDemucs
 from ..options import DEFAULT_MATMUL_PRECISION, check_matmul_precision
 from ..weights import hub
@@ -62,10 +64,10 @@ assert DEFAULT_MODEL, "the default bundle names its Hub repo"
 logger = logging.getLogger(__name__)
 
 
-def _load_folder(path: Path, dtype, option: str, matmul_precision: str) -> FlaxHDemucs:
+def _load_folder(path: Path, dtype, option: str, matmul_precision: str) -> FlaxSeparationModel:
     check_model_folder(path, option)
     try:
-        return FlaxHDemucs.from_pretrained(path, dtype=dtype, matmul_precision=matmul_precision)
+        return load_family_model(path, dtype=dtype, matmul_precision=matmul_precision)
     except ModelLoadError:
         raise
     except HDemucsFlaxError as error:  # the config's or the checkpoint's own error (absurd values, missing keys)
@@ -79,10 +81,10 @@ def _load_repo(
     *,
     local_files_only: bool = False,
     matmul_precision: str = DEFAULT_MATMUL_PRECISION,
-) -> FlaxHDemucs:
-    """`FlaxHDemucs.from_pretrained(repo_id)`: the Hub probed first, every failure a one-line ModelLoadError."""
+) -> FlaxSeparationModel:
+    """`load_family_model(repo_id)`: the Hub probed first, every failure a one-line ModelLoadError."""
     try:
-        return FlaxHDemucs.from_pretrained(
+        return load_family_model(
             repo_id,
             dtype=dtype,
             revision=revision or "main",
@@ -102,7 +104,7 @@ def load_model(
     revision: str | None = None,
     option: str = "--model",
     matmul_precision: str = DEFAULT_MATMUL_PRECISION,
-) -> FlaxHDemucs:
+) -> FlaxSeparationModel:
     """Load `model`: a `save_pretrained` folder, a Hub repo id (downloaded once, then read from the Hugging
     Face cache, also offline), or None for the default HDEMUCS_HIGH_MUSDB_PLUS model (see the module doc).
 
@@ -130,7 +132,7 @@ def load_default_model(
     progress: bool = True,
     option: str = "--model",
     matmul_precision: str = DEFAULT_MATMUL_PRECISION,
-) -> FlaxHDemucs:
+) -> FlaxSeparationModel:
     """The default model: local cache, else torchaudio's file already on this machine, else the Hub repo
     `repo_id`, else `bundle`'s torchaudio checkpoint downloaded; converted ones are cached. `repo_id` and
     `bundle` are parameters so tests can point the chain at tiny models; `option`, `dtype` and `matmul_precision`
@@ -138,7 +140,7 @@ def load_default_model(
     converted = converted_model_dir(bundle)
     if (converted / "config.json").is_file():
         try:
-            return FlaxHDemucs.from_pretrained(converted, dtype=dtype, matmul_precision=matmul_precision)
+            return load_family_model(converted, dtype=dtype, matmul_precision=matmul_precision)
         except Exception as error:
             raise ModelLoadError(
                 f"cached model {converted} is unreadable ({describe(error)}); delete that folder to rebuild it"
@@ -191,7 +193,7 @@ def load_default_model(
 
 def _convert(
     checkpoint: Path, bundle: TorchaudioBundle, dtype: Dtype, converted: Path, matmul_precision: str
-) -> FlaxHDemucs:
+) -> FlaxSeparationModel:
     """`bundle`'s verified torchaudio file converted without torch and saved as `converted` for next time."""
     try:
         model = FlaxHDemucs.from_torchaudio(checkpoint, bundle.config(), dtype=dtype, matmul_precision=matmul_precision)
@@ -202,7 +204,7 @@ def _convert(
 
 
 def save_pretrained_atomic(
-    model: FlaxHDemucs, destination: str | os.PathLike, finish: Callable[[Path], None] | None = None
+    model: FlaxSeparationModel, destination: str | os.PathLike, finish: Callable[[Path], None] | None = None
 ) -> Path:
     """`model.save_pretrained(destination, safe_serialization=True)` so that `destination` is only ever absent,
     the previous folder, or the complete new one: the files are written into a staging folder beside it,

@@ -30,6 +30,11 @@ def accurate_sum(x: Float[Array, "*shape"], axis: int) -> Float[Array, "*reduced
     XLA:CPU accumulates a strided reduction axis sequentially; over the ~10^4-10^6 positions of a GroupNorm
     or of the input normalisation that costs 1e-6 relative error (about -110 dB), while torch's cascaded
     sums stay near 1e-8. Zero padding to a whole number of blocks leaves the sum unchanged.
+
+    Each level's partial sums pass through `lax.optimization_barrier`: without it, under `jit`, XLA's
+    simplifier merges the nested reduces (and the reshapes between them) back into one reduce over the whole
+    axis whenever no padding separates them, and the blocking is lost (a jitted GroupNorm over 1344 x 8
+    values measured -108 dB against -145 dB eager). The barrier keeps only the small partial sums apart.
     """
     axis %= x.ndim
     while x.shape[axis] > _SUM_BLOCK:
@@ -37,6 +42,7 @@ def accurate_sum(x: Float[Array, "*shape"], axis: int) -> Float[Array, "*reduced
         if pad:
             x = jnp.pad(x, [(0, pad) if i == axis else (0, 0) for i in range(x.ndim)])
         x = x.reshape(*x.shape[:axis], -1, _SUM_BLOCK, *x.shape[axis + 1 :]).sum(axis=axis + 1)
+        x = lax.optimization_barrier(x)
     return x.sum(axis=axis)
 
 

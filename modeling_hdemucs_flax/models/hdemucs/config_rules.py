@@ -8,6 +8,7 @@ hidden), which a usage error must not wait for.
 
 from __future__ import annotations
 
+import json
 import math
 import unicodedata
 from collections.abc import Mapping
@@ -25,8 +26,8 @@ SAMPLING_RATES = (1_000, 768_000)  # Hz
 TWO_STEMS_PREFIX = "no_"  # --two-stems vocals writes vocals and no_vocals (see `OutputOptions.stem_names`)
 
 # HDemucsConfig's fields and their defaults (torchaudio's `HDemucs` arguments, `hdemucs_high`'s values, plus
-# the weights' sampling rate). HDemucsConfig's signature states them again for readers of its API; a test
-# keeps the two equal.
+# the weights' sampling rate, then demucs's `HDemucs` options at the values torchaudio's port fixes). HDemucsConfig's
+# signature states them again for readers of its API; a test keeps the two equal.
 ARCHITECTURE_DEFAULTS: dict[str, Any] = {
     "sources": list(DEFAULT_SOURCES),
     "audio_channels": 2,
@@ -50,6 +51,28 @@ ARCHITECTURE_DEFAULTS: dict[str, Any] = {
     "dconv_lstm": 4,
     "dconv_init": 1e-4,
     "sampling_rate": 44100,
+    "channels_time": None,
+    "rewrite": True,
+    "dconv_mode": 1,
+    "cac": True,
+    "hybrid": True,
+    "hybrid_old": False,
+    "multi_freqs": None,
+    "wiener_iters": 0,
+    "end_iters": 0,
+    "wiener_residual": False,
+    "segment": None,
+}
+
+# demucs `HDemucs` options this package does not compute, with the one value it supports and what that value
+# means. Refused by name when a config is built, never ignored: each changes the model's output.
+UNSUPPORTED_DEMUCS_OPTIONS: dict[str, tuple[Any, str]] = {
+    "cac": (True, "complex-as-channels spectrogram; the magnitude-mask output is not implemented"),
+    "hybrid": (True, "the time branch; frequency-only models are not implemented"),
+    "hybrid_old": (False, "the padding of the 2021 MDX models is not implemented"),
+    "wiener_iters": (0, "Wiener filtering is not implemented"),
+    "end_iters": (0, "Wiener filtering is not implemented"),
+    "wiener_residual": (False, "Wiener filtering is not implemented"),
 }
 
 
@@ -69,14 +92,15 @@ def _name_problem(name: str, others: set[str]) -> str | None:
     return None
 
 
-def check_source_names(sources: Any) -> None:
+def check_source_names(sources: Any, config_name: str = "HDemucsConfig") -> None:
     """Raise `ConfigError` unless `sources` is a list of usable source names: 1 to `MAX_SOURCES` strings of 1 to
     `MAX_SOURCE_NAME` characters, each usable as a file name on every system (no path separator, control
     character, leading dot or surrounding white space), unique ignoring case (case-insensitive file systems),
-    and none `no_<another source>` (the stem `--two-stems` writes beside that source)."""
+    and none `no_<another source>` (the stem `--two-stems` writes beside that source). `config_name` is the config
+    class the message names."""
 
     def refuse(rule: str) -> None:
-        raise ConfigError(f"HDemucsConfig.sources={sources!r}: {rule}")
+        raise ConfigError(f"{config_name}.sources={sources!r}: {rule}")
 
     if not (
         isinstance(sources, list)
@@ -155,6 +179,39 @@ def check_config(config: Any) -> None:
         is_int(config.sampling_rate, *SAMPLING_RATES),
         "sampling_rate",
         f"must be an int in [{SAMPLING_RATES[0]}, {SAMPLING_RATES[1]}] (Hz)",
+    )
+    for name, (supported, why) in UNSUPPORTED_DEMUCS_OPTIONS.items():
+        value = getattr(config, name)
+        # `is` for the booleans: 1 == True would pass a number where demucs's flag is meant
+        same = value is supported if isinstance(supported, bool) else is_int(value, supported, supported)
+        need(same, name, f"unsupported; only {json.dumps(supported)} is supported ({why})")
+    need(
+        config.multi_freqs is None or (isinstance(config.multi_freqs, list) and not config.multi_freqs),
+        "multi_freqs",
+        "unsupported; only [] (or null) is supported (frequency bands split by MultiWrap are not implemented)",
+    )
+    need(
+        config.channels_time is None or is_int(config.channels_time, 1, 1024),
+        "channels_time",
+        "must be null (the time branch has `channels` channels) or an int in [1, 1024]",
+    )
+    if config.channels_time is not None:
+        widest_t = config.channels_time * config.growth ** (config.depth - 1)
+        need(
+            widest_t <= MAX_WIDTH,
+            "channels_time",
+            f"with growth**(depth - 1) gives {widest_t:g} channels (at most {MAX_WIDTH})",
+        )
+    need(isinstance(config.rewrite, bool), "rewrite", "must be true or false")
+    need(
+        is_int(config.dconv_mode, 0, 3),
+        "dconv_mode",
+        "must be 0 (no DConv), 1 (in the encoders), 2 (in the decoders) or 3 (both)",
+    )
+    need(
+        config.segment is None or is_number(config.segment, 1e-3, 86_400),
+        "segment",
+        "must be null or a number of seconds in (0, 86400]",
     )
     # The layer plan checks what depends on several fields at once (channel divisibility, frequency bins
     # reaching exactly one, ...), so an impossible architecture fails here and not mid-forward.

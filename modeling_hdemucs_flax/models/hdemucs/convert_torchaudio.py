@@ -10,7 +10,7 @@ builds and never uses, so a round trip is exact). Layout changes, each named onc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from ...models.hdemucs.layer_plan import (
     ATTN_HEADS,
     DCONV_KERNEL,
     LSTM_LAYERS,
+    DConvPlan,
     DecoderPlan,
     EncoderPlan,
     flax_name,
@@ -48,7 +49,7 @@ class Entry:
     role: str  # what the tensor is: "weight" | "bias" (conv/linear), "lstm", "norm", "scale", "embedding"
 
 
-def _dconv_names(lstm: bool, attn: bool) -> list[str | None]:
+def dconv_names(lstm: bool, attn: bool) -> list[str | None]:
     """Positional indices of one `_DConv` branch (an `nn.Sequential` in torchaudio).
 
     torchaudio builds [conv, norm, GELU, conv, norm, GLU, LayerScale] and then inserts LocalState at index 3
@@ -63,7 +64,9 @@ def _dconv_names(lstm: bool, attn: bool) -> list[str | None]:
 
 
 def conversion_table(config: Any) -> list[Entry]:
-    """Every parameter of the model described by `config`, in torchaudio's and Flax's naming."""
+    """Every parameter of the model described by `config`, in torchaudio's and Flax's naming. Parameters that
+    exist in demucs's `HDemucs` only (a decoder layer's DConv, `dconv_mode` 2 and 3) are named as torchaudio would
+    name them (`freq_decoder.N.dconv.layers.B.I...`, like the encoders')."""
     plan = plan_layers(config)
     entries: list[Entry] = []
 
@@ -102,20 +105,9 @@ def conversion_table(config: Any) -> list[Entry]:
         k = 1 + 2 * layer.context
         return (k, k) if layer.freq else (k,)
 
-    for layer in (*plan.freq_encoder, *plan.time_encoder):
-        key, path = layer.path, (flax_name(layer.path),)
-        conv(f"{key}.conv", (*path, "conv"), layer.chout, layer.chin, kernel(layer, layer.kernel_size))
-        if layer.norm:
-            norm(f"{key}.norm1", (*path, "norm1"), layer.chout)
-        if layer.empty:
-            continue
-        conv(f"{key}.rewrite", (*path, "rewrite"), 2 * layer.chout, layer.chout, square(layer))
-        if layer.norm:
-            norm(f"{key}.norm2", (*path, "norm2"), 2 * layer.chout)
-        d = layer.dconv
-        assert d is not None, f"{key}: a non-empty encoder layer has a DConv"
+    def dconv(key: str, path: tuple[str, ...], d: DConvPlan) -> None:
         for branch in range(d.depth):
-            for index, name in enumerate(_dconv_names(d.lstm, d.attn)):
+            for index, name in enumerate(dconv_names(d.lstm, d.attn)):
                 if name is None:  # parameter-free (GELU, GLU)
                     continue
                 sub_key, sub_path = f"{key}.dconv.layers.{branch}.{index}", (*path, "dconv", f"layers_{branch}", name)
@@ -137,12 +129,28 @@ def conversion_table(config: Any) -> list[Entry]:
                 elif name == "lstm":
                     lstm(sub_key, sub_path, hidden)
 
+    for layer in (*plan.freq_encoder, *plan.time_encoder):
+        key, path = layer.path, (flax_name(layer.path),)
+        conv(f"{key}.conv", (*path, "conv"), layer.chout, layer.chin, kernel(layer, layer.kernel_size))
+        if layer.norm:
+            norm(f"{key}.norm1", (*path, "norm1"), layer.chout)
+        if layer.empty:
+            continue
+        if layer.rewrite:
+            conv(f"{key}.rewrite", (*path, "rewrite"), 2 * layer.chout, layer.chout, square(layer))
+            if layer.norm:
+                norm(f"{key}.norm2", (*path, "norm2"), 2 * layer.chout)
+        if layer.dconv is not None:
+            dconv(key, path, layer.dconv)
+
     for layer in (*plan.freq_decoder, *plan.time_decoder):
         key, path = layer.path, (flax_name(layer.path),)
-        if not layer.empty:
+        if layer.rewrite:
             conv(f"{key}.rewrite", (*path, "rewrite"), 2 * layer.chin, layer.chin, square(layer))
             if layer.norm:
                 norm(f"{key}.norm1", (*path, "norm1"), 2 * layer.chin)
+        if layer.dconv is not None:  # demucs's dconv_mode 2 and 3; the keys follow the encoders' pattern
+            dconv(key, path, layer.dconv)
         conv(f"{key}.conv_tr", (*path, "conv_tr"), layer.chout, layer.chin, kernel(layer, layer.kernel_size), "conv_tr")
         if layer.norm:
             norm(f"{key}.norm2", (*path, "norm2"), layer.chout)
@@ -158,7 +166,7 @@ def conversion_table(config: Any) -> list[Entry]:
     return entries
 
 
-def _to_flax(value: np.ndarray, kind: str) -> np.ndarray:
+def to_flax(value: np.ndarray, kind: str) -> np.ndarray:
     nd = value.ndim
     if kind == "conv":  # (out, in, *k) -> (*k, in, out)
         return np.ascontiguousarray(value.transpose(*range(2, nd), 1, 0))
@@ -169,8 +177,8 @@ def _to_flax(value: np.ndarray, kind: str) -> np.ndarray:
     return np.array(value)
 
 
-def _flax_shape(entry: Entry) -> tuple[int, ...]:
-    """Shape of the Flax leaf for `entry`: `_to_flax`'s layout change applied to the shape alone."""
+def flax_shape(entry: Entry) -> tuple[int, ...]:
+    """Shape of the Flax leaf for `entry`: `to_flax`'s layout change applied to the shape alone."""
     shape = entry.torch_shape
     if entry.kind == "conv":
         return (*shape[2:], shape[1], shape[0])
@@ -181,7 +189,7 @@ def _flax_shape(entry: Entry) -> tuple[int, ...]:
     return shape
 
 
-def _to_torch(value: np.ndarray, kind: str) -> np.ndarray:
+def to_torch(value: np.ndarray, kind: str) -> np.ndarray:
     nd = value.ndim
     if kind == "conv":  # (*k, in, out) -> (out, in, *k)
         return np.ascontiguousarray(value.transpose(nd - 1, nd - 2, *range(nd - 2)))
@@ -192,7 +200,7 @@ def _to_torch(value: np.ndarray, kind: str) -> np.ndarray:
     return np.array(value)
 
 
-def _numpy(value: Any) -> np.ndarray:
+def as_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor, without importing torch
         value = value.detach().cpu().numpy()
     return np.asarray(value)
@@ -213,27 +221,36 @@ def _mismatch_error(what: str, missing: list[str], unexpected: list[str], wrong:
     return CheckpointError(f"{what} does not match the HDemucs config: " + "; ".join(parts))
 
 
-def convert_torchaudio_state_dict(state_dict: Mapping[str, Any], config: Any) -> dict:
+def convert_torchaudio_state_dict(
+    state_dict: Mapping[str, Any],
+    config: Any,
+    *,
+    what: str = "torchaudio state dict",
+    key_name: Callable[[str], str] | None = None,
+) -> dict:
     """torchaudio `HDemucs.state_dict()` (tensors or arrays) -> nested Flax params dict of float32 numpy.
 
-    Raises `CheckpointError` naming every missing key, unexpected key and wrongly shaped tensor.
+    Raises `CheckpointError` naming every missing key, unexpected key and wrongly shaped tensor. `what` names the
+    source in messages and `key_name` spells a key as that source does (another converter that renames its keys
+    to torchaudio's first, `models.hdemucs.convert_demucs`, names them as its checkpoint does).
     """
+    name = key_name or (lambda key: key)
     table = conversion_table(config)
     expected = {e.torch_key: e for e in table}
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    arrays = {k: _numpy(v) for k, v in state_dict.items() if k in expected}
-    wrong = [
-        f"{k}: {tuple(a.shape)} (expected {expected[k].torch_shape})"
-        for k, a in sorted(arrays.items())
+    missing = sorted(name(k) for k in set(expected) - set(state_dict))
+    unexpected = sorted(name(k) for k in set(state_dict) - set(expected))
+    arrays = {k: as_numpy(v) for k, v in state_dict.items() if k in expected}
+    wrong = sorted(
+        f"{name(k)}: {tuple(a.shape)} (expected {expected[k].torch_shape})"
+        for k, a in arrays.items()
         if tuple(a.shape) != expected[k].torch_shape
-    ]
+    )
     if missing or unexpected or wrong:
-        raise _mismatch_error("torchaudio state dict", missing, unexpected, wrong)
-    bad_dtype = sorted(k for k, a in arrays.items() if not np.issubdtype(a.dtype, np.floating))
+        raise _mismatch_error(what, missing, unexpected, wrong)
+    bad_dtype = sorted(name(k) for k, a in arrays.items() if not np.issubdtype(a.dtype, np.floating))
     if bad_dtype:
-        raise CheckpointError(f"torchaudio state dict: non-float tensors {bad_dtype}")
-    flat = {e.flax_path: _to_flax(arrays[e.torch_key].astype(np.float32), e.kind) for e in table}
+        raise CheckpointError(f"{what}: non-float tensors {bad_dtype}")
+    flat = {e.flax_path: to_flax(arrays[e.torch_key].astype(np.float32), e.kind) for e in table}
     return unflatten_dict(flat)
 
 
@@ -247,16 +264,17 @@ def to_torchaudio_state_dict(params: Mapping[str, Any], config: Any) -> dict[str
     wrong = []
     for path, e in expected.items():
         if path in flat:
-            want = _flax_shape(e)
+            want = flax_shape(e)
             if flat[path].shape != want:
                 wrong.append(f"{'/'.join(path)}: {flat[path].shape} (expected {want})")
     if missing or unexpected or wrong:
         raise _mismatch_error("Flax params", missing, unexpected, sorted(wrong))
-    return {e.torch_key: _to_torch(flat[e.flax_path].astype(np.float32), e.kind) for e in table}
+    return {e.torch_key: to_torch(flat[e.flax_path].astype(np.float32), e.kind) for e in table}
 
 
 def random_torchaudio_state_dict(config: Any, seed: int = 0) -> dict[str, np.ndarray]:
-    """A state dict drawn like torchaudio's initialisation of `HDemucs(**config.torchaudio_kwargs())`.
+    """A state dict drawn like torchaudio's initialisation of `HDemucs(**config.torchaudio_kwargs())` (demucs's for
+    a config with demucs-only options: the same rules, its `rescale` 0.1 included).
 
     torch's defaults: conv/linear weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), LSTM tensors
     U(-1/sqrt(hidden), 1/sqrt(hidden)), GroupNorm 1 and 0, LayerScale `dconv_init`, LocalState's decay query
@@ -302,4 +320,4 @@ def random_torchaudio_state_dict(config: Any, seed: int = 0) -> dict[str, np.nda
 def param_shapes(config: Any) -> dict:
     """Nested dict of the Flax parameter shapes (no arrays are built)."""
     table = conversion_table(config)
-    return unflatten_dict({e.flax_path: _flax_shape(e) for e in table})
+    return unflatten_dict({e.flax_path: flax_shape(e) for e in table})

@@ -2,7 +2,14 @@
 
 `plan_layers(config)` replays the layer loop of `torchaudio.models.HDemucs.__init__` and returns a frozen,
 hashable plan: every layer's channels, kernel, stride, padding, branch and flags as plain ints and bools.
-Modules and the weight converter read the plan; nothing else re-derives the architecture.
+Modules and the weight converters read the plan; nothing else re-derives the architecture.
+
+The same loop is demucs's own `HDemucs.__init__` (demucs/hdemucs.py), of which torchaudio's is a port with three
+options fixed: `channels_time` (None there), `rewrite` (true) and `dconv_mode` (1, encoders only). The plan
+follows demucs where the config sets them otherwise. Two differences the plan keeps torchaudio's side of are
+refused for demucs configs by `models.hdemucs.convert_demucs` instead: torchaudio's special time layer for
+nfft 2048, and its decoder crop (kernel - stride) // 2 where demucs crops kernel // 4 (equal when
+kernel = 2 * stride).
 """
 
 from __future__ import annotations
@@ -46,7 +53,8 @@ class EncoderPlan:
     norm: bool  # GroupNorm (else identity)
     norm_groups: int
     context: int  # `rewrite` kernel is 1 + 2 * context
-    dconv: DConvPlan | None
+    rewrite: bool  # the `rewrite` convolution, `norm2` and GLU after the DConv (else the layer ends at the DConv)
+    dconv: DConvPlan | None  # None: no DConv branch (an empty layer, or `dconv_mode` without bit 1)
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,8 @@ class DecoderPlan:
     norm: bool
     norm_groups: int
     context: int
+    rewrite: bool  # the `rewrite` convolution, `norm1` and GLU on input + skip (never in an empty layer)
+    dconv: DConvPlan | None  # after the rewrite, before the transposed convolution (`dconv_mode` bit 2, demucs only)
 
 
 @dataclass(frozen=True)
@@ -118,7 +128,8 @@ def _dconv_plan(config: Any, channels: int, *, lstm: bool, attn: bool) -> DConvP
 
 
 def plan_layers(config: Any) -> HDemucsPlan:
-    """Derive the per-layer plan of `torchaudio.models.HDemucs(**config.torchaudio_kwargs())`.
+    """Derive the per-layer plan of `torchaudio.models.HDemucs(**config.torchaudio_kwargs())`, or of demucs's
+    `HDemucs` for a config with demucs-only options (see the module docstring).
 
     Raises `ConfigError` naming the config field when torchaudio would build a model that cannot run (or
     would fail to build it at all).
@@ -130,7 +141,9 @@ def plan_layers(config: Any) -> HDemucsPlan:
     time_dec: list[dict[str, Any]] = []  # the same, numbered once the count is known
     freq_emb = None
 
-    chin, chout = c.audio_channels, c.channels
+    # demucs's `dconv_mode` is a bit set: 1 puts DConv branches in the encoder layers, 2 in the decoder layers.
+    enc_dconv, dec_dconv = bool(c.dconv_mode & 1), bool(c.dconv_mode & 2)
+    chin, chout = c.audio_channels, c.channels_time or c.channels
     chin_z, chout_z = 2 * chin, c.channels  # the frequency branch carries real and imaginary parts
     freqs = c.nfft // 2
     time_downsampling = 1  # product of the time branch's strides so far
@@ -167,7 +180,8 @@ def plan_layers(config: Any) -> HDemucsPlan:
                 norm=norm,
                 norm_groups=c.norm_groups,
                 context=c.context_enc,
-                dconv=_dconv_plan(c, chout_z, lstm=lstm, attn=attn),
+                rewrite=c.rewrite,
+                dconv=_dconv_plan(c, chout_z, lstm=lstm, attn=attn) if enc_dconv else None,
             )
         )
         if freq:
@@ -184,7 +198,8 @@ def plan_layers(config: Any) -> HDemucsPlan:
                     norm=norm,
                     norm_groups=c.norm_groups,
                     context=c.context_enc,
-                    dconv=None if last_freq else _dconv_plan(c, chout, lstm=lstm, attn=attn),
+                    rewrite=c.rewrite and not last_freq,
+                    dconv=_dconv_plan(c, chout, lstm=lstm, attn=attn) if enc_dconv and not last_freq else None,
                 )
             )
             time_downsampling *= t_stride
@@ -213,6 +228,8 @@ def plan_layers(config: Any) -> HDemucsPlan:
                 norm=norm,
                 norm_groups=c.norm_groups,
                 context=c.context,
+                rewrite=c.rewrite,
+                dconv=_dconv_plan(c, chout_z, lstm=lstm, attn=attn) if dec_dconv else None,
             ),
         )
         if freq:
@@ -230,6 +247,8 @@ def plan_layers(config: Any) -> HDemucsPlan:
                     norm=norm,
                     norm_groups=c.norm_groups,
                     context=c.context,
+                    rewrite=c.rewrite and not last_freq,
+                    dconv=_dconv_plan(c, chout, lstm=lstm, attn=attn) if dec_dconv and not last_freq else None,
                 ),
             )
         chin, chin_z = chout, chout_z
@@ -270,7 +289,12 @@ def plan_layers(config: Any) -> HDemucsPlan:
 
 def _check_layers(plan: HDemucsPlan) -> None:
     for layer in (*plan.freq_encoder, *plan.time_encoder, *plan.freq_decoder, *plan.time_decoder):
-        widths = (layer.chout, 2 * layer.chout) if isinstance(layer, EncoderPlan) else (2 * layer.chin, layer.chout)
+        # The GroupNorms' widths: after the convolution (encoder `norm1`, decoder `norm2`) and after the rewrite
+        # (encoder `norm2`, decoder `norm1`, 2x the channels, absent without a rewrite).
+        if isinstance(layer, EncoderPlan):
+            widths = (layer.chout, 2 * layer.chout) if layer.rewrite else (layer.chout,)
+        else:
+            widths = (2 * layer.chin, layer.chout) if layer.rewrite else (layer.chout,)
         if layer.norm and any(w % layer.norm_groups for w in widths):
             raise ConfigError(
                 f"HDemucsConfig.norm_groups={layer.norm_groups!r}: does not divide the {widths} channels "

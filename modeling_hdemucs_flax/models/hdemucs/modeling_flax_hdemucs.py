@@ -16,16 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from flax.core.frozen_dict import FrozenDict, freeze, unfreeze
-from flax.traverse_util import flatten_dict, unflatten_dict
-from jax.core import Tracer
+from flax.core.frozen_dict import unfreeze
 from jaxtyping import Array, Float, Float32, Real
 from transformers import FlaxAutoModel
-from transformers.modeling_flax_utils import FlaxPreTrainedModel
 from transformers.utils.generic import ModelOutput
 
-from ...errors import AudioError, CheckpointError
-from ...models.common.hybrid_layers import HDecLayer, HEncLayer
+from ...errors import AudioError
 from ...models.common.layers import LSTM, ConvTranspose, Dtype, accurate_sum
 from ...models.common.spectral import hdemucs_ispec, hdemucs_spec
 from ...models.hdemucs.configuration_hdemucs import HDemucsConfig
@@ -35,10 +31,11 @@ from ...models.hdemucs.convert_torchaudio import (
     random_torchaudio_state_dict,
     to_torchaudio_state_dict,
 )
+from ...models.hdemucs.hybrid_layers import HDecLayer, HEncLayer
 from ...models.hdemucs.layer_plan import LSTM_LAYERS, HDemucsPlan, flax_name, plan_layers
-from ...options import DEFAULT_MATMUL_PRECISION, check_matmul_precision
-from ...weights.hub import load_pretrained
+from ...options import DEFAULT_MATMUL_PRECISION, DEFAULT_SEGMENT, check_matmul_precision
 from ...weights.torch_checkpoint import load_torch_state_dict
+from ..family import FlaxSeparationModel
 
 
 class _DropFlaxDeprecation(logging.Filter):
@@ -56,7 +53,7 @@ class _DropFlaxDeprecation(logging.Filter):
 logging.getLogger("transformers.modeling_flax_utils").addFilter(_DropFlaxDeprecation())
 
 
-def _normalize(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+def normalize(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """torch's `(x - x.mean()) / (1e-5 + x.std())` over every axis but the batch: unbiased std (ddof=1), eps
     added to the std (not the variance). float32."""
     flat = x.reshape(x.shape[0], -1)
@@ -108,8 +105,8 @@ class HDemucsModule(nn.Module):
         # torch's view_as_real layout: channel index = 2 * audio_channel + (0 real, 1 imaginary)
         mag = jnp.stack([z.real, z.imag], axis=-1)  # (B, C, T, F, 2)
         mag = mag.transpose(0, 3, 2, 1, 4).reshape(batch, z.shape[3], z.shape[2], 2 * channels)  # (B, F, T, 2C)
-        x, mean, std = _normalize(mag)
-        xt, meant, stdt = _normalize(waveform.transpose(0, 2, 1))  # (B, L, C)
+        x, mean, std = normalize(mag)
+        xt, meant, stdt = normalize(waveform.transpose(0, 2, 1))  # (B, L, C)
         x, xt = x.astype(self.dtype), xt.astype(self.dtype)
 
         saved, saved_t, lengths, lengths_t = [], [], [], []
@@ -135,7 +132,7 @@ class HDemucsModule(nn.Module):
                 e = p.freq_emb
                 table = self.param(
                     "freq_emb",
-                    _embedding_init(e.num_embeddings, e.smooth, e.scale),
+                    embedding_init(e.num_embeddings, e.smooth, e.scale),
                     (e.num_embeddings, e.dim),
                     jnp.float32,
                 )
@@ -196,8 +193,8 @@ def prepare_params(params: Mapping[str, Any], plan: HDemucsPlan, dtype: Dtype = 
             node = node.setdefault(key, {})
         node[path[-1]] = value
 
-    for layer in (*plan.freq_encoder, *plan.time_encoder):
-        d = layer.dconv
+    for layer in (*plan.freq_encoder, *plan.time_encoder, *plan.freq_decoder, *plan.time_decoder):
+        d = layer.dconv  # decoders have DConv branches in demucs's dconv_mode 2 and 3
         if layer.empty or d is None or not d.lstm:
             continue
         for branch in range(d.depth):
@@ -214,7 +211,7 @@ def prepare_params(params: Mapping[str, Any], plan: HDemucsPlan, dtype: Dtype = 
     return prepared
 
 
-def _embedding_init(num: int, smooth: bool, scale: float):
+def embedding_init(num: int, smooth: bool, scale: float):
     """torchaudio `_ScaledEmbedding` initialisation: N(0, 1), optionally smoothed along frequency by a
     cumulative sum / sqrt(n), divided by `scale`."""
 
@@ -237,7 +234,7 @@ class FlaxHDemucsOutput(ModelOutput):
     sources: Float32[Array, "batch sources channels samples"] | None = None
 
 
-class FlaxHDemucs(FlaxPreTrainedModel):
+class FlaxHDemucs(FlaxSeparationModel):
     """Hybrid Demucs music source separation (torchaudio's `HDemucs`, numerically identical) in Flax.
 
     `model(waveform)` takes float (batch, audio_channels, samples) at `config.sampling_rate`, of any length,
@@ -255,8 +252,8 @@ class FlaxHDemucs(FlaxPreTrainedModel):
 
     config_class = HDemucsConfig
     base_model_prefix = "hdemucs"
-    main_input_name = "waveform"
     module_class = HDemucsModule
+    module_options = ("dot_dtype",)
 
     def __init__(
         self,
@@ -274,8 +271,6 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         if input_shape is None:
             input_shape = (1, config.audio_channels, config.nfft)
         self._given_params = params
-        self._prepared = None  # prepare_params(self.params), computed at the first call that uses self.params
-        self._placed: dict[Any, tuple[Any, dict]] = {}  # placed_params' copies, by device or sharding
 
         def hdemucs_forward(params, prepared, waveform):  # the name JAX's compile logs, events and cache entries show
             return module.apply({"params": params, "prepared": prepared}, waveform)
@@ -287,75 +282,6 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         self._prepare = jax.jit(hdemucs_prepare)
         super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
         self._given_params = None
-
-    @property
-    def params(self) -> dict | FrozenDict:
-        """The parameters in the stored (checkpoint) layout; assigning new ones drops the prepared copy."""
-        getter = FlaxPreTrainedModel.params.fget
-        assert getter is not None
-        return getter(self)
-
-    @params.setter
-    def params(self, params: dict | FrozenDict) -> None:
-        setter = FlaxPreTrainedModel.params.fset
-        assert setter is not None
-        setter(self, params)
-        self._prepared = None
-        self._placed = {}
-
-    @property
-    def matmul_precision(self) -> str:
-        """How convolutions and matrix products on float32 values are computed (`options.MATMUL_PRECISIONS`)."""
-        return self.module.matmul_precision
-
-    def prepared_params(self, params: Mapping[str, Any] | None = None) -> dict:
-        """`prepare_params` of `params` (default: `self.params`, prepared once in numpy and kept until the
-        parameters are replaced by assignment; a tree changed in place must be assigned again). Other trees are
-        prepared by a jitted function, which also traces (for `jax.jit(lambda p, x: model(x, params=p))`)."""
-        if params is None or params is getattr(self, "_params", None):
-            if self._prepared is None:
-                host = jax.tree.map(np.asarray, unfreeze(self._params))
-                prepared = prepare_params(host, self.module.plan, self.module.dot_dtype or self.dtype, xp=np)
-                self._prepared = jax.device_put(prepared)  # uncommitted, on the default device, like the params
-            return self._prepared
-        return self._prepare(params)
-
-    def placed_params(self, where: Any) -> tuple[Any, dict]:  # a jax.Device or a Sharding (Device is no type here)
-        """`(params, prepared)`: `self.params` and `prepared_params()` committed to `where`, one device or a sharding
-        (a replicated `NamedSharding` over several devices). Placed once and kept until the parameters are replaced
-        by assignment, so running on chosen devices costs no copy per call: `model(x, params=p, prepared=q)`."""
-        placed = self._placed.get(where)
-        if placed is None:
-            placed = self._placed[where] = jax.device_put((self.params, self.prepared_params()), where)
-        return placed
-
-    def init_weights(
-        self, rng: jax.Array, input_shape: tuple[int, ...], params: FrozenDict | None = None
-    ) -> FrozenDict:
-        """Parameters drawn like torchaudio's initialisation (numpy; no forward pass is run).
-
-        `input_shape` is unused: parameter shapes do not depend on the input length.
-        """
-        if self._given_params is not None:
-            return freeze(self._given_params)
-        if isinstance(rng, Tracer):  # under jax.eval_shape (`_do_init=False`) only shapes matter
-            return freeze(
-                jax.tree.map(
-                    lambda shape: jnp.zeros(shape, jnp.float32),
-                    param_shapes(self.config),
-                    is_leaf=lambda x: isinstance(x, tuple),
-                )
-            )
-        seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
-        random_params = convert_torchaudio_state_dict(random_torchaudio_state_dict(self.config, seed), self.config)
-        if params is None:
-            return freeze(jax.device_put(random_params))
-        random_flat = flatten_dict(random_params)
-        given: dict = flatten_dict(unfreeze(params))
-        for key in self._missing_keys:
-            given[key] = jnp.asarray(random_flat[key])
-        self._missing_keys = set()
-        return freeze(unflatten_dict(given))
 
     @classmethod
     def from_torchaudio(
@@ -376,64 +302,26 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         params = convert_torchaudio_state_dict(state_dict, config)
         return cls(config, dtype=dtype, params=jax.device_put(params), **kwargs)
 
+    @property
+    def default_segment(self) -> float:
+        """`config.segment` (the chunk length demucs's `apply_model` uses for this model), else 7.8 s."""
+        return DEFAULT_SEGMENT if self.config.segment is None else float(self.config.segment)
+
+    def random_params(self, seed: int) -> dict:
+        return convert_torchaudio_state_dict(random_torchaudio_state_dict(self.config, seed), self.config)
+
+    def param_shapes(self) -> dict:
+        return param_shapes(self.config)
+
+    def prepare_host(self, params: Mapping[str, Any]) -> dict:
+        return prepare_params(params, self.module.plan, self.module.dot_dtype or self.dtype, xp=np)
+
+    def prepare_traced(self, params: Mapping[str, Any]) -> dict:
+        return self._prepare(params)
+
     def to_torchaudio(self) -> dict[str, np.ndarray]:
         """The weights as a torchaudio `HDemucs` state dict of float32 numpy arrays."""
         return to_torchaudio_state_dict(unfreeze(self.params), self.config)
-
-    @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any
-    ) -> FlaxHDemucs:
-        """transformers' `from_pretrained`, strict, with one-line errors: a checkpoint whose parameters do not
-        exactly match the config (missing, unexpected or wrongly shaped) is a `CheckpointError`, never silently
-        re-initialised; a model that cannot be had (offline and not cached, the Hub unreachable, no such
-        repository, no weights, unreadable files) is a `ModelLoadError` (also an `OSError`, as transformers'
-        errors are). A Hub repo id is fetched only after a short probe of the endpoint (see `hub`)."""
-        if kwargs.get("_do_init", True) is False:
-            # transformers returns a (model, params) pair here
-            return super().from_pretrained(  # pyright: ignore[reportReturnType]
-                pretrained_model_name_or_path, *model_args, **kwargs
-            )
-        kwargs.pop("_do_init", None)
-        return load_pretrained(cls._from_pretrained_strict, pretrained_model_name_or_path, *model_args, **kwargs)
-
-    @classmethod
-    def _from_pretrained_strict(
-        cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any
-    ) -> FlaxHDemucs:
-        """transformers' `from_pretrained` with its errors as they are, then the strictness check."""
-        cls._missing_keys = set()
-        cls._loaded_keys = None
-        loaded: Any = super().from_pretrained(pretrained_model_name_or_path, *model_args, _do_init=False, **kwargs)
-        model, params = loaded  # with _do_init=False: (model without parameters, parameters)
-        missing = sorted("/".join(k) for k in cls._missing_keys)
-        unexpected = sorted("/".join(k) for k in (cls._loaded_keys or set()) - model.required_params)
-        cls._missing_keys, cls._loaded_keys = set(), None
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{pretrained_model_name_or_path}: checkpoint does not match its config "
-                f"(missing {missing}, unexpected {unexpected})"
-            )
-        # Parameters are always float32 (a checkpoint may store bfloat16 to halve its size); `dtype` is the
-        # compute dtype and is applied per layer. transformers leaves them committed to the host CPU, where a
-        # jitted call would follow them (and run on the CPU whatever the default device): they go through host
-        # memory to the default device, uncommitted.
-        params = jax.device_put(jax.tree.map(lambda a: np.asarray(a, np.float32), params))
-        model.config.name_or_path = str(pretrained_model_name_or_path)  # how errors name the model
-        module = model.module
-        return cls(
-            model.config,
-            dtype=model.dtype,
-            params=params,
-            dot_dtype=module.dot_dtype,
-            matmul_precision=module.matmul_precision,
-        )
-
-    @classmethod
-    def load_flax_weights(cls, resolved_archive_file: str) -> dict:
-        state = super().load_flax_weights(resolved_archive_file)
-        cls._loaded_keys = set(flatten_dict(state).keys())  # read by `from_pretrained` to reject extra keys
-        return state
 
     @overload
     def __call__(
@@ -471,11 +359,6 @@ class FlaxHDemucs(FlaxPreTrainedModel):
         prepared = self.prepared_params(params) if prepared is None else prepared
         sources = self._forward(params, prepared, jnp.asarray(waveform, jnp.float32))
         return FlaxHDemucsOutput(sources=sources) if return_dict else (sources,)
-
-    @property
-    def sources(self) -> list[str]:
-        """Source names in output order."""
-        return list(self.config.sources)
 
 
 FlaxAutoModel.register(HDemucsConfig, FlaxHDemucs)

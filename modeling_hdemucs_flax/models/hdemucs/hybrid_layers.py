@@ -11,16 +11,30 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ...errors import ConfigError
-from ...models.common.layers import ArrayIn, Conv, ConvTranspose, DConv, Dtype, GroupNorm, SquareConv, gelu, glu
-from ...models.hdemucs.layer_plan import DecoderPlan, EncoderPlan
+from ..common.layers import ArrayIn, Conv, ConvTranspose, DConv, Dtype, GroupNorm, SquareConv, gelu, glu
+from .layer_plan import DConvPlan, DecoderPlan, EncoderPlan
 
 
 def _norm(enabled: bool, groups: int, dtype: Dtype, name: str):
     return GroupNorm(groups, dtype=dtype, name=name) if enabled else (lambda x: x)
 
 
+def _dconv(plan: DConvPlan, freq: bool, dtype: Dtype, dot_dtype: Dtype | None):
+    """The layer's `DConv` as a function of (batch, [freq,] time, channels): over time, for every frequency bin
+    of a frequency layer."""
+    dconv = DConv(plan, dtype=dtype, dot_dtype=dot_dtype, name="dconv")
+
+    def apply(y: ArrayIn) -> Array:
+        if not freq:
+            return dconv(y)
+        b, f, t, c = y.shape
+        return dconv(y.reshape(b * f, t, c)).reshape(b, f, t, c)
+
+    return apply
+
+
 class HEncLayer(nn.Module):
-    """conv (stride) -> [+ injected time features] -> norm1 -> GELU -> DConv -> rewrite -> norm2 -> GLU."""
+    """conv (stride) -> [+ injected time features] -> norm1 -> GELU -> [DConv] -> [rewrite -> norm2 -> GLU]."""
 
     plan: EncoderPlan
     dtype: Dtype = jnp.float32
@@ -54,13 +68,9 @@ class HEncLayer(nn.Module):
             y = y + inject[:, None]
         y = gelu(_norm(p.norm, p.norm_groups, self.dtype, "norm1")(y))
         if p.dconv is not None:
-            if p.freq:  # DConv runs over time for every frequency bin
-                b, f, t, c = y.shape
-                y = DConv(p.dconv, dtype=self.dtype, dot_dtype=self.dot_dtype, name="dconv")(
-                    y.reshape(b * f, t, c)
-                ).reshape(b, f, t, c)
-            else:
-                y = DConv(p.dconv, dtype=self.dtype, dot_dtype=self.dot_dtype, name="dconv")(y)
+            y = _dconv(p.dconv, p.freq, self.dtype, self.dot_dtype)(y)
+        if not p.rewrite:  # demucs's rewrite=False: the layer ends at the DConv
+            return y
         k = 1 + 2 * p.context
         if p.freq:
             rewrite = SquareConv(2 * p.chout, k, dtype=self.dtype, name="rewrite")
@@ -70,7 +80,8 @@ class HEncLayer(nn.Module):
 
 
 class HDecLayer(nn.Module):
-    """[+ skip -> rewrite -> norm1 -> GLU] -> transposed conv -> norm2 -> crop -> GELU (except the last).
+    """[+ skip -> [rewrite -> norm1 -> GLU] -> [DConv]] -> transposed conv -> norm2 -> crop -> GELU (except the
+    last).
 
     Returns (output, pre) where `pre` is the input of the transposed convolution (torchaudio's `y`).
     """
@@ -92,13 +103,16 @@ class HDecLayer(nn.Module):
             y = x
         else:
             assert skip is not None, f"{p.path}: a decoder layer needs its skip connection"
-            x = x + skip
-            k = 1 + 2 * p.context
-            if p.freq:
-                rewrite = SquareConv(2 * p.chin, k, dtype=self.dtype, name="rewrite")
-            else:
-                rewrite = Conv(2 * p.chin, (k,), padding=(p.context,), dtype=self.dtype, name="rewrite")
-            y = glu(_norm(p.norm, p.norm_groups, self.dtype, "norm1")(rewrite(x)))
+            y = x + skip
+            if p.rewrite:
+                k = 1 + 2 * p.context
+                if p.freq:
+                    rewrite = SquareConv(2 * p.chin, k, dtype=self.dtype, name="rewrite")
+                else:
+                    rewrite = Conv(2 * p.chin, (k,), padding=(p.context,), dtype=self.dtype, name="rewrite")
+                y = glu(_norm(p.norm, p.norm_groups, self.dtype, "norm1")(rewrite(y)))
+            if p.dconv is not None:  # demucs's dconv_mode 2 and 3
+                y = _dconv(p.dconv, p.freq, self.dtype, self.dot_dtype)(y)
         z = ConvTranspose(
             p.chout, p.kernel_size, p.stride, two_d=p.freq, dtype=self.dtype, dot_dtype=self.dot_dtype, name="conv_tr"
         )(y)

@@ -1,0 +1,1 @@
+"""HTDemucs (Hybrid Transformer Demucs, demucs v4) in Flax: config, layer plan, cross-domain transformer, model."""
