@@ -572,7 +572,7 @@ def network_forward(model: FlaxSeparationModel, devices: Sequence[Any] | None = 
     waiting for the device (`np.asarray` of it waits).
 
     `devices` None: JAX's default device at each call (where the model's uncommitted parameters go). One device:
-    the parameters and their prepared copy are committed there once (`FlaxSeparationModel.placed_params`) and every batch
+    the parameters and their prepared copy are committed there once (`placed_params`) and every batch
     is sent there. Several: each batch is split over them along its first axis (`NamedSharding` over a one-axis
     mesh "batch"; the batch size must be a multiple of their number) and the parameters and their prepared copy
     are replicated on every one, once. XLA partitions the same program with no communication between the
