@@ -23,7 +23,9 @@ demucs (4.1.0) keeps a trained model in one of three forms, all read here:
    `weights` (one row per member, one weight per source) and `segment` (seconds), read with `yaml.safe_load`.
 
 Everything is returned as data (`DemucsPackage`, `BagSpec`, `DemucsHubModel`) with float32 weights; checking the
-state against the kwargs is the converter's job. Every failure is one `CheckpointError` line naming the file.
+state against the kwargs is the converter's job (`models.auto.model_from_demucs`). Every failure is one
+`CheckpointError` line naming the file. `is_demucs_package(path)` tells a `.th` package from a torchaudio state
+dict by the file's content (its pickle's opcodes, followed without unpickling), for `hdemucs-flax convert`.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ import _compat_pickle
 import json
 import math
 import pickle
+import pickletools
 import re
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -47,7 +50,13 @@ import numpy as np
 
 from ..errors import CheckpointError, one_line
 from .downloads import sha256_file
-from .torch_checkpoint import CheckpointInvalid, TensorUnpickler, checkpoint_errors, read_torch_archive
+from .torch_checkpoint import (
+    CheckpointInvalid,
+    TensorUnpickler,
+    checkpoint_errors,
+    read_torch_archive,
+    read_torch_pickle,
+)
 
 # The demucs model classes a checkpoint may name, each with what it is and the architecture it converts to here
 # (None: read as data so it can be refused by name, never converted). They are names only: the reader keeps the
@@ -398,6 +407,89 @@ def expected_class(package: DemucsPackage) -> Literal["htdemucs", "hdemucs"]:
             "demucs.htdemucs.HTDemucs and demucs.hdemucs.HDemucs convert)"
         )
     return known[1]
+
+
+# The keys of `serialize_model`'s dict; a torch file whose top-level object is a dict holding any of them is a demucs
+# package (a state dict's keys are parameter names: "encoder.0.conv.weight", ...).
+PACKAGE_KEYS = frozenset(("klass", "args", "kwargs", "state", "training_args"))
+
+
+class _DictSeen:
+    """A dict that a pickle builds (EMPTY_DICT or DICT), as `_top_level_keys` follows it: its string keys."""
+
+    def __init__(self, keys: Iterable[Any] = ()):
+        self.keys = {key for key in keys if isinstance(key, str)}
+
+
+_OTHER = object()  # any other value on the simulated stack
+_STRING_OPCODES = frozenset(("UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"))
+
+
+def _top_level_keys(data: bytes) -> frozenset[str] | None:
+    """The string keys of the plain dict a pickle's top-level object is, or None when it is something else (an
+    OrderedDict, a list, a call's result) or the pickle is malformed. Found by following the stack through the
+    opcodes as `pickletools.genops` parses them: only dicts and strings are tracked, nothing is built, imported or
+    called, and the work is linear in the pickle's length."""
+    stack: list[Any] = []
+    marks: list[int] = []
+    memo: dict[int, Any] = {}
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            name = opcode.name
+            if name == "MARK":
+                marks.append(len(stack))
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1]
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo[arg])
+            elif name == "DUP":
+                stack.append(stack[-1])
+            elif name == "POP" and marks and len(stack) == marks[-1]:
+                marks.pop()  # POP of a mark, as pickle's own load_pop does
+            elif name == "STOP":
+                top = stack.pop()
+                return frozenset(top.keys) if isinstance(top, _DictSeen) else None
+            elif name == "EMPTY_DICT":
+                stack.append(_DictSeen())
+            elif name in _STRING_OPCODES:
+                stack.append(arg)
+            else:
+                before = opcode.stack_before
+                items: list[Any] = []
+                if pickletools.markobject in before:  # the items above the last mark, then the mark
+                    start = marks.pop()
+                    items, stack[start:] = stack[start:], []
+                    before = before[: before.index(pickletools.markobject)]
+                if len(stack) < len(before):
+                    return None
+                popped = stack[len(stack) - len(before) :]
+                del stack[len(stack) - len(before) :]
+                if name == "DICT":
+                    stack.append(_DictSeen(items[0::2]))
+                elif name in ("SETITEM", "SETITEMS"):  # (dict, key, value) or (dict) + (mark, key, value, ...)
+                    target, keys = popped[0], popped[1:2] if name == "SETITEM" else items[0::2]
+                    if isinstance(target, _DictSeen):
+                        target.keys.update(key for key in keys if isinstance(key, str))
+                    stack.append(target)
+                else:
+                    stack.extend(_OTHER for _ in opcode.stack_after)
+    except Exception:  # malformed (pickletools' ValueError, a missing memo entry or mark): not for this sniff to say
+        return None
+    return None
+
+
+def is_demucs_package(path: str | Path) -> bool:
+    """Whether `path` is a torch.save zip file whose top-level object is a dict holding any of `PACKAGE_KEYS`: a
+    demucs `.th` package (`read_demucs_package` reads it) rather than a state dict (`load_torch_state_dict`).
+    Decided from the pickle's opcodes, whatever the file's name; nothing is unpickled. False for everything else,
+    unreadable files included: the reader of the other kind then says what is wrong with them."""
+    try:
+        keys = _top_level_keys(read_torch_pickle(Path(path)))
+    except Exception:  # not a torch zip, too large, unreadable: the state-dict reader's one-line error says which
+        return False
+    return keys is not None and not keys.isdisjoint(PACKAGE_KEYS)
 
 
 # --- demucs 4.1.0's Hub layout -----------------------------------------------------------------------------------

@@ -270,10 +270,10 @@ def _describe_keys(state: dict) -> str:
 _ZIP_START = b"PK\x03\x04"
 
 
-def read_torch_archive(path: Path, unpickler: type[TensorUnpickler] = TensorUnpickler) -> Any:
-    """The object a torch.save zip file holds, unpickled by `unpickler` (whose `find_class` is the allowlist) with
-    its storages read within the bounds above. Raises `CheckpointInvalid` and whatever a malformed pickle raises:
-    call it inside `checkpoint_errors(path)`."""
+@contextmanager
+def _open_archive(path: Path) -> Iterator[tuple[_Archive, str]]:
+    """The torch.save zip file at `path`, open, and the folder its members live in (`<prefix>/data.pkl`), its
+    layout checked (one data.pkl, little-endian). Raises `CheckpointInvalid` for anything else."""
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as handle:
             if handle.read(len(_ZIP_START)) == _ZIP_START:
@@ -292,8 +292,23 @@ def read_torch_archive(path: Path, unpickler: type[TensorUnpickler] = TensorUnpi
             order = archive.read(f"{prefix}/byteorder", limit=16)
             if order != b"little":
                 raise CheckpointInvalid("big-endian checkpoints are not supported")
-        data = archive.read(pickles[0], limit=MAX_PICKLE_BYTES)
+        yield archive, prefix
+
+
+def read_torch_archive(path: Path, unpickler: type[TensorUnpickler] = TensorUnpickler) -> Any:
+    """The object a torch.save zip file holds, unpickled by `unpickler` (whose `find_class` is the allowlist) with
+    its storages read within the bounds above. Raises `CheckpointInvalid` and whatever a malformed pickle raises:
+    call it inside `checkpoint_errors(path)`."""
+    with _open_archive(path) as (archive, prefix):
+        data = archive.read(f"{prefix}/data.pkl", limit=MAX_PICKLE_BYTES)
         return unpickler(io.BytesIO(data), archive, prefix).load()
+
+
+def read_torch_pickle(path: Path) -> bytes:
+    """The pickle (`data.pkl`) of a torch.save zip file, as bytes, not unpickled, within the same bounds: for
+    readers that look at its opcodes before choosing an unpickler. Raises as `read_torch_archive` does."""
+    with _open_archive(path) as (archive, prefix):
+        return archive.read(f"{prefix}/data.pkl", limit=MAX_PICKLE_BYTES)
 
 
 @contextmanager
