@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 from flax.traverse_util import unflatten_dict
 
-from ...errors import CheckpointError
+from ...errors import CheckpointError, ConfigError
 from ..hdemucs.convert_torchaudio import Entry, as_numpy, dconv_names, flax_shape, to_flax
 from ..hdemucs.layer_plan import DCONV_KERNEL, DecoderPlan, EncoderPlan, flax_name
+from .configuration_htdemucs import DEMUCS_ARGUMENTS, HTDemucsConfig
 from .layer_plan import HTDemucsPlan, plan_htdemucs
 
 
@@ -156,6 +157,20 @@ def conversion_table(config: Any) -> tuple[list[Entry], dict[str, str]]:
 def _listed(keys: list[str], limit: int = 6) -> str:
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
+
+
+def htdemucs_config_from_demucs_kwargs(kwargs: Mapping[str, Any]) -> HTDemucsConfig:
+    """The `HTDemucsConfig` of `demucs.htdemucs.HTDemucs(**kwargs)` (a checkpoint's "kwargs", with its positional
+    "args" named in the constructor's order, `DEMUCS_ARGUMENTS`). An argument left out takes demucs's default,
+    which is the config's. Raises `ConfigError` naming an argument HTDemucs does not take (demucs's `load_model`
+    drops such an argument with a warning; here it may be another model's, so it is refused), a missing `sources`,
+    and (from the config's own checks) a value or an option this package does not compute."""
+    unknown = sorted(set(kwargs) - set(DEMUCS_ARGUMENTS))
+    if unknown:
+        raise ConfigError(f"demucs HTDemucs kwargs: {unknown[0]!r} is not an argument of demucs's HTDemucs (v4)")
+    if "sources" not in kwargs:
+        raise ConfigError("demucs HTDemucs kwargs: 'sources' is missing (demucs's HTDemucs requires it)")
+    return HTDemucsConfig(**kwargs)  # a Fraction segment is kept exactly (`HTDemucsConfig.segment_fraction`)
 
 
 def htdemucs_params_from_state(state: Mapping[str, Any], config: Any) -> dict:
