@@ -125,6 +125,16 @@ def write_copy_amplifier(path: Path, views: int = 4096, elements: int = 1 << 20)
     return write_checkpoint(path, state_dict_pickle(tensors), {"0": bytes(4 * elements)})
 
 
+class Call:
+    """Pickles as `function(*args)`: the payload a hostile checkpoint hides in one of its values."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
 # --- demucs packages (a dict whose values are written opcode by opcode) ---------------------------------------------
 
 

@@ -59,6 +59,38 @@ def redraw_all_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
+@torch.no_grad()
+def redraw_htdemucs_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Re-draw in place what a fresh demucs HTDemucs holds as constants: the transformer's LayerScales U[0.5, 1.5],
+    the DConv branches' LayerScales U[0.05, 0.15], norm affines 1 + 0.3 N and 0.3 N, the frequency embedding
+    0.3 N, zero-initialised biases (attention projections) 0.1 N. Convolution and linear weights keep torch's
+    seeded random initialisation.
+
+    Why the DConv scales are of order 0.1, not 1: a time-branch path crosses 16 residual DConv branches (dconv_mode
+    3), each renormalised by its GroupNorms; with scales of order 1 the full-size random model amplifies float32
+    rounding so much that demucs's own float32 output is only -97 to -104 dB from its float64 output (no float32
+    implementation can then agree to -100 dB), against -132 dB with these. The branches still matter: zeroing all
+    of them moves the tiny models' output by -14 dB, zeroing one branch of one layer by -44 to -52 dB, far above
+    the -100 dB threshold, so a wrong tap, dilation or index shows."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, tensor in model.state_dict().items():
+        owner = model.get_submodule(name.rsplit(".", 1)[0])
+        if name.endswith(".scale") and ".dconv." in name:
+            tensor.copy_(0.05 + 0.1 * torch.rand(tensor.shape, generator=gen))
+        elif name.endswith(".scale"):
+            tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
+        elif isinstance(owner, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            base = 1.0 if name.endswith("weight") else 0.0
+            tensor.copy_(base + 0.3 * torch.randn(tensor.shape, generator=gen))
+        elif "freq_emb" in name:
+            tensor.copy_(0.3 * torch.randn(tensor.shape, generator=gen))
+        elif not tensor.any():
+            tensor.copy_(0.1 * torch.randn(tensor.shape, generator=gen))
+    constant = [n for n, t in model.state_dict().items() if t.numel() > 1 and float(t.std()) == 0]
+    assert constant == [], f"parameters left constant: {constant}"
+    return model
+
+
 def _is_norm(module: torch.nn.Module, name: str) -> bool:
     owner = module.get_submodule(name.rsplit(".", 1)[0])
     return isinstance(owner, torch.nn.GroupNorm)

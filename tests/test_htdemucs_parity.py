@@ -1,10 +1,10 @@
 """HTDemucs (demucs v4) parity with demucs's own `HTDemucs`, layer by layer and whole, plus its config and converter.
 
 Reference models are demucs 4.1.0's, built from `HTDemucsConfig.demucs_kwargs()` with every parameter re-drawn
-from a seeded generator (`redraw_`): default LayerScales of 1e-4 / 1e-3, unit norm affines and zero attention
-biases would hide most of the network. The tiny configs keep the released models' structure (nfft 4096, depth 4,
-dconv_mode 3, 8 frequency bins at the transformer, pre-norm layers with norm_out and LayerScale) and shrink the
-widths, the number of transformer layers and the training segment.
+from a seeded generator (`reference.redraw_htdemucs_`): default LayerScales of 1e-4 / 1e-3, unit norm affines and
+zero attention biases would hide most of the network. The tiny configs keep the released models' structure (nfft
+4096, depth 4, dconv_mode 3, 8 frequency bins at the transformer, pre-norm layers with norm_out and LayerScale) and
+shrink the widths, the number of transformer layers and the training segment.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from modeling_hdemucs_flax.models.htdemucs.transformer import (
     sin_embedding_2d,
 )
 
-from .reference import error_report, music_like
+from .reference import error_report, music_like, redraw_htdemucs_
 
 THRESHOLD_DB = -100  # required; measured about -129 to -135 dB whole-model, -121 to -155 dB per layer and embedding
 SEGMENT = Fraction(39, 20)  # 1.95 s = 85,995 samples: the released 7.8 s scaled down 4x
@@ -57,42 +57,10 @@ def tiny_config(preset: str = "htdemucs", **overrides) -> HTDemucsConfig:
     return HTDemucsConfig.from_preset(preset, **{**kwargs, **overrides})
 
 
-@torch.no_grad()
-def redraw_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Re-draw in place what a fresh demucs model holds as constants: the transformer's LayerScales U[0.5, 1.5],
-    the DConv branches' LayerScales U[0.05, 0.15], norm affines 1 + 0.3 N and 0.3 N, the frequency embedding
-    0.3 N, zero-initialised biases (attention projections) 0.1 N. Convolution and linear weights keep torch's
-    seeded random initialisation.
-
-    Why the DConv scales are of order 0.1, not 1: a time-branch path crosses 16 residual DConv branches (dconv_mode
-    3), each renormalised by its GroupNorms; with scales of order 1 the full-size random model amplifies float32
-    rounding so much that demucs's own float32 output is only -97 to -104 dB from its float64 output (no float32
-    implementation can then agree to -100 dB), against -132 dB with these. The branches still matter: zeroing all
-    of them moves the tiny models' output by -14 dB, zeroing one branch of one layer by -44 to -52 dB, far above
-    the -100 dB threshold, so a wrong tap, dilation or index shows."""
-    gen = torch.Generator().manual_seed(seed)
-    for name, tensor in model.state_dict().items():
-        owner = model.get_submodule(name.rsplit(".", 1)[0])
-        if name.endswith(".scale") and ".dconv." in name:
-            tensor.copy_(0.05 + 0.1 * torch.rand(tensor.shape, generator=gen))
-        elif name.endswith(".scale"):
-            tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
-        elif isinstance(owner, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
-            base = 1.0 if name.endswith("weight") else 0.0
-            tensor.copy_(base + 0.3 * torch.randn(tensor.shape, generator=gen))
-        elif "freq_emb" in name:
-            tensor.copy_(0.3 * torch.randn(tensor.shape, generator=gen))
-        elif not tensor.any():
-            tensor.copy_(0.1 * torch.randn(tensor.shape, generator=gen))
-    constant = [n for n, t in model.state_dict().items() if t.numel() > 1 and float(t.std()) == 0]
-    assert constant == [], f"parameters left constant: {constant}"
-    return model
-
-
 def demucs_model(config: HTDemucsConfig, seed: int = 0) -> HTDemucs:
     """demucs's HTDemucs for `config`, seeded, re-drawn, in eval mode."""
     torch.manual_seed(seed)
-    return redraw_(HTDemucs(**config.demucs_kwargs()).eval(), seed + 1)
+    return redraw_htdemucs_(HTDemucs(**config.demucs_kwargs()).eval(), seed + 1)
 
 
 def numpy_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
