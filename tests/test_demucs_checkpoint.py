@@ -9,22 +9,21 @@ written. The Hub layout is written as demucs 4.1.0's `tools/export_hf.py` writes
 own loader (`demucs.hf.load_safetensors_model`); bag yamls are demucs's own plus hostile ones.
 
 `serialize_model` imports omegaconf, which is no test dependency: where it is missing, a stand-in module whose
-`OmegaConf.to_container` returns the plain dict takes its place. That is what the real one returns for a config
-of plain values (checked with omegaconf 2.3.0: the pickle of a real `serialize_model` output holds no global in
-its training_args).
+`OmegaConf.to_container` returns the plain dict takes its place (conftest's `make_config`). That is what the real one
+returns for a config of plain values (checked with omegaconf 2.3.0: the pickle of a real `serialize_model` output
+holds no global in its training_args).
 """
 
 from __future__ import annotations
 
 import collections
-import copy
 import hashlib
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
-import types
 from fractions import Fraction
 from importlib.metadata import metadata
 
@@ -40,6 +39,7 @@ from modeling_hdemucs_flax.errors import CheckpointError, DownloadError, ModelLo
 from modeling_hdemucs_flax.weights.demucs_checkpoint import (
     BagSpec,
     expected_class,
+    is_demucs_package,
     read_bag_yaml,
     read_demucs_hub_model,
     read_demucs_package,
@@ -57,6 +57,7 @@ from modeling_hdemucs_flax.zoo.demucs_registry import (
 from .conftest import SOURCES
 from .flows import REPO_ROOT
 from .hostile_checkpoints import (
+    Call,
     deep_lists,
     package_pickle,
     pickled,
@@ -75,20 +76,6 @@ TRAINING = {
     "misc": {"num_workers": None, "verbose": False},
     "weights": [1.0, 1.0, 1.0, 1.0],
 }
-
-
-@pytest.fixture
-def make_config(monkeypatch):
-    """What demucs's training passes to `serialize_model`: an OmegaConf config (or, without omegaconf, the dict
-    itself, with a stand-in `OmegaConf.to_container`)."""
-    try:
-        from omegaconf import OmegaConf
-    except ImportError:
-        stand_in = types.ModuleType("omegaconf")
-        stand_in.OmegaConf = types.SimpleNamespace(to_container=lambda config, resolve=False: copy.deepcopy(config))
-        monkeypatch.setitem(sys.modules, "omegaconf", stand_in)
-        return copy.deepcopy
-    return OmegaConf.create
 
 
 def tiny_model(kind: str, seed: int = 0) -> torch.nn.Module:
@@ -156,6 +143,33 @@ def test_the_v2_demucs_class_reads_but_does_not_convert(tmp_path, make_config):
     )
 
 
+def test_a_package_is_told_from_a_state_dict_by_its_content(tmp_path, make_config):
+    """`is_demucs_package` follows the pickle's opcodes to its top-level object: a plain dict holding one of
+    serialize_model's keys, in any pickle protocol (keys written once and fetched from the memo included), is a
+    package whatever the file's name; a state dict (an OrderedDict, or a plain dict of parameter names), anything
+    else and anything unreadable is not."""
+    model = tiny_model("hdemucs")
+    torch.save(serialize_model(model, make_config(TRAINING)), tmp_path / "package.pt")
+    torch.save(model.state_dict(), tmp_path / "state.th")
+    torch.save(dict(model.state_dict()), tmp_path / "plain_state.th")
+    torch.save({"klass": os.system}, tmp_path / "klass_only.th")  # refused later by the package reader
+    assert is_demucs_package(tmp_path / "package.pt") and is_demucs_package(tmp_path / "klass_only.th")
+    assert not is_demucs_package(tmp_path / "state.th") and not is_demucs_package(tmp_path / "plain_state.th")
+    # {"x": "state", "state": {}}, its key "state" fetched from the memo, where its value put it
+    memo = pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + pickle.MARK + pickled("x") + pickled("state")
+    memo += pickle.BINGET + b"\x00" + pickled({}) + pickle.SETITEMS + pickle.STOP
+    assert pickle.loads(memo) == {"x": "state", "state": {}}
+    assert is_demucs_package(write_checkpoint(tmp_path / "memo.th", memo, {}))
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        for value, expected in (({"x": 1, "state": {}}, True), ({"x": {"klass": 1}}, False), ([{"klass": 1}], False)):
+            path = write_checkpoint(tmp_path / f"p{protocol}.th", pickle.dumps(value, protocol=protocol), {})
+            assert is_demucs_package(path) is expected, (protocol, value)
+    for name, data in (("garbage", b"\x80\x02\xff\xfe"), ("truncated", pickle.dumps({"klass": 1})[:-1])):
+        assert not is_demucs_package(write_checkpoint(tmp_path / f"{name}.th", data, {}))
+    (tmp_path / "notes.th").write_text("not a zip")
+    assert not is_demucs_package(tmp_path / "notes.th") and not is_demucs_package(tmp_path / "missing.th")
+
+
 def test_the_reader_runs_without_torch(tmp_path, make_config):
     path = write_package(tiny_model("htdemucs"), tmp_path, make_config)
     code = (
@@ -185,16 +199,6 @@ def test_odd_or_missing_training_args_are_dropped(tmp_path):
 
 
 # --- hostile .th files -----------------------------------------------------------------------------------------
-
-
-class Call:
-    """Pickles as `function(*args)`: the payload a hostile checkpoint hides in one of its values."""
-
-    def __init__(self, function, *args):
-        self.function, self.args = function, args
-
-    def __reduce__(self):
-        return self.function, self.args
 
 
 def hostile_saved(folder, canary):
