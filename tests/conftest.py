@@ -8,7 +8,10 @@ compilation cache per session, which subprocess flows share through `HDEMUCS_FLA
 
 from __future__ import annotations
 
+import copy
 import os
+import sys
+import types
 
 import pytest
 import torch
@@ -96,3 +99,17 @@ def ray_cluster():
     yield line.split()[1], env
     holder.stdin.close()  # the holder shuts its cluster down
     holder.wait(timeout=60)
+
+
+@pytest.fixture
+def make_config(monkeypatch):
+    """What demucs's training passes to `serialize_model`: an OmegaConf config (or, without omegaconf, the dict
+    itself, with a stand-in `OmegaConf.to_container`)."""
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:
+        stand_in = types.ModuleType("omegaconf")
+        stand_in.OmegaConf = types.SimpleNamespace(to_container=lambda config, resolve=False: copy.deepcopy(config))
+        monkeypatch.setitem(sys.modules, "omegaconf", stand_in)
+        return copy.deepcopy
+    return OmegaConf.create

@@ -17,24 +17,21 @@ its training_args).
 from __future__ import annotations
 
 import collections
-import copy
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
-import types
 from fractions import Fraction
 from importlib.metadata import metadata
 
 import numpy as np
 import pytest
 import torch
-from demucs.demucs import Demucs
 from demucs.hdemucs import HDemucs
 from demucs.htdemucs import HTDemucs
-from demucs.states import load_model, save_with_checksum, serialize_model
+from demucs.states import load_model
 
 from modeling_hdemucs_flax.errors import CheckpointError, DownloadError, ModelLoadError
 from modeling_hdemucs_flax.weights.demucs_checkpoint import (
@@ -55,6 +52,7 @@ from modeling_hdemucs_flax.zoo.demucs_registry import (
 )
 
 from .conftest import SOURCES
+from .demucs_files import TRAINING, tiny_model, write_package
 from .flows import REPO_ROOT
 from .hostile_checkpoints import (
     deep_lists,
@@ -66,49 +64,6 @@ from .hostile_checkpoints import (
     shared_lists,
     write_checkpoint,
 )
-
-# A training configuration shaped like demucs's (nested sections, lists, None, floats).
-TRAINING = {
-    "dset": {"sources": SOURCES, "musdb": "/data/musdb18hq", "segment": 11, "channels": 2},
-    "epochs": 360,
-    "optim": {"lr": 3e-4, "beta2": 0.999, "weight_decay": 0},
-    "misc": {"num_workers": None, "verbose": False},
-    "weights": [1.0, 1.0, 1.0, 1.0],
-}
-
-
-@pytest.fixture
-def make_config(monkeypatch):
-    """What demucs's training passes to `serialize_model`: an OmegaConf config (or, without omegaconf, the dict
-    itself, with a stand-in `OmegaConf.to_container`)."""
-    try:
-        from omegaconf import OmegaConf
-    except ImportError:
-        stand_in = types.ModuleType("omegaconf")
-        stand_in.OmegaConf = types.SimpleNamespace(to_container=lambda config, resolve=False: copy.deepcopy(config))
-        monkeypatch.setitem(sys.modules, "omegaconf", stand_in)
-        return copy.deepcopy
-    return OmegaConf.create
-
-
-def tiny_model(kind: str, seed: int = 0) -> torch.nn.Module:
-    """A small random demucs model of each class (sources positional or as a keyword, as demucs builds them)."""
-    torch.manual_seed(seed)
-    if kind == "htdemucs":
-        return HTDemucs(
-            SOURCES, channels=4, depth=2, t_layers=1, t_heads=1, nfft=512, dconv_comp=2, segment=Fraction(39, 5)
-        )
-    if kind == "hdemucs":
-        return HDemucs(sources=SOURCES, channels=4, depth=2, nfft=512, dconv_comp=2, segment=44)
-    return Demucs(SOURCES, channels=4, depth=2, lstm_layers=0)
-
-
-def write_package(model: torch.nn.Module, folder, make_config, *, half: bool = True):
-    """The model saved as demucs saves a release: serialize_model + save_with_checksum (`model-<sha8>.th`)."""
-    folder.mkdir(exist_ok=True)
-    save_with_checksum(serialize_model(model, make_config(TRAINING), half=half), folder / "model.th")
-    (path,) = folder.glob("model-*.th")
-    return path
 
 
 def assert_same_state(package_state: dict, state: dict, half: bool, ordered: bool = True) -> None:
