@@ -134,3 +134,28 @@ def test_a_folder_named_like_a_model_is_a_folder(chain_env, tmp_path, monkeypatc
     with pytest.raises(ModelLoadError) as raised:
         load_model("htdemucs")
     assert "config.json" in str(raised.value) and chain_env.requests == []
+
+
+def test_the_registry_counts_the_parameters_demucs_builds():
+    """`models` shows each model's parameter count: the registry's figures are those of demucs's own models built
+    with each release's arguments (our presets, checked against the files elsewhere), and of torchaudio's high
+    HDemucs."""
+    import torch
+    import torchaudio
+    from demucs.hdemucs import HDemucs
+    from demucs.htdemucs import HTDemucs
+
+    from modeling_hdemucs_flax import HDemucsConfig
+    from modeling_hdemucs_flax.apps.models_command import TORCHAUDIO_HIGH_PARAMETERS
+    from modeling_hdemucs_flax.models.hdemucs.convert_demucs import HDEMUCS_MMI_KWARGS
+    from modeling_hdemucs_flax.models.htdemucs.configuration_htdemucs import HTDemucsConfig
+
+    def count(model: torch.nn.Module) -> int:
+        return sum(tensor.numel() for tensor in model.state_dict().values())
+
+    for name in ("htdemucs", "htdemucs_ft", "htdemucs_6s"):
+        built = HTDemucs(**HTDemucsConfig.from_preset(name).demucs_kwargs())
+        assert count(built) == DEMUCS_MODELS[name].parameters, name
+    assert count(HDemucs(**HDEMUCS_MMI_KWARGS)) == DEMUCS_MODELS["hdemucs_mmi"].parameters
+    torchaudio_high = torchaudio.models.HDemucs(**HDemucsConfig.from_preset("high").torchaudio_kwargs())
+    assert count(torchaudio_high) == TORCHAUDIO_HIGH_PARAMETERS
