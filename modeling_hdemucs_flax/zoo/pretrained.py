@@ -48,7 +48,7 @@ from ..weights import hub
 from ..weights.downloads import check_file, replace_directory
 from ..weights.locations import looks_like_path
 from .demucs_models import is_demucs_name, load_demucs_model
-from .demucs_registry import DemucsModelInfo
+from .demucs_registry import DEMUCS_MODELS, DemucsModelInfo
 from .model_identity import check_model_folder
 from .torchaudio_bundles import (
     BUNDLES,
@@ -263,6 +263,8 @@ def model_licence(model: str | os.PathLike | None) -> str | None:
     matter (a local folder's README.md, or the Hub repo's cached one). None when nothing says."""
     if model is None:
         return DEFAULT_BUNDLE.licence
+    if is_demucs_name(model):
+        return DEMUCS_MODELS[str(model)].licence
     spec = str(model)
     for bundle in BUNDLES.values():
         if spec == bundle.hub_repo:
