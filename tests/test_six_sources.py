@@ -4,6 +4,7 @@ refused naming the model's limit), the Space and the HTTP API."""
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 
 import numpy as np
@@ -12,10 +13,12 @@ import soundfile as sf
 
 from modeling_hdemucs_flax import OptionError, Separator
 from modeling_hdemucs_flax.apps.cli import main
+from modeling_hdemucs_flax.metrics import relative_error_db
 from modeling_hdemucs_flax.models.htdemucs.configuration_htdemucs import HTDemucsConfig
 from modeling_hdemucs_flax.models.htdemucs.modeling_flax_htdemucs import FlaxHTDemucs
 
 from .audio_files import write_song
+from .flows import run_script
 from .serve_helpers import read_zip, upload, wait_ready
 from .space_helpers import load_app_module
 from .test_serve import serving
@@ -93,3 +96,22 @@ def test_the_http_api_returns_six_stems_and_lists_them(six_separator, tmp_path):
         assert sorted(read_zip(response.content, tmp_path / "two")) == ["song/no_piano.wav", "song/piano.wav"]
     stems = [got[f"song/{s}.wav"][0] for s in SIX]
     assert all(stem.shape == (2, 44100) and np.isfinite(stem).all() for stem in stems)
+
+
+def test_two_devices_split_the_batches_and_give_one_devices_stems(six_dir, jax_cache, two_devices, tmp_path):
+    """`separate --devices 2` with the HTDemucs (two forced CPU devices, in a subprocess): the same six stems as
+    one device, the devices named in the summary."""
+    song = write_song(tmp_path / "song.wav", 2.5, 44100, 2, subtype="PCM_16")
+    args = [str(six_dir), "1", str(song), str(tmp_path / "out"), str(jax_cache)]
+    result = run_script("cli_devices", two_devices, *args, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    one, two = report["--devices 1"], report["--device cpu --devices 2"]
+    assert one["status"] == 0 and two["status"] == 0, report
+    assert two["summary"].endswith("x real time on 2 x cpu (cpu:0, cpu:1)"), two
+    for stem in SIX:
+        alone, _ = sf.read(tmp_path / "out" / "one" / "song" / f"{stem}.wav", dtype="float32")
+        split, _ = sf.read(tmp_path / "out" / "two" / "song" / f"{stem}.wav", dtype="float32")
+        error = relative_error_db(split, alone)
+        print(f"{stem}: two devices vs one {error:.1f} dB")
+        assert error < -120, stem
