@@ -1,4 +1,8 @@
-"""Forward-pass speed: torchaudio eager vs FlaxHDemucs (jitted, warm) on the same input, in one run.
+"""Forward-pass speed: the reference in torch eager vs ours (jitted, warm) on the same input, in one run.
+
+`--architecture hdemucs` (default): torchaudio's HDemucs vs FlaxHDemucs, high preset. `--architecture htdemucs`:
+demucs 4.1.0's HTDemucs vs FlaxHTDemucs, the released htdemucs configuration, at its training segment only (7.8 s:
+the model refuses longer inputs) and without the mixed mode (FlaxHTDemucs has no `dot_dtype`).
 
 Prints seconds of compute per second of audio for each framework at 7.8 s / 10 s / 30 s segments, and the
 ratio torch / flax (> 1 means Flax is faster): median of `--repeats` warm runs, torch and Flax interleaved.
@@ -13,7 +17,8 @@ gigabytes per forward) plus `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (XLA's: no p
 buffer). Flax runs with the package's XLA flags (`configure_xla()`, as the command line does);
 `--no-xla-flags` leaves them out. Weights are random (high preset); speed does not depend on their values.
 
-    python benchmarks/bench_forward.py [--segments 7.8 10 30] [--repeats 3] [--threads 2] [--dtypes float32]
+    python benchmarks/bench_forward.py [--architecture htdemucs] [--segments 7.8 10 30] [--repeats 3] [--threads 2]
+        [--dtypes float32]
 """
 
 from __future__ import annotations
@@ -78,7 +83,39 @@ def quality(reference, models: dict, config) -> list[dict]:
     return rows
 
 
-def measure(segments: list[float], repeats: int, threads: int, dtypes: list[str], xla_flags: bool) -> dict:
+def reference_and_maker(architecture: str):
+    """(torch reference model in eval mode, our config, dtype mode -> our model with the same weights)."""
+    import torch
+
+    torch.manual_seed(0)
+    if architecture == "htdemucs":
+        from demucs.htdemucs import HTDemucs
+
+        from modeling_hdemucs_flax import FlaxHTDemucs, HTDemucsConfig
+
+        config = HTDemucsConfig.from_preset("htdemucs")
+        reference = HTDemucs(**config.demucs_kwargs()).eval()
+        return (
+            reference,
+            config,
+            lambda mode: FlaxHTDemucs.from_demucs(reference.state_dict(), config, **_flax_kwargs(mode)),
+        )
+    import torchaudio
+
+    from modeling_hdemucs_flax import FlaxHDemucs, HDemucsConfig
+
+    config = HDemucsConfig()
+    reference = torchaudio.models.HDemucs(**config.torchaudio_kwargs()).eval()
+    return (
+        reference,
+        config,
+        lambda mode: FlaxHDemucs.from_torchaudio(reference.state_dict(), config, **_flax_kwargs(mode)),
+    )
+
+
+def measure(
+    architecture: str, segments: list[float], repeats: int, threads: int, dtypes: list[str], xla_flags: bool
+) -> dict:
     if xla_flags:
         from modeling_hdemucs_flax import configure_xla
 
@@ -86,17 +123,12 @@ def measure(segments: list[float], repeats: int, threads: int, dtypes: list[str]
     import jax
     import numpy as np
     import torch
-    import torchaudio
-
-    from modeling_hdemucs_flax import FlaxHDemucs, HDemucsConfig
 
     torch.set_num_threads(threads)
-    config = HDemucsConfig()
-    torch.manual_seed(0)
-    reference = torchaudio.models.HDemucs(**config.torchaudio_kwargs()).eval()
+    reference, config, make = reference_and_maker(architecture)
     rows, models = [], {}
     for dtype in dtypes:
-        model = FlaxHDemucs.from_torchaudio(reference.state_dict(), config, **_flax_kwargs(dtype))
+        model = make(dtype)
         models[dtype] = model
         for seconds in segments:
             samples = int(round(seconds * config.sampling_rate))
@@ -127,18 +159,26 @@ def measure(segments: list[float], repeats: int, threads: int, dtypes: list[str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--segments", type=float, nargs="+", default=[7.8, 10.0, 30.0])
+    parser.add_argument("--architecture", choices=("hdemucs", "htdemucs"), default="hdemucs")
+    parser.add_argument("--segments", type=float, nargs="+", default=None, help="default: 7.8 10 30 (HTDemucs: 7.8)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--dtypes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--no-xla-flags", action="store_true", help="run Flax without configure_xla()'s flags")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    htdemucs = args.architecture == "htdemucs"
+    if args.segments is None:
+        args.segments = [7.8] if htdemucs else [7.8, 10.0, 30.0]
+    if htdemucs and "mixed" in args.dtypes:
+        args.dtypes.remove("mixed")
     if args.child:
-        print(json.dumps(measure(args.segments, args.repeats, args.threads, args.dtypes, not args.no_xla_flags)))
+        settings = (args.segments, args.repeats, args.threads, args.dtypes, not args.no_xla_flags)
+        print(json.dumps(measure(args.architecture, *settings)))
         return
+    title = "HTDemucs (demucs 4.1.0 vs FlaxHTDemucs), htdemucs release" if htdemucs else "HDemucs high"
     print(
-        f"HDemucs high, batch 1, {args.threads} threads, median of {args.repeats} interleaved warm runs, XLA flags "
+        f"{title}, batch 1, {args.threads} threads, median of {args.repeats} interleaved warm runs, XLA flags "
         f"{'off' if args.no_xla_flags else 'on'}; s = seconds per audio-second; load = 1-min load average"
     )
     print(
@@ -150,6 +190,7 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if k not in TUNED_MALLOC} | extra
         env.setdefault("OMP_NUM_THREADS", str(args.threads))
         cmd = [sys.executable, __file__, "--child", "--repeats", str(args.repeats), "--threads", str(args.threads)]
+        cmd += ["--architecture", args.architecture]
         cmd += ["--segments", *map(str, args.segments), "--dtypes", *args.dtypes]
         cmd += ["--no-xla-flags"] if args.no_xla_flags else []
         result = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)

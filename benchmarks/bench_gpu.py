@@ -12,7 +12,12 @@ float32 rows of both run with TF32 off (torch's `allow_tf32` flags; our model's 
 tensorfloat32 rows are float32 with TF32 allowed on both sides (`--matmul-precision tensorfloat32`; on a CPU it is
 float32), bfloat16 is JAX's bfloat16 model and torch's bfloat16 autocast.
 
-Last, the float32 parity row: one forward pass of a music-like chunk, ours against torchaudio's, both with TF32
+`--architecture htdemucs` does the same for demucs's HTDemucs (the released htdemucs configuration, or a tiny one
+with `--config tiny`): the random weights are drawn in demucs's own model (when demucs imports) and converted, and
+that model is the reference (forward passes and `apply_model`, at its training segment); a `--model` folder of an
+HTDemucs has no torch reference (we convert demucs's weights to ours, not back).
+
+Last, the float32 parity row: one forward pass of a music-like chunk, ours against the reference, both with TF32
 off, as the relative error in dB (the model's claim: <= -100 dB).
 
 A row that runs out of memory (JAX's RESOURCE_EXHAUSTED, torch's OutOfMemoryError) says so and the run goes on.
@@ -21,7 +26,8 @@ what it measured. Each new (dtype, batch size) compiles the network once (tens o
 
     python benchmarks/bench_gpu.py [--batch-sizes 1 2 4 8 16 32] [--dtypes float32 bfloat16] [--seconds 240]
                                    [--model DIR_OR_ID] [--jsonl rows.jsonl]
-    python benchmarks/bench_gpu.py --smoke        # tiny config, on the CPU, in seconds
+    python benchmarks/bench_gpu.py --architecture htdemucs [--dtypes float32 bfloat16 ...]
+    python benchmarks/bench_gpu.py --smoke [--architecture htdemucs]   # tiny config, on the CPU, in seconds
 """
 
 from __future__ import annotations
@@ -125,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--segment", type=float, default=None, help="chunk length in seconds (default: 7.8)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default=None, help="a saved model folder or Hub id (default: random weights)")
-    parser.add_argument("--config", choices=("high", "tiny"), default="high", help="random weights' preset")
+    parser.add_argument("--architecture", choices=("hdemucs", "htdemucs"), default="hdemucs")
+    parser.add_argument("--config", choices=("high", "tiny"), default="high", help="random weights: release or tiny")
     parser.add_argument("--jsonl", default=None, help="append each row to this file as JSON")
     parser.add_argument("--smoke", action="store_true", help="tiny config on the CPU, in seconds (what CI runs)")
     args = parser.parse_args(argv)
@@ -143,19 +150,19 @@ def main(argv: list[str] | None = None) -> None:
     configure_compilation_cache()
     import jax
 
-    from modeling_hdemucs_flax import FlaxHDemucs, HDemucsConfig, Separator, load_model, synth_song
+    from modeling_hdemucs_flax import Separator, load_model, synth_song
     from modeling_hdemucs_flax.metrics import relative_error_db
 
     reference = _torch_reference()
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.model
         if folder is None:  # random weights, saved and loaded back as a user's folder is
-            if args.config == "high":
-                config = HDemucsConfig()
-            else:
-                config = HDemucsConfig.from_preset("low", channels=4, norm_starts=2, dconv_lstm=3, dconv_attn=3)
             folder = str(Path(scratch) / "model")
-            FlaxHDemucs(config, seed=0).save_pretrained(folder, safe_serialization=True)
+            demucs_model = _random_model(args.architecture, args.config, folder)
+            if reference is not None:
+                reference = (*reference, demucs_model)
+        elif reference is not None:
+            reference = (*reference, None)
         models = {
             mode: load_model(folder, dtype=jax.numpy.dtype(MODES[mode][0]), matmul_precision=MODES[mode][1])
             for mode in args.dtypes
@@ -184,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
             parity = _parity_db(reference, models, first, torch_device, relative_error_db)
             if parity is not None:
                 print(
-                    f"parity, float32 forward vs torchaudio on {torch_device}, TF32 off on both sides: "
+                    f"parity, float32 forward vs the torch reference on {torch_device}, TF32 off on both sides: "
                     f"{parity:.1f} dB (target <= -100 dB)",
                     flush=True,
                 )
@@ -193,6 +200,36 @@ def main(argv: list[str] | None = None) -> None:
                         handle.write(json.dumps({"pipeline": "parity", "dtype": "float32", "db": parity}) + "\n")
         else:
             print("torch/torchaudio not installed: no reference rows (pip install '.[bench]')", flush=True)
+
+
+def _random_model(architecture: str, size: str, folder: str) -> Any:
+    """Random weights of `architecture` (release or tiny `size`) saved to `folder`. For HTDemucs they are drawn in
+    demucs's own model when demucs imports (returned, as the reference), else in ours (None returned)."""
+    if architecture == "hdemucs":
+        from modeling_hdemucs_flax import FlaxHDemucs, HDemucsConfig
+
+        if size == "high":
+            config = HDemucsConfig()
+        else:
+            config = HDemucsConfig.from_preset("low", channels=4, norm_starts=2, dconv_lstm=3, dconv_attn=3)
+        FlaxHDemucs(config, seed=0).save_pretrained(folder, safe_serialization=True)
+        return None
+    from fractions import Fraction
+
+    from modeling_hdemucs_flax import FlaxHTDemucs, HTDemucsConfig
+
+    tiny = {"channels": 8, "t_layers": 1, "segment": Fraction(1, 2)} if size == "tiny" else {}
+    config = HTDemucsConfig.from_preset("htdemucs", **tiny)
+    try:
+        import torch
+        from demucs.htdemucs import HTDemucs
+    except ImportError:
+        FlaxHTDemucs(config, seed=0).save_pretrained(folder, safe_serialization=True)
+        return None
+    torch.manual_seed(0)
+    demucs_model = HTDemucs(**config.demucs_kwargs()).eval()
+    FlaxHTDemucs.from_demucs(demucs_model.state_dict(), config).save_pretrained(folder, safe_serialization=True)
+    return demucs_model
 
 
 def _flax_row(model: Any, batch_size: int, song: Any, args: argparse.Namespace) -> dict[str, float]:
@@ -214,8 +251,12 @@ def _flax_row(model: Any, batch_size: int, song: Any, args: argparse.Namespace) 
     return {"compile_s": compile_s, "forward_x_rt": audio / forward, "separate_x_rt": args.seconds / separate}
 
 
-def _torch_model(torch: Any, torchaudio: Any, flax_model: Any, device: str) -> Any:
-    """torchaudio's HDemucs holding the Flax model's weights, on `device`, in eval mode."""
+def _torch_model(reference: tuple, flax_model: Any, device: str) -> Any:
+    """The torch model holding the Flax model's weights, on `device`, in eval mode: demucs's HTDemucs the weights
+    were drawn in, or torchaudio's HDemucs with the Flax HDemucs's weights; None when there is none."""
+    torch, torchaudio, demucs_model = reference
+    if flax_model.config.model_type == "htdemucs":
+        return None if demucs_model is None else demucs_model.to(device)
     config = flax_model.config
     model = torchaudio.models.HDemucs(**config.torchaudio_kwargs()).eval()
     model.load_state_dict({name: torch.from_numpy(value) for name, value in flax_model.to_torchaudio().items()})
@@ -228,18 +269,23 @@ def _tf32(torch: Any, allowed: bool) -> None:
 
 
 def _torch_rows(table: Table, reference: tuple, first: Any, song: Any, args: argparse.Namespace, device: str) -> None:
-    """torchaudio's forward pass per dtype and batch size, and demucs's apply_model per dtype when demucs imports."""
-    torch, torchaudio = reference
-    model = _torch_model(torch, torchaudio, first.model, device)
+    """The reference's forward pass per dtype and batch size, and demucs's apply_model per dtype when demucs
+    imports."""
+    torch = reference[0]
+    model = _torch_model(reference, first.model, device)
+    if model is None:
+        print("no torch reference for a loaded HTDemucs folder (random weights have one)", flush=True)
+        return
+    label = "demucs forward" if first.model.config.model_type == "htdemucs" else "torchaudio forward"
     segment, rate = first.segment_samples, first.sample_rate
     try:
         from demucs.apply import apply_model
     except ImportError:
         apply_model = None
         print("demucs not installed: no apply_model rows (pip install '.[bench]')", flush=True)
-    # What demucs's apply_model reads from a model object.
-    model.samplerate, model.segment = rate, first.options.segment_seconds
-    model.sources, model.audio_channels = list(first.sources), first.audio_channels
+    if label == "torchaudio forward":  # what demucs's apply_model reads from a model object (demucs's own has it)
+        model.samplerate, model.segment = rate, first.options.segment_seconds
+        model.sources, model.audio_channels = list(first.sources), first.audio_channels
 
     def synchronize() -> None:
         if device == "cuda":
@@ -263,7 +309,7 @@ def _torch_rows(table: Table, reference: tuple, first: Any, song: Any, args: arg
     def demucs_row(dtype: str) -> dict[str, Any]:
         assert apply_model is not None
         last = song.shape[-1] % int((1 - 0.25) * int(rate * model.segment))  # demucs's last chunk, if any
-        if 0 < last < 4096:
+        if label == "torchaudio forward" and 0 < last < 4096:
             return {"error": f"demucs's last chunk ({last} samples) is too short for torchaudio; change --seconds"}
         wav = torch.from_numpy(song).to(device)
         ref = wav.mean(0)  # demucs/separate.py's normalisation
@@ -276,7 +322,7 @@ def _torch_rows(table: Table, reference: tuple, first: Any, song: Any, args: arg
 
     for dtype in args.dtypes:
         for batch_size in args.batch_sizes:
-            table.row("torchaudio forward", dtype, batch_size, functools.partial(forward_row, dtype, batch_size))
+            table.row(label, dtype, batch_size, functools.partial(forward_row, dtype, batch_size))
         if apply_model is not None:
             table.row("demucs apply_model", dtype, None, functools.partial(demucs_row, dtype))
 
@@ -290,11 +336,13 @@ def _parity_db(reference: tuple, models: dict, first: Any, device: str, relative
 
     if "float32" not in models:
         return None
-    torch, torchaudio = reference
+    torch = reference[0]
     model = models["float32"]
+    reference_model = _torch_model(reference, model, device)
+    if reference_model is None:
+        return None
     chunk = synth_song(first.segment_samples, first.sample_rate, first.audio_channels, seed=1)[None]
     ours = np.asarray(model(chunk).sources)  # the model's own precision: float32, whatever JAX's default is
-    reference_model = _torch_model(torch, torchaudio, model, device)
     _tf32(torch, False)
     with torch.inference_mode():
         theirs = reference_model(torch.from_numpy(chunk).to(device)).cpu().numpy()

@@ -1,9 +1,10 @@
-"""Hybrid Demucs music source separation in JAX/Flax, numerically identical to torchaudio's HDemucs.
+"""The Demucs family of music source separators in JAX/Flax, numerically identical to the references: torchaudio's
+and demucs's HDemucs (`FlaxHDemucs`), demucs's HTDemucs (`FlaxHTDemucs`).
 
 The package face is lazy: `import modeling_hdemucs_flax` loads nothing heavy, and each name below imports its
 module on first use (as transformers' own `_LazyModule` does), so the command line answers `--help` and usage
-errors without loading JAX or transformers. `HDemucsConfig` and `FlaxHDemucs` register themselves with
-`AutoConfig` / `FlaxAutoModel` when first used.
+errors without loading JAX or transformers. The configs and models register themselves with `AutoConfig` /
+`FlaxAutoModel` when first used.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ _EXPORTS = {
     "FlaxHDemucs": "models.hdemucs.modeling_flax_hdemucs",
     "FlaxHDemucsOutput": "models.hdemucs.modeling_flax_hdemucs",
     "HDemucsModule": "models.hdemucs.modeling_flax_hdemucs",
+    "HTDemucsConfig": "models.htdemucs.configuration_htdemucs",
+    "FlaxHTDemucs": "models.htdemucs.modeling_flax_htdemucs",
+    "FlaxSeparationModel": "models.family",
+    "load_family_model": "models.auto",
     "SeparationOptions": "options",
     "load_model": "zoo.pretrained",
     "cache_dir": "runtime",
@@ -93,10 +98,14 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names lo
     )
     from .io.audio_io import AUDIO_EXTENSIONS, AudioInfo, inspect_audio, read_audio, write_audio
     from .metrics import relative_error_db
+    from .models.auto import load_family_model
+    from .models.family import FlaxSeparationModel
     from .models.hdemucs.configuration_hdemucs import HDemucsConfig
     from .models.hdemucs.convert_torchaudio import convert_torchaudio_state_dict, to_torchaudio_state_dict
     from .models.hdemucs.layer_plan import plan_layers
     from .models.hdemucs.modeling_flax_hdemucs import FlaxHDemucs, FlaxHDemucsOutput, HDemucsModule
+    from .models.htdemucs.configuration_htdemucs import HTDemucsConfig
+    from .models.htdemucs.modeling_flax_htdemucs import FlaxHTDemucs
     from .options import SeparationOptions
     from .runtime import cache_dir, configure_compilation_cache, configure_xla, hide_torch_from_transformers
     from .separation.file_output import OutputOptions, Track, find_tracks, plan_outputs, separate_file

@@ -18,7 +18,7 @@ import torch
 
 from modeling_hdemucs_flax import FlaxHDemucs, configure_compilation_cache
 
-from .flows import probe
+from .flows import REPO_ROOT, probe
 from .reference import tiny_config, torch_model
 
 SR = 44100  # the tiny model's sample rate (torchaudio's HDemucs rate)
@@ -113,3 +113,18 @@ def ray_cluster():
     yield line.split()[1], env
     holder.stdin.close()  # the holder shuts its cluster down
     holder.wait(timeout=60)
+
+
+TWO_DEVICES = "--xla_force_host_platform_device_count=2"
+
+
+@pytest.fixture(scope="session")
+def two_devices(jax_cache) -> dict[str, str]:
+    """The environment of a subprocess whose JAX has two CPU devices and shares the session's compilation cache."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "XLA_FLAGS": TWO_DEVICES,
+        "JAX_PLATFORMS": "cpu",
+        "HDEMUCS_FLAX_COMPILATION_CACHE": str(jax_cache),
+    }

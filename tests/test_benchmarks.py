@@ -21,11 +21,11 @@ BENCH_GPU = REPO_ROOT / "benchmarks" / "bench_gpu.py"
 BENCH_HOST = REPO_ROOT / "benchmarks" / "bench_host.py"
 
 
-def run_smoke(script: Path, rows_file: Path, env: dict) -> subprocess.CompletedProcess:
+def run_smoke(script: Path, rows_file: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
     """`script --smoke --jsonl rows_file` in a subprocess (in the rows file's folder), which must succeed; its
     table is printed."""
     done = subprocess.run(
-        [sys.executable, str(script), "--smoke", "--jsonl", str(rows_file)],
+        [sys.executable, str(script), "--smoke", "--jsonl", str(rows_file), *extra],
         env=env,
         cwd=rows_file.parent,
         capture_output=True,
@@ -69,6 +69,24 @@ def test_bench_gpu_smoke_measures_every_row_and_the_parity(jax_cache, tmp_path):
     [parity] = [r for r in rows if r["pipeline"] == "parity"]
     assert parity["db"] < -100  # measured -138 dB on the CPU
     assert f"TF32 off on both sides: {parity['db']:.1f} dB (target <= -100 dB)" in done.stdout
+
+
+def test_bench_gpu_smoke_covers_htdemucs_against_demucs(jax_cache, tmp_path):
+    """`--architecture htdemucs`: random weights drawn in demucs's own HTDemucs (the reference) and converted;
+    every row of ours, of demucs's forward pass and of its apply_model has its figures, and the float32 parity
+    against demucs is within -100 dB."""
+    rows_file = tmp_path / "rows.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HDEMUCS_FLAX_COMPILATION_CACHE": str(jax_cache)}
+    run_smoke(BENCH_GPU, rows_file, env, "--architecture", "htdemucs", "--dtypes", "float32")
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    measured = {(r["pipeline"], r["dtype"], r["batch_size"]): r for r in rows if r["pipeline"] != "parity"}
+    grid = {("float32", 1), ("float32", 2)}  # the other dtypes run the same code as for HDemucs (test above)
+    assert {(d, b) for p, d, b in measured if p == "flax Separator"} == grid
+    assert {(d, b) for p, d, b in measured if p == "demucs forward"} == grid
+    assert {d for p, d, _ in measured if p == "demucs apply_model"} == {"float32"}
+    assert all("error" not in row for row in measured.values()), rows
+    [parity] = [r for r in rows if r["pipeline"] == "parity"]
+    assert parity["db"] < -100, parity
 
 
 def load_benchmark(path):

@@ -367,10 +367,17 @@ def test_models_lists_the_known_models_and_the_cached_ones(tmp_path, monkeypatch
     described = " ".join(line.strip() for line in lines[4 : lines.index("hdemucs-flax/hdemucs-high-musdb")])
     assert described == (
         "trained on:   MUSDB-HQ train and test sets plus 150 extra songs from an internal database produced for "
-        "Meta. The model has seen MUSDB18's test set, so MUSDB18 test scores are not a fair measure of it."
+        "Meta. The model has seen MUSDB18's test set, so MUSDB18 test scores are not a fair measure of it. "
+        "sources:      drums, bass, other, vocals parameters:   83.64 M (download 335 MB)"
     )
     other = lines.index("hdemucs-flax/hdemucs-high-musdb")
     assert lines[other + 1] == "    cached here:  torchaudio file"
+    # demucs's released models by name, each with its facts; one of them copied into the cache by hand
+    names = [line for line in lines if line and not line.startswith(" ")]
+    assert names[2:6] == ["htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi"], names
+    six = lines.index("htdemucs_6s")
+    assert "    sources:      drums, bass, other, vocals, guitar, piano" in lines[six : six + 9]
+    assert "    parameters:   4 x 41.98 M (download 336 MB)" in lines[lines.index("htdemucs_ft") :]
     assert lines[-1] == f"cache folder (HDEMUCS_FLAX_CACHE): {tmp_path / 'cache'}"
 
 

@@ -30,10 +30,9 @@ from importlib.metadata import metadata
 import numpy as np
 import pytest
 import torch
-from demucs.demucs import Demucs
 from demucs.hdemucs import HDemucs
 from demucs.htdemucs import HTDemucs
-from demucs.states import load_model, save_with_checksum, serialize_model
+from demucs.states import load_model, serialize_model
 
 from modeling_hdemucs_flax.errors import CheckpointError, DownloadError, ModelLoadError
 from modeling_hdemucs_flax.weights.demucs_checkpoint import (
@@ -55,6 +54,7 @@ from modeling_hdemucs_flax.zoo.demucs_registry import (
 )
 
 from .conftest import SOURCES
+from .demucs_files import TRAINING, tiny_model, write_package
 from .flows import REPO_ROOT
 from .hostile_checkpoints import (
     Call,
@@ -67,35 +67,6 @@ from .hostile_checkpoints import (
     shared_lists,
     write_checkpoint,
 )
-
-# A training configuration shaped like demucs's (nested sections, lists, None, floats).
-TRAINING = {
-    "dset": {"sources": SOURCES, "musdb": "/data/musdb18hq", "segment": 11, "channels": 2},
-    "epochs": 360,
-    "optim": {"lr": 3e-4, "beta2": 0.999, "weight_decay": 0},
-    "misc": {"num_workers": None, "verbose": False},
-    "weights": [1.0, 1.0, 1.0, 1.0],
-}
-
-
-def tiny_model(kind: str, seed: int = 0) -> torch.nn.Module:
-    """A small random demucs model of each class (sources positional or as a keyword, as demucs builds them)."""
-    torch.manual_seed(seed)
-    if kind == "htdemucs":
-        return HTDemucs(
-            SOURCES, channels=4, depth=2, t_layers=1, t_heads=1, nfft=512, dconv_comp=2, segment=Fraction(39, 5)
-        )
-    if kind == "hdemucs":
-        return HDemucs(sources=SOURCES, channels=4, depth=2, nfft=512, dconv_comp=2, segment=44)
-    return Demucs(SOURCES, channels=4, depth=2, lstm_layers=0)
-
-
-def write_package(model: torch.nn.Module, folder, make_config, *, half: bool = True):
-    """The model saved as demucs saves a release: serialize_model + save_with_checksum (`model-<sha8>.th`)."""
-    folder.mkdir(exist_ok=True)
-    save_with_checksum(serialize_model(model, make_config(TRAINING), half=half), folder / "model.th")
-    (path,) = folder.glob("model-*.th")
-    return path
 
 
 def assert_same_state(package_state: dict, state: dict, half: bool, ordered: bool = True) -> None:

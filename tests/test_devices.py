@@ -9,7 +9,6 @@ matrix product must carry the precision the model claims, whatever JAX's own def
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -26,24 +25,9 @@ from modeling_hdemucs_flax.apps.cli import main
 from .audio_files import write_song
 from .conftest import SEGMENT_SECONDS, SOURCES
 from .dataset_helpers import usage_message
-from .flows import REPO_ROOT, run_script
+from .flows import run_script
 from .reference import music_like
 from .serve_helpers import ServeProcess, read_zip, upload, wait_ready
-
-TWO_DEVICES = "--xla_force_host_platform_device_count=2"
-
-
-@pytest.fixture(scope="module")
-def two_devices(jax_cache) -> dict[str, str]:
-    """The environment of a subprocess whose JAX has two CPU devices and shares the session's compilation cache."""
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "XLA_FLAGS": TWO_DEVICES,
-        "JAX_PLATFORMS": "cpu",
-        "HDEMUCS_FLAX_COMPILATION_CACHE": str(jax_cache),
-    }
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Placement: the network runs on the default device, or on the devices it is given

@@ -9,7 +9,7 @@ The kind of file is told by its content, not its name: a torch zip whose top-lev
 (`weights.demucs_checkpoint.is_demucs_package`); anything else is read as a torchaudio state dict. Both are read
 by the package's own torch-free readers (`weights.torch_checkpoint`, `weights.demucs_checkpoint`: allow-listed
 pickle globals, nothing a file names is imported or called), converted by the same code as the publishing
-scripts (`models.hdemucs.convert_torchaudio`; `models.auto.model_from_demucs`, which takes the architecture from
+scripts (`models.hdemucs.convert_torchaudio`; `models.from_demucs.model_from_demucs`, which takes the architecture from
 the package's class and arguments, and its float16 weights as float32) and written with `save_pretrained_atomic`
 (the folder appears complete or not at all). There is no parity gate against the reference here (torch is not
 needed, so it is not run); the conversion is checked for completeness (every key, every shape) and the weights
@@ -112,7 +112,7 @@ def _convert_torchaudio(source: Path, out: Path, digest: str, config_json: Path 
 def _convert_demucs(source: Path, out: Path, digest: str) -> int:
     # Heavy imports only now: transformers and JAX for the model, never torch.
     from .. import CheckpointError, ConfigError
-    from ..models.auto import model_from_demucs
+    from ..models.from_demucs import model_from_demucs
     from ..weights.demucs_checkpoint import read_demucs_package
 
     try:

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from ..zoo.torchaudio_bundles import TorchaudioBundle
 
 WIDTH = 100  # columns of the listing
+# torchaudio's high HDemucs (both bundles): the tensors of its state dict
+# (a test recounts it); its files hold float32.
+TORCHAUDIO_HIGH_PARAMETERS = 83_639_368
 INDENT = "    "
 
 
@@ -33,7 +36,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "models",
         help="list the known models and which are cached on this machine",
-        description="List the known Hub models (for --model) and where this machine has a copy of each.",
+        description="List the known models (for --model / -n) and where this machine has a copy of each.",
     )
     parser.set_defaults(handler=models_command, command_parser=parser)
 
@@ -64,8 +67,17 @@ def _entry(label: str, text: str) -> list[str]:
     return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=indent, break_long_words=False)
 
 
+def _size(parameters: int, members: int, bytes_each: int) -> str:
+    """`41.98 M` or `4 x 41.98 M`, and the download size at `bytes_each` bytes a weight."""
+    count = f"{parameters / 1e6:.2f} M"
+    count = f"{members} x {count}" if members > 1 else count
+    return f"{count} (download {members * parameters * bytes_each / 1e6:.0f} MB)"
+
+
 def models_command(args: argparse.Namespace) -> int:
     from ..runtime import cache_dir
+    from ..zoo import demucs_models
+    from ..zoo.demucs_registry import DEMUCS_MODELS
     from ..zoo.torchaudio_bundles import BUNDLES, DEFAULT_BUNDLE
 
     for bundle in BUNDLES.values():
@@ -75,6 +87,20 @@ def models_command(args: argparse.Namespace) -> int:
         lines += _entry("licence", bundle.licence)
         lines += _entry("weights", f"torchaudio's {bundle.name}")
         lines += _entry("trained on", bundle.training_data)
+        lines += _entry("sources", ", ".join(bundle.sources))
+        lines += _entry("parameters", _size(TORCHAUDIO_HIGH_PARAMETERS, 1, 4))
+        print("\n".join(lines))
+    for info in DEMUCS_MODELS.values():
+        print(info.name)
+        lines = _entry("cached here", ", ".join(demucs_models.cached_copies(info)) or "no")
+        lines += _entry("licence", info.licence)
+        files = ", ".join(member.file_name for member in info.members)
+        lines += _entry("weights", f"demucs's {info.name} ({files})")
+        lines += _entry("about", info.description)
+        lines += _entry("sources", ", ".join(info.sources))
+        lines += _entry("parameters", _size(info.parameters, len(info.members), 2))
+        sdr = f"{info.sdr_db:.1f} dB: {info.sdr_source}" if info.sdr_db is not None else info.sdr_source
+        lines += _entry("SDR", sdr)
         print("\n".join(lines))
     print("Any folder written by save_pretrained (or `hdemucs-flax convert`) works as --model too.")
     print(f"cache folder (HDEMUCS_FLAX_CACHE): {cache_dir()}")

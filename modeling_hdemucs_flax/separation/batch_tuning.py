@@ -71,7 +71,7 @@ def choose_batch_size(
     folder: str | os.PathLike | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> BatchChoice:
-    """The batch size (per device) for `model` (a `FlaxHDemucs`) separating with `schedule`'s segment on
+    """The batch size (per device) for `model` (a model of the family) separating with `schedule`'s segment on
     `device` (a `jax.Device`; None: JAX's default device): `default_batch_size` of its platform, or on a GPU or
     TPU the fastest size, measured once (`tune_batch_size`) and cached in `folder` (None: `cache_dir()/batch-size`),
     keyed by the device kind, the model's config, dtype and matmul precision, the segment and the versions.
@@ -83,6 +83,8 @@ def choose_batch_size(
 
     device = device if device is not None else default_device()
     name = describe_devices([device])
+    if schedule.segment is None:  # the Separator will run the model's own segment
+        schedule = schedule.replace(segment=model.default_segment)
     if device.platform not in TUNED_PLATFORMS:
         return BatchChoice(default_batch_size(device.platform), "default", device.platform)
     rate = int(model.config.sampling_rate)

@@ -23,7 +23,7 @@ demucs (4.1.0) keeps a trained model in one of three forms, all read here:
    `weights` (one row per member, one weight per source) and `segment` (seconds), read with `yaml.safe_load`.
 
 Everything is returned as data (`DemucsPackage`, `BagSpec`, `DemucsHubModel`) with float32 weights; checking the
-state against the kwargs is the converter's job (`models.auto.model_from_demucs`). Every failure is one
+state against the kwargs is the converter's job (`models.from_demucs.model_from_demucs`). Every failure is one
 `CheckpointError` line naming the file. `is_demucs_package(path)` tells a `.th` package from a torchaudio state
 dict by the file's content (its pickle's opcodes, followed without unpickling), for `hdemucs-flax convert`.
 """

@@ -80,7 +80,8 @@ class DemucsModelInfo:
 
     `weights`: per member, per source (None: equal weights); `segment`: the bag's segment in seconds (None: the
     models' own; HTDemucs carries 39/5 s in its kwargs). `sdr_db` is the published MUSDB-HQ test SDR (mean over
-    the four sources) or None, `sdr_source` where it is published or "not stated"."""
+    the four sources) or None, `sdr_source` where it is published or "not stated". `parameters` counts one member's
+    weights (demucs ships them as float16: 2 bytes each)."""
 
     name: str
     architecture: Literal["htdemucs", "hdemucs"]
@@ -94,6 +95,7 @@ class DemucsModelInfo:
     licence_source: str
     sdr_db: float | None
     sdr_source: str
+    parameters: int  # per member; a test counts them in demucs's own model built with the release's arguments
 
     @property
     def hub_yaml(self) -> str:
@@ -110,6 +112,7 @@ DEMUCS_MODELS: Mapping[str, DemucsModelInfo] = MappingProxyType(
     {
         "htdemucs": DemucsModelInfo(
             name="htdemucs",
+            parameters=41_984_456,
             architecture="htdemucs",
             members=(_member("955717e8", "8726e21a"),),
             weights=None,
@@ -127,6 +130,7 @@ DEMUCS_MODELS: Mapping[str, DemucsModelInfo] = MappingProxyType(
         ),
         "htdemucs_ft": DemucsModelInfo(
             name="htdemucs_ft",
+            parameters=41_984_456,
             architecture="htdemucs",
             members=(
                 _member("f7e0c4bc", "ba3fe64a"),
@@ -156,6 +160,7 @@ DEMUCS_MODELS: Mapping[str, DemucsModelInfo] = MappingProxyType(
         ),
         "htdemucs_6s": DemucsModelInfo(
             name="htdemucs_6s",
+            parameters=27_414_996,
             architecture="htdemucs",
             members=(_member("5c90dfd2", "34c22ccb"),),
             weights=None,
@@ -173,6 +178,7 @@ DEMUCS_MODELS: Mapping[str, DemucsModelInfo] = MappingProxyType(
         ),
         "hdemucs_mmi": DemucsModelInfo(
             name="hdemucs_mmi",
+            parameters=83_637_832,
             architecture="hdemucs",
             members=(_member("75fc33f5", "1941ce65"),),
             weights=None,

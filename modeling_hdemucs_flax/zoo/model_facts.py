@@ -16,12 +16,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..models.hdemucs.config_rules import ARCHITECTURE_DEFAULTS, config_from_json
+from ..models.hdemucs.config_rules import ARCHITECTURE_DEFAULTS, DEFAULT_SOURCES, check_source_names, config_from_json
 from ..weights.locations import looks_like_path
+from .demucs_models import is_demucs_name
+from .demucs_registry import DEMUCS_MODELS
 from .torchaudio_bundles import DEFAULT_BUNDLE
 
 FETCH_SECONDS = 10.0  # a Hub repo's config.json: one attempt, this long at most
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is about 1 kB
+DEMUCS_SAMPLE_RATE, DEMUCS_AUDIO_CHANNELS = 44100, 2  # every released demucs model (and demucs's defaults)
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,9 @@ def _hub_config(repo_id: str, revision: str | None) -> bytes | None:
 
 
 def read_model_facts(model: str | os.PathLike | None, revision: str | None = None) -> ModelFacts | None:
-    """The facts of `model` (as `load_model` takes it: a folder, a Hub repo id, or None for the default model),
-    from its config.json checked by the rules `HDemucsConfig` applies (`config_rules.check_config`).
+    """The facts of `model` (as `load_model` takes it: a folder, a Hub repo id, a demucs model's name, or None for
+    the default model), from its config.json checked by the rules its config class applies (HDemucs:
+    `config_rules.check_config`; HTDemucs: its sources), or from the registry for a name.
 
     Returns None when the config cannot be read here (no such folder, no config.json, not JSON, the Hub out of
     reach): loading the model then says what is wrong. Raises `ConfigError` when the config.json is read and
@@ -78,6 +82,9 @@ def read_model_facts(model: str | os.PathLike | None, revision: str | None = Non
         bundle = DEFAULT_BUNDLE
         channels = bundle.overrides.get("audio_channels", ARCHITECTURE_DEFAULTS["audio_channels"])
         return ModelFacts(tuple(bundle.sources), bundle.sample_rate, channels)
+    if is_demucs_name(model):
+        info = DEMUCS_MODELS[str(model)]
+        return ModelFacts(info.sources, DEMUCS_SAMPLE_RATE, DEMUCS_AUDIO_CHANNELS)
     spec = str(model)
     if isinstance(model, os.PathLike) or looks_like_path(spec):
         config_file = Path(spec).expanduser() / "config.json"
@@ -95,5 +102,18 @@ def read_model_facts(model: str | os.PathLike | None, revision: str | None = Non
         return None
     if not isinstance(fields, dict):
         return None
+    if fields.get("model_type") == "htdemucs":
+        return _htdemucs_facts(fields)
     config = config_from_json(fields)
     return ModelFacts(tuple(config.sources), config.sampling_rate, config.audio_channels)
+
+
+def _htdemucs_facts(fields: dict) -> ModelFacts | None:
+    """An HTDemucs config.json's facts (demucs's names: `samplerate`); its source names checked as the config
+    checks them. None for values only loading can word (the config class checks every field)."""
+    sources = fields.get("sources", list(DEFAULT_SOURCES))
+    rate, channels = fields.get("samplerate", DEMUCS_SAMPLE_RATE), fields.get("audio_channels", DEMUCS_AUDIO_CHANNELS)
+    if not all(isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in (rate, channels)):
+        return None
+    check_source_names(sources, "HTDemucsConfig")
+    return ModelFacts(tuple(sources), rate, channels)

@@ -12,6 +12,9 @@ identity must not depend on the spelling of the path, and must change when the w
                        above), or torchaudio's checkpoint converted on this machine, which is the sha256-verified
                        file run through this version's converter:
                        {"kind": "torchaudio", "bundle": NAME, "sha256": the file's published digest}
+    a demucs model     {"kind": "demucs", "name": "htdemucs_ft", "files": [member file names]}: what
+                       `demucs_models` loads is those official files (their names carry their sha256's first
+                       digits, checked on download), converted by this version, or our Hub copy of them
     a ready Separator  {"kind": "params", "config": sha256, "params": sha256} of the model in memory
 
 Everything but the last is computed without JAX or transformers (a Ray driver never starts JAX): the file
@@ -34,6 +37,8 @@ from ..io import tempfiles
 from ..runtime import cache_dir
 from ..weights.downloads import sha256_file
 from ..weights.locations import looks_like_path
+from .demucs_models import is_demucs_name
+from .demucs_registry import DEMUCS_MODELS
 from .torchaudio_bundles import DEFAULT_BUNDLE, converted_model_dir, torchaudio_checkpoint_path
 
 if TYPE_CHECKING:
@@ -101,6 +106,10 @@ def identify_model(
     if model is None:
         return _default_model(revision)
     spec = os.fspath(model)
+    if is_demucs_name(model):
+        info = DEMUCS_MODELS[spec]
+        files = [member.file_name for member in info.members]  # each names its sha256's first digits
+        return ModelSource({"kind": "demucs", "name": spec, "files": files}, spec, None, spec, spec, revision)
     if isinstance(model, os.PathLike) or looks_like_path(spec):
         folder = Path(os.path.realpath(Path(spec).expanduser()))
         check_model_folder(folder, option)
@@ -156,6 +165,8 @@ def _describe(identity: dict[str, Any]) -> str:
         return f"{identity.get('repo')}@{_short(identity.get('commit'))}"
     if kind == "torchaudio":
         return f"the default model ({identity.get('bundle')}, converted from torchaudio's checkpoint)"
+    if kind == "demucs":
+        return f"demucs's {identity.get('name')}"
     if kind == "folder":
         files = identity.get("files", {})
         return "a model folder (" + ", ".join(f"{name} {_short(files[name])}" for name in sorted(files)) + ")"

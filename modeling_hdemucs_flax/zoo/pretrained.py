@@ -1,9 +1,10 @@
-"""Where model weights come from: a local folder, a Hugging Face Hub repo id, or — for the default model —
-torchaudio's official checkpoint converted on first use.
+"""Where model weights come from: a local folder, a Hugging Face Hub repo id, a demucs model's name
+(`htdemucs`, `htdemucs_ft`, ...: see `demucs_models`), or — for the default model — torchaudio's official
+checkpoint converted on first use.
 
-`load_model` is the one entry point the Separator, the CLI and the Space use to turn a user's `--model`
-value into a `FlaxHDemucs`. Errors are `ModelLoadError` with a one-line message saying what is missing and
-how to provide it.
+`load_model` is the one entry point the Separator, the CLI and the Space use to turn a user's `--model` value into
+a model of the family (`FlaxHDemucs`, `FlaxHTDemucs`, a bag). Errors are `ModelLoadError` with a one-line message
+saying what is missing and how to provide it.
 
 The default model (`model=None`) is found by trying, in order:
 1. the local cache: a converted copy in `cache_dir()/converted/<bundle>` or `DEFAULT_MODEL` in the Hugging
@@ -46,6 +47,8 @@ from ..options import DEFAULT_MATMUL_PRECISION, check_matmul_precision
 from ..weights import hub
 from ..weights.downloads import check_file, replace_directory
 from ..weights.locations import looks_like_path
+from .demucs_models import is_demucs_name, load_demucs_model
+from .demucs_registry import DEMUCS_MODELS, DemucsModelInfo
 from .model_identity import check_model_folder
 from .torchaudio_bundles import (
     BUNDLES,
@@ -106,7 +109,8 @@ def load_model(
     matmul_precision: str = DEFAULT_MATMUL_PRECISION,
 ) -> FlaxSeparationModel:
     """Load `model`: a `save_pretrained` folder, a Hub repo id (downloaded once, then read from the Hugging
-    Face cache, also offline), or None for the default HDEMUCS_HIGH_MUSDB_PLUS model (see the module doc).
+    Face cache, also offline), a demucs model's name (`demucs_models.load_demucs_model`), or None for the default
+    HDEMUCS_HIGH_MUSDB_PLUS model (see the module doc).
 
     `revision` (branch, tag or commit) applies to Hub repos. `option` is how the application lets its user
     choose a model (the command line's `--model`, the Space's `HDEMUCS_MODEL`), named in error messages.
@@ -118,9 +122,37 @@ def load_model(
         return load_default_model(dtype=dtype, revision=revision, option=option, matmul_precision=matmul_precision)
     spec = str(model)
     path = Path(spec).expanduser()
+    if is_demucs_name(model):
+        return load_named_model(spec, dtype=dtype, revision=revision, option=option, matmul_precision=matmul_precision)
     if isinstance(model, os.PathLike) or looks_like_path(spec):
         return _load_folder(path, dtype, option, matmul_precision)
     return _load_repo(spec, dtype, revision, matmul_precision=matmul_precision)
+
+
+def load_named_model(
+    name: str,
+    *,
+    dtype: Dtype = jnp.float32,
+    revision: str | None = None,
+    option: str = "--model",
+    matmul_precision: str = DEFAULT_MATMUL_PRECISION,
+    info: DemucsModelInfo | None = None,
+    progress: bool = True,
+) -> FlaxSeparationModel:
+    """A demucs model by its registry name, through `demucs_models.load_demucs_model`'s chain; `info` replaces
+    the registry's entry (tests point it at tiny files). Raises `ModelLoadError` with a one-line message."""
+    return load_demucs_model(
+        name,
+        load_options={"dtype": jnp.dtype(dtype), "matmul_precision": matmul_precision},
+        load_folder=lambda folder: _load_folder(folder, dtype, option, matmul_precision),
+        load_repo=lambda repo, local_files_only: _load_repo(
+            repo, dtype, revision, local_files_only=local_files_only, matmul_precision=matmul_precision
+        ),
+        save=save_pretrained_atomic,
+        option=option,
+        progress=progress,
+        info=info,
+    )
 
 
 def load_default_model(
@@ -231,6 +263,8 @@ def model_licence(model: str | os.PathLike | None) -> str | None:
     matter (a local folder's README.md, or the Hub repo's cached one). None when nothing says."""
     if model is None:
         return DEFAULT_BUNDLE.licence
+    if is_demucs_name(model):
+        return DEMUCS_MODELS[str(model)].licence
     spec = str(model)
     for bundle in BUNDLES.values():
         if spec == bundle.hub_repo:
