@@ -18,7 +18,15 @@ import soundfile as sf
 import torch
 from demucs.apply import BagOfModels, apply_model
 
-from modeling_hdemucs_flax import ConfigError, ModelLoadError, OptionError, Separator, load_model, separate_file
+from modeling_hdemucs_flax import (
+    ConfigError,
+    FlaxHDemucs,
+    ModelLoadError,
+    OptionError,
+    Separator,
+    load_model,
+    separate_file,
+)
 from modeling_hdemucs_flax.apps.cli import main
 from modeling_hdemucs_flax.io.audio_io import read_audio
 from modeling_hdemucs_flax.models.bag import FlaxDemucsBag
@@ -28,7 +36,8 @@ from modeling_hdemucs_flax.models.htdemucs.modeling_flax_htdemucs import FlaxHTD
 from modeling_hdemucs_flax.zoo.model_facts import ModelFacts, read_model_facts
 from modeling_hdemucs_flax.zoo.model_identity import identify_model, loaded_model_source
 
-from .reference import error_report, music_like
+from .conftest import SEGMENT_SECONDS
+from .reference import error_report, music_like, torch_model
 from .separation_helpers import CompileCounter
 from .test_htdemucs_parity import demucs_model, numpy_state
 
@@ -278,3 +287,25 @@ def test_members_that_disagree_and_broken_bags_are_refused_in_one_line(pair, bag
         assert {"newer": "format_version 2", "missing": "third/config.json is missing", "zero": "sum to 0"}[
             name
         ] in str(error.value)
+
+
+def test_a_bag_of_hdemucs_placed_on_a_device_equals_its_members_combined(tiny_pair):
+    """Members that need a prepared copy of their parameters (`FlaxHDemucs`) on a chosen device (`placed_params`):
+    the bag's separation equals each member's own separation combined by the weights (overlap-add is linear),
+    restricted or not."""
+    config, _, first = tiny_pair
+    second = FlaxHDemucs.from_torchaudio(torch_model(config, seed=3).state_dict(), config)
+    bag = FlaxDemucsBag([first, second], WEIGHTS)
+    mix = music_like(20000, 2, seed=9)
+    device = jax.devices()[:1]
+    got = Separator(bag, segment=SEGMENT_SECONDS, devices=device).separate(mix, SR)
+    alone = [Separator(m, segment=SEGMENT_SECONDS, devices=device).separate(mix, SR) for m in (first, second)]
+    weights = np.asarray(WEIGHTS)
+    for k, name in enumerate(config.sources):
+        mean = mix.astype(np.float64).mean()  # every stem holds the mix's mean, combined with weights summing to 1
+        want = sum(w * (a[name] - mean) for w, a in zip(weights[:, k], alone, strict=True)) / weights[:, k].sum()
+        _, db = error_report(f"bag of two HDemucs, {name}", got[name] - mean, want, -120)
+        assert db < -120
+    vocals = Separator(bag, segment=SEGMENT_SECONDS, devices=device).restricted_to(["vocals"])
+    assert vocals.model.active_members == ("member_0",)
+    np.testing.assert_array_equal(vocals.separate(mix, SR)["vocals"], got["vocals"])

@@ -135,7 +135,10 @@ class FlaxDemucsBag(SeparationModel):
         weights: one row per member, one weight per source (None: all ones, demucs's default). The weights of each
             source must not sum to 0.
         segment: the chunk length in seconds the Separator uses by default (None: the members' own
-            `default_segment`); at most their `max_segment`.
+            `default_segment`); at most their `max_segment`. (demucs's bag yaml `segment` also shortens an
+            HTDemucs member's training segment, the length its network runs at; here a shorter chunk is padded to
+            the training segment, as for a single model given a shorter segment. No released HTDemucs bag sets
+            one.)
         names: the members' names (sub-folders of a saved bag; keys of `params`). None: member_0, member_1, ...
         name_or_path: how errors name the bag (set by `from_pretrained` to its folder).
     """
