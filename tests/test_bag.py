@@ -156,6 +156,8 @@ def test_members_without_weight_for_the_stems_asked_for_do_not_run(bag, monkeypa
     )
     with pytest.raises(ConfigError, match="no source 'piano'"):
         bag.restricted_to(["piano"])
+    with pytest.raises(ConfigError, match="restricted to no source"):
+        bag.restricted_to([])
 
 
 def test_two_stems_minus_through_separate_file_runs_the_vocals_member_alone(bag, tmp_path, monkeypatch):

@@ -299,6 +299,8 @@ class FlaxDemucsBag(SeparationModel):
                 f"{self.name_or_path or 'bag'}: no source {unknown[0]!r} (it has {', '.join(self.sources)})"
             )
         computed = tuple(source for source in self.sources if source in wanted)
+        if not computed:
+            raise ConfigError(f"{self.name_or_path or 'bag'}: restricted to no source; name at least one")
         if computed == self._computed:
             return self
         variant = copy.copy(self)
