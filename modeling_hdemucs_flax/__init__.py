@@ -44,6 +44,7 @@ _EXPORTS = {
     "separate_file": "separation.file_output",
     "plan_layers": "models.hdemucs.layer_plan",
     "relative_error_db": "metrics",
+    "FlaxDemucsBag": "models.bag",
     "FlaxHDemucs": "models.hdemucs.modeling_flax_hdemucs",
     "FlaxHDemucsOutput": "models.hdemucs.modeling_flax_hdemucs",
     "HDemucsModule": "models.hdemucs.modeling_flax_hdemucs",
@@ -99,6 +100,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names lo
     from .io.audio_io import AUDIO_EXTENSIONS, AudioInfo, inspect_audio, read_audio, write_audio
     from .metrics import relative_error_db
     from .models.auto import load_family_model
+    from .models.bag import FlaxDemucsBag
     from .models.family import FlaxSeparationModel
     from .models.hdemucs.configuration_hdemucs import HDemucsConfig
     from .models.hdemucs.convert_torchaudio import convert_torchaudio_state_dict, to_torchaudio_state_dict

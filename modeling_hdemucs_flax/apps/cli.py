@@ -36,7 +36,8 @@ from .arguments import (
 )
 
 if TYPE_CHECKING:
-    from .. import AudioInfo, FlaxHDemucs, OutputOptions, SeparationOptions, Separator
+    from .. import AudioInfo, OutputOptions, SeparationOptions, Separator
+    from ..models.family import SeparationModel
     from ..separation.file_output import Track
     from ..zoo.model_facts import ModelFacts
 
@@ -224,7 +225,7 @@ def _follow(bar):
 
 
 def choose_batch_size(
-    args: argparse.Namespace, model: FlaxHDemucs, schedule: SeparationOptions, devices: list
+    args: argparse.Namespace, model: SeparationModel, schedule: SeparationOptions, devices: list
 ) -> SeparationOptions:
     """`schedule` with `--batch-size auto` settled for `model` on `devices` (`batch_tuning` per device: the
     platform's default, or on a GPU or TPU the fastest size, measured once on the first device and cached) times
@@ -295,6 +296,9 @@ def load_separator(args: argparse.Namespace, schedule: SeparationOptions, output
             args.model, revision=args.revision, dtype=jnp.dtype(args.dtype), matmul_precision=args.matmul_precision
         )
         output.stem_names(model.config.sources)  # --two-stems must name one of this model's sources
+        # A bag computes (and warms up) only what the stems are made of: `--two-stems vocals --other-method minus`
+        # with htdemucs_ft runs its vocals member alone. `separate_files` reads nothing else.
+        model = model.restricted_to(output.read_sources(model.config.sources))
         schedule = choose_batch_size(args, model, schedule, devices)
         separator = Separator(model, devices=devices, **dataclasses.asdict(schedule))
     except ModelLoadError as error:

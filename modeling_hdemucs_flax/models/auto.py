@@ -1,8 +1,9 @@
 """Any model of the family from a folder or Hub repo: its `config.json`'s `model_type` picks the class.
 
-`load_family_model(name, **kwargs)` is `FlaxHDemucs.from_pretrained` / `FlaxHTDemucs.from_pretrained` (strict,
-one-line errors: see `FlaxSeparationModel`) for whichever model the folder holds. The classes are imported only
-when a config (or a demucs package, `from_demucs`) names them.
+`load_network(name, **kwargs)` is `FlaxHDemucs.from_pretrained` / `FlaxHTDemucs.from_pretrained` (strict,
+one-line errors: see `FlaxSeparationModel`) for whichever network the folder holds; `load_family_model` also reads
+a bag folder (`bag.json` and its members' folders) as a `FlaxDemucsBag`. The classes are imported only when a
+config (or a demucs package, `from_demucs`) names them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 from ..errors import CheckpointError
 from ..weights.hub import load_pretrained
-from .family import FlaxSeparationModel
+from .bag_manifest import is_bag_folder
+from .family import FlaxSeparationModel, SeparationModel
 
 # model_type -> (module, class): every architecture of the family this package runs.
 MODEL_CLASSES: dict[str, tuple[str, str]] = {
@@ -42,8 +44,19 @@ def _family_from_pretrained(name: str | os.PathLike, *model_args: Any, **kwargs:
     return cls._from_pretrained_strict(name, *model_args, **kwargs)
 
 
-def load_family_model(name: str | os.PathLike, *model_args: Any, **kwargs: Any) -> FlaxSeparationModel:
-    """The model `name` (a `save_pretrained` folder or Hub repo id) holds, as its own class's `from_pretrained`
+def load_network(name: str | os.PathLike, *model_args: Any, **kwargs: Any) -> FlaxSeparationModel:
+    """The network `name` (a `save_pretrained` folder or Hub repo id) holds, as its own class's `from_pretrained`
     loads it (`kwargs`: `dtype`, `matmul_precision`, `revision`, `local_files_only`, ...). Raises
     `ModelLoadError`, or `CheckpointError` / `ConfigError` for the folder's own problems."""
     return load_pretrained(_family_from_pretrained, name, *model_args, **kwargs)
+
+
+def load_family_model(name: str | os.PathLike, *model_args: Any, **kwargs: Any) -> SeparationModel:
+    """`load_network(name)`, or for a local bag folder (one holding `bag.json`, as `FlaxDemucsBag.save_pretrained`
+    writes it) the bag, each member loaded by `load_network` with `kwargs`. A local folder comes first, as in
+    transformers. Raises what `load_network` raises."""
+    if os.path.isdir(os.path.expanduser(os.fspath(name))) and is_bag_folder(os.path.expanduser(os.fspath(name))):
+        from .bag import FlaxDemucsBag
+
+        return load_pretrained(FlaxDemucsBag.from_pretrained, name, *model_args, **kwargs)
+    return load_network(name, *model_args, **kwargs)

@@ -1,19 +1,20 @@
-"""What every model of the family is to the rest of the package: `FlaxSeparationModel`, the base of `FlaxHDemucs`
-and `FlaxHTDemucs`.
+"""What every model of the family is to the rest of the package: `SeparationModel`, the interface, and
+`FlaxSeparationModel`, the base of `FlaxHDemucs` and `FlaxHTDemucs`.
 
 The separation schedule, file output, the CLI, the Space, `serve` and the dataset engine use a model only through
 this interface: `config.sampling_rate`, `config.sources`, `config.audio_channels`, `max_segment` (the longest
 chunk in seconds the network accepts; None: any), `default_segment`, `dtype`, `matmul_precision`, `params`,
-`placed_params(where)` and the forward pass `model(waveform, params=..., prepared=...)` returning
-`FlaxHDemucsOutput`-like objects with `.sources`. The base also holds what the two `FlaxPreTrainedModel`s share:
-strict `from_pretrained` with one-line errors, parameters drawn without a forward pass, and copies of the
-parameters placed on chosen devices once.
+`placed_params(where)`, `restricted_to(sources)` and the forward pass `model(waveform, params=..., prepared=...)`
+returning `FlaxHDemucsOutput`-like objects with `.sources`. A bag of models (`bag.FlaxDemucsBag`) is the other
+`SeparationModel`. `FlaxSeparationModel` also holds what the two `FlaxPreTrainedModel`s share: strict
+`from_pretrained` with one-line errors, parameters drawn without a forward pass, and copies of the parameters
+placed on chosen devices once.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Self
 
 import jax
@@ -28,7 +29,47 @@ from ..options import DEFAULT_SEGMENT
 from ..weights.hub import load_pretrained
 
 
-class FlaxSeparationModel(FlaxPreTrainedModel):
+class SeparationModel:
+    """The interface the rest of the package separates with (see the module doc); a nominal base, so that the
+    Separator's annotations hold for a single network and a bag alike. Subclasses provide `config` (with
+    `sampling_rate`, `sources`, `audio_channels`, `_name_or_path`), `dtype`, `matmul_precision`, `params`,
+    `placed_params(where)` and `__call__`."""
+
+    config: Any
+    dtype: Any  # the compute dtype
+    matmul_precision: str  # `options.MATMUL_PRECISIONS`
+    params: Any  # a tree of arrays (`jax.tree.leaves` gives every parameter)
+
+    @property
+    def max_segment(self) -> float | None:
+        """The longest chunk, in seconds, the network accepts (None: any length)."""
+        return None
+
+    @property
+    def default_segment(self) -> float:
+        """The chunk length the Separator uses unless told otherwise: the model's own limit, else 7.8 s."""
+        return DEFAULT_SEGMENT if self.max_segment is None else self.max_segment
+
+    @property
+    def sources(self) -> list[str]:
+        """Source names in output order."""
+        return list(self.config.sources)
+
+    def restricted_to(self, sources: Iterable[str]) -> SeparationModel:
+        """A model whose output is this one's for `sources` (names of `config.sources`); its other sources may be
+        zeros, so only a caller that reads nothing else may use it (`file_output` with `--two-stems X
+        --other-method minus`). A network computes all its sources at once: a single model is its own
+        restriction; a bag runs only the members `sources` need."""
+        return self
+
+    def placed_params(self, where: Any) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def __call__(self, waveform: Any, params: Any = None, return_dict: bool = True, *, prepared: Any = None) -> Any:
+        raise NotImplementedError
+
+
+class FlaxSeparationModel(FlaxPreTrainedModel, SeparationModel):
     """A source separation network of the Demucs family (see the module docstring).
 
     Subclasses set transformers' class attributes and implement `random_params(seed)` (a full parameter tree drawn
@@ -55,22 +96,7 @@ class FlaxSeparationModel(FlaxPreTrainedModel):
         """The prepared collection of host (numpy) `params`; {} for a model that needs none."""
         return {}
 
-    # -- the interface the rest of the package uses
-
-    @property
-    def max_segment(self) -> float | None:
-        """The longest chunk, in seconds, the network accepts (None: any length)."""
-        return None
-
-    @property
-    def default_segment(self) -> float:
-        """The chunk length the Separator uses unless told otherwise: the model's own limit, else 7.8 s."""
-        return DEFAULT_SEGMENT if self.max_segment is None else self.max_segment
-
-    @property
-    def sources(self) -> list[str]:
-        """Source names in output order."""
-        return list(self.config.sources)
+    # -- the interface the rest of the package uses (with `SeparationModel`'s)
 
     @property
     def matmul_precision(self) -> str:

@@ -211,6 +211,14 @@ class OutputOptions:
     def needs_mix(self) -> bool:
         return self.two_stems is not None and self.other_method == "minus"
 
+    def read_sources(self, sources: Sequence[str]) -> list[str]:
+        """The separated sources `select` reads, in order: every one, or with `two_stems` and `other_method`
+        "minus" or "none" that source alone ("add" sums the others). A bag of models then runs only the members
+        those need (`Separator.restricted_to`)."""
+        if self.two_stems is None or self.other_method == "add":
+            return list(sources)
+        return [self.two_stems]
+
     def paths(
         self, track: Track | str | os.PathLike, output_dir: str | os.PathLike, names: Iterable[str]
     ) -> dict[str, Path]:
@@ -463,12 +471,16 @@ def separate_files(
     `io_workers` (None: the cores this process may use, `runtime.available_cores`): 1 does every step on the
     calling thread (the network on its own); more open and decode the next file while this one is separated,
     and finish (encode) a file's stems in the background, that many at once, while the next file is separated.
-    The stems are the same, bit for bit, whatever the number.
+    The stems are the same, bit for bit, whatever the number. Only the sources the stems are made of are separated
+    (`OutputOptions.read_sources`): with a bag of models and `two_stems` with `other_method` "minus" or "none",
+    only the members that source needs run.
     """
     options = options or OutputOptions()
     workers = check_io_workers(io_workers)
     tracks = [p if isinstance(p, Track) else Track(Path(p)) for p in paths]
     plan = plan_outputs(tracks, output_dir, options, separator.sources)
+    # only the stems `select` reads are computed (a bag runs only the members they need); nothing reads the others
+    separator = separator.restricted_to(options.read_sources(separator.sources))
     paths = [track.path for track in tracks]
     jobs: dict[int, _FileJob] = {}
 

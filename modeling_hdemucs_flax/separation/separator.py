@@ -43,7 +43,7 @@ from ..errors import AudioError, ModelOutputError, OptionError
 from ..io.audio_io import check_channels
 from ..io.prefetch import ahead
 from ..models.common.layers import Dtype
-from ..models.family import FlaxSeparationModel
+from ..models.family import SeparationModel
 from ..options import DEFAULT_MATMUL_PRECISION, WEIGHTINGS, SeparationOptions, check_batch_split, check_io_workers
 from ..runtime import default_device, describe_devices
 
@@ -566,7 +566,7 @@ def _adapt_channels_out(stems: np.ndarray, channels: int) -> np.ndarray:
     return stems.mean(axis=1, keepdims=True) if channels == 1 and stems.shape[1] > 1 else stems
 
 
-def network_forward(model: FlaxSeparationModel, devices: Sequence[Any] | None = None) -> Forward:
+def network_forward(model: SeparationModel, devices: Sequence[Any] | None = None) -> Forward:
     """The model's own jitted forward pass (compiled once per shape, in the model's compute dtype) on numpy
     batches, with the parameters the model holds at call time. It returns the output as JAX dispatched it, without
     waiting for the device (`np.asarray` of it waits).
@@ -600,7 +600,7 @@ def network_forward(model: FlaxSeparationModel, devices: Sequence[Any] | None = 
     return placed
 
 
-def check_segment_limit(segment_samples: int, model: FlaxSeparationModel, name: str) -> None:
+def check_segment_limit(segment_samples: int, model: SeparationModel, name: str) -> None:
     """Raise `OptionError` when chunks of `segment_samples` are longer than `model` (named `name`) accepts."""
     limit = model.max_segment
     if limit is not None and segment_samples > round(limit * model.config.sampling_rate):
@@ -665,8 +665,8 @@ def _until(stop: threading.Event, blocks: Iterable[np.ndarray]) -> Iterator[np.n
 
 
 class Separator:
-    """Separates songs of any length with a model of the family (`FlaxHDemucs`, `FlaxHTDemucs`), compiling one
-    forward shape.
+    """Separates songs of any length with a model of the family (`FlaxHDemucs`, `FlaxHTDemucs`, a bag of them:
+    `FlaxDemucsBag`), compiling one forward shape.
 
     Args:
         model: the network. Its `dtype` is the compute dtype (load it with `dtype=jnp.bfloat16` for bfloat16);
@@ -687,7 +687,7 @@ class Separator:
 
     def __init__(
         self,
-        model: FlaxSeparationModel,
+        model: SeparationModel,
         *,
         segment: float | None = None,
         overlap: float = 0.25,
@@ -713,6 +713,7 @@ class Separator:
         self.devices = tuple(devices) if devices else None
         if self.devices:
             check_batch_split(batch_size, len(self.devices))
+        self._own_forward = forward is None  # the model's network: a restriction of the model may replace it
         self.forward = forward or network_forward(model, self.devices)
 
     def _set_options(self, options: SeparationOptions) -> None:
@@ -760,6 +761,21 @@ class Separator:
                 overlap=overlap, shifts=shifts, seed=seed, weighting=weighting, transition_power=transition_power
             )
         )
+        return variant
+
+    def restricted_to(self, sources: Sequence[str]) -> Separator:
+        """A Separator for a caller that reads only `sources` of the stems (file output with `--two-stems X
+        --other-method minus` reads X alone): its network may compute only those, the other stems then coming out
+        as the mix's mean (zeros, denormalised). With a bag this runs only the members those sources need (the
+        compiled programs and placed parameters are shared); a single network, or a `forward` given to the
+        constructor, computes everything anyway and this Separator is returned as it is."""
+        if not self._own_forward:
+            return self
+        model = self.model.restricted_to(sources)
+        if model is self.model:
+            return self
+        variant = copy.copy(self)
+        variant.model, variant.forward = model, network_forward(model, self.devices)
         return variant
 
     @property

@@ -97,7 +97,8 @@ def _convert(
     else:
         from ..models.bag import FlaxDemucsBag
 
-        model = FlaxDemucsBag(members, weights=info.weights, name=info.name)
+        names = [member.signature for member in info.members]
+        model = FlaxDemucsBag(members, info.weights, segment=info.segment, names=names, name_or_path=info.name)
     logger.info("converting %s into %s (once) ...", info.name, converted_dir(info))
     save(model, converted_dir(info))
     return model

@@ -3,9 +3,9 @@ read from the model's config.json alone, without its weights, JAX or transformer
 
 The command line checks a run against these (the stems' paths, `--two-stems`, finished tracks) in a fraction of
 a second, before it spends seconds loading and compiling the network, or minutes downloading it. Where the
-config comes from follows `pretrained.load_model`'s reading of a `--model` value: a local folder's config.json,
-a Hub repo's (from the Hugging Face cache, else fetched alone, in one attempt), or for the default model its
-entry in `downloads.BUNDLES`.
+config comes from follows `pretrained.load_model`'s reading of a `--model` value: a local folder's config.json
+(a bag folder's bag.json), a Hub repo's (from the Hugging Face cache, else fetched alone, in one attempt), or
+for the default model its entry in `downloads.BUNDLES`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError
+from ..models.bag_manifest import is_bag_folder, read_manifest
 from ..models.hdemucs.config_rules import ARCHITECTURE_DEFAULTS, DEFAULT_SOURCES, check_source_names, config_from_json
 from ..weights.locations import looks_like_path
 from .demucs_models import is_demucs_name
@@ -87,6 +89,8 @@ def read_model_facts(model: str | os.PathLike | None, revision: str | None = Non
         return ModelFacts(info.sources, DEMUCS_SAMPLE_RATE, DEMUCS_AUDIO_CHANNELS)
     spec = str(model)
     if isinstance(model, os.PathLike) or looks_like_path(spec):
+        if is_bag_folder(Path(spec).expanduser()):
+            return _bag_facts(Path(spec).expanduser())
         config_file = Path(spec).expanduser() / "config.json"
         try:
             data = config_file.read_bytes() if config_file.is_file() else None
@@ -117,3 +121,15 @@ def _htdemucs_facts(fields: dict) -> ModelFacts | None:
         return None
     check_source_names(sources, "HTDemucsConfig")
     return ModelFacts(tuple(sources), rate, channels)
+
+
+def _bag_facts(folder: Path) -> ModelFacts | None:
+    """A bag folder's facts from its bag.json (None when it cannot be read; `ConfigError` when it describes no
+    usable bag)."""
+    try:
+        manifest = read_manifest(folder)
+    except OSError:
+        return None
+    except ConfigError as error:
+        raise ConfigError(f"{folder}/{error}") from None
+    return ModelFacts(manifest.sources, manifest.sampling_rate, manifest.audio_channels)

@@ -5,7 +5,8 @@ identity must not depend on the spelling of the path, and must change when the w
 
     a local folder     {"kind": "folder", "files": {"config.json": sha256, "model.safetensors": sha256}}
                        the same folder typed as an absolute path, a relative path or from another directory is
-                       one model; new weights converted into it are another
+                       one model; new weights converted into it are another. A bag folder's files are its
+                       bag.json and its members' ("vocals/config.json", ...)
     a Hub repo         {"kind": "hub", "repo": "org/name", "commit": 40 hex}: the revision resolved once, here
                        (huggingface_hub's snapshot of config.json); workers then load that commit
     the default model  what `pretrained.load_default_model` will load: its Hub copy at the resolved commit (as
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadError, one_line
 from ..io import tempfiles
+from ..models.bag_manifest import BAG_FILE
 from ..runtime import cache_dir
 from ..weights.downloads import sha256_file
 from ..weights.locations import looks_like_path
@@ -42,7 +44,7 @@ from .demucs_registry import DEMUCS_MODELS
 from .torchaudio_bundles import DEFAULT_BUNDLE, converted_model_dir, torchaudio_checkpoint_path
 
 if TYPE_CHECKING:
-    from transformers import FlaxPreTrainedModel
+    from ..models.family import SeparationModel
 
 # The files of a model folder that decide what it computes: the config, and the weights in any of the layouts
 # transformers loads (one file or shards with their index, safetensors or msgpack). A model card is not one.
@@ -53,7 +55,8 @@ CACHED_DIGEST_BYTES = 16 << 20
 
 
 def check_model_folder(path: Path, option: str) -> None:
-    """Raise `ModelLoadError` unless `path` is a folder holding a config.json (`save_pretrained`'s layout)."""
+    """Raise `ModelLoadError` unless `path` is a folder holding a config.json (`save_pretrained`'s layout) or a
+    bag.json (a bag's)."""
     if path.is_file():
         if path.suffix.lower() in (".pt", ".pth", ".ckpt", ".th", ".bin"):
             raise ModelLoadError(
@@ -63,7 +66,7 @@ def check_model_folder(path: Path, option: str) -> None:
         raise ModelLoadError(f"{path} is a file, not a model folder; pass a folder written by save_pretrained")
     if not path.is_dir():
         raise ModelLoadError(f"{path}: no such model folder; pass a folder written by save_pretrained or a Hub repo id")
-    if not (path / CONFIG_NAME).is_file():
+    if not (path / CONFIG_NAME).is_file() and not (path / BAG_FILE).is_file():
         raise ModelLoadError(f"{path}: not a model folder (no config.json); pass a folder written by save_pretrained")
 
 
@@ -118,7 +121,7 @@ def identify_model(
     return ModelSource(_hub_identity(spec, commit), spec, commit, f"{spec}@{commit[:12]}", spec, revision)
 
 
-def loaded_model_source(model: FlaxPreTrainedModel) -> ModelSource:
+def loaded_model_source(model: SeparationModel) -> ModelSource:
     """The `ModelSource` of a model in memory (a ready `Separator`'s): digests of its config and of its parameters
     (the names, dtypes, shapes and bytes of every array), whatever it was loaded from."""
     import numpy as np
@@ -177,14 +180,21 @@ def _describe(identity: dict[str, Any]) -> str:
 # Local folders
 
 
-def _folder_identity(folder: Path) -> dict[str, Any]:
-    names = sorted(
+def _model_files(folder: Path) -> list[str]:
+    return sorted(
         entry.name
         for entry in os.scandir(folder)
         if entry.is_file()
         and not entry.name.startswith(".")  # temporaries of a conversion in progress
-        and (entry.name == CONFIG_NAME or entry.name.endswith(WEIGHT_SUFFIXES))
+        and (entry.name in (CONFIG_NAME, BAG_FILE) or entry.name.endswith(WEIGHT_SUFFIXES))
     )
+
+
+def _folder_identity(folder: Path) -> dict[str, Any]:
+    names = _model_files(folder)
+    if BAG_FILE in names:  # a bag: its manifest and every member folder's files (which bag.json lists)
+        members = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+        names += [f"{member}/{name}" for member in members for name in _model_files(folder / member)]
     return {"kind": "folder", "files": {name: file_sha256(folder / name) for name in names}}
 
 

@@ -40,8 +40,9 @@ import jax.numpy as jnp
 
 from ..errors import DownloadError, HDemucsFlaxError, ModelLoadError, describe
 from ..models.auto import load_family_model
+from ..models.bag import FlaxDemucsBag
 from ..models.common.layers import Dtype
-from ..models.family import FlaxSeparationModel
+from ..models.family import FlaxSeparationModel, SeparationModel
 from ..models.hdemucs.modeling_flax_hdemucs import FlaxHDemucs
 from ..options import DEFAULT_MATMUL_PRECISION, check_matmul_precision
 from ..weights import hub
@@ -67,7 +68,7 @@ assert DEFAULT_MODEL, "the default bundle names its Hub repo"
 logger = logging.getLogger(__name__)
 
 
-def _load_folder(path: Path, dtype, option: str, matmul_precision: str) -> FlaxSeparationModel:
+def _load_folder(path: Path, dtype, option: str, matmul_precision: str) -> SeparationModel:
     check_model_folder(path, option)
     try:
         return load_family_model(path, dtype=dtype, matmul_precision=matmul_precision)
@@ -84,7 +85,7 @@ def _load_repo(
     *,
     local_files_only: bool = False,
     matmul_precision: str = DEFAULT_MATMUL_PRECISION,
-) -> FlaxSeparationModel:
+) -> SeparationModel:
     """`load_family_model(repo_id)`: the Hub probed first, every failure a one-line ModelLoadError."""
     try:
         return load_family_model(
@@ -107,9 +108,10 @@ def load_model(
     revision: str | None = None,
     option: str = "--model",
     matmul_precision: str = DEFAULT_MATMUL_PRECISION,
-) -> FlaxSeparationModel:
-    """Load `model`: a `save_pretrained` folder, a Hub repo id (downloaded once, then read from the Hugging
-    Face cache, also offline), a demucs model's name (`demucs_models.load_demucs_model`), or None for the default
+) -> SeparationModel:
+    """Load `model`: a `save_pretrained` folder (a single network's, or a bag's: `FlaxDemucsBag`), a Hub repo id
+    (downloaded once, then read from the Hugging Face cache, also offline), a demucs model's name
+    (`demucs_models.load_demucs_model`), or None for the default
     HDEMUCS_HIGH_MUSDB_PLUS model (see the module doc).
 
     `revision` (branch, tag or commit) applies to Hub repos. `option` is how the application lets its user
@@ -164,7 +166,7 @@ def load_default_model(
     progress: bool = True,
     option: str = "--model",
     matmul_precision: str = DEFAULT_MATMUL_PRECISION,
-) -> FlaxSeparationModel:
+) -> SeparationModel:
     """The default model: local cache, else torchaudio's file already on this machine, else the Hub repo
     `repo_id`, else `bundle`'s torchaudio checkpoint downloaded; converted ones are cached. `repo_id` and
     `bundle` are parameters so tests can point the chain at tiny models; `option`, `dtype` and `matmul_precision`
@@ -236,7 +238,9 @@ def _convert(
 
 
 def save_pretrained_atomic(
-    model: FlaxSeparationModel, destination: str | os.PathLike, finish: Callable[[Path], None] | None = None
+    model: FlaxSeparationModel | FlaxDemucsBag,
+    destination: str | os.PathLike,
+    finish: Callable[[Path], None] | None = None,
 ) -> Path:
     """`model.save_pretrained(destination, safe_serialization=True)` so that `destination` is only ever absent,
     the previous folder, or the complete new one: the files are written into a staging folder beside it,
