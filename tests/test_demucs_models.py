@@ -159,3 +159,30 @@ def test_the_registry_counts_the_parameters_demucs_builds():
     assert count(HDemucs(**HDEMUCS_MMI_KWARGS)) == DEMUCS_MODELS["hdemucs_mmi"].parameters
     torchaudio_high = torchaudio.models.HDemucs(**HDemucsConfig.from_preset("high").torchaudio_kwargs())
     assert count(torchaudio_high) == TORCHAUDIO_HIGH_PARAMETERS
+
+
+def test_a_bag_of_official_files_becomes_one_cached_bag(chain_env, tmp_path, make_config):
+    """htdemucs_ft's shape (one member per source, one-hot weights) with two tiny members: both files fetched and
+    checked, the bag assembled with the registry's weights, cached as one bag folder and read back from it."""
+    from modeling_hdemucs_flax.models.bag import FlaxDemucsBag
+
+    members, paths = [], []
+    for seed in (0, 1):
+        written = write_package(tiny_model("htdemucs", seed=seed), tmp_path / f"release{seed}", make_config)
+        _, prefix = split_checkpoint_name(written.name)
+        path = written.rename(written.with_name(f"member{seed}-{prefix}.th"))  # distinct signatures, as released
+        signature = f"member{seed}"
+        members.append(DemucsCheckpointFile(signature=signature, sha256_prefix=prefix, root=HYBRID_TRANSFORMER_ROOT))
+        chain_env.files[served_path(members[-1])] = path.read_bytes()
+        paths.append(path)
+    weights = ((1.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 1.0))
+    info = dataclasses.replace(DEMUCS_MODELS["htdemucs_ft"], members=tuple(members), weights=weights)
+    bag = load_named_model("htdemucs_ft", info=info, progress=False)
+    assert isinstance(bag, FlaxDemucsBag) and len(chain_env.requests) == 2
+    assert (demucs_models.converted_dir(info) / "bag.json").is_file()
+    assert list(demucs_models.official_dir().iterdir()) == []
+    again = load_named_model("htdemucs_ft", info=info, progress=False)
+    assert isinstance(again, FlaxDemucsBag) and len(chain_env.requests) == 2
+    assert list(again.members) == ["member0", "member1"]
+    for member, path in zip(again.members.values(), paths, strict=True):
+        assert_params_equal(member, path)
