@@ -1,6 +1,7 @@
 """The benchmarks run, so that they cannot rot: `benchmarks/bench_gpu.py --smoke` (the tiny config on the CPU) as
 a user runs it, and its rule that a row running out of memory is reported and the run goes on;
-`benchmarks/bench_host.py --smoke` (the host side with a stand-in network) and its stand-in."""
+`benchmarks/bench_host.py --smoke` (the host side with a stand-in network) and its stand-in;
+`benchmarks/bench_ray_shapes.py --smoke` (the Ray engine's two shapes with that stand-in)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .flows import REPO_ROOT
 
 BENCH_GPU = REPO_ROOT / "benchmarks" / "bench_gpu.py"
 BENCH_HOST = REPO_ROOT / "benchmarks" / "bench_host.py"
+BENCH_RAY_SHAPES = REPO_ROOT / "benchmarks" / "bench_ray_shapes.py"
 
 
 def run_smoke(script: Path, rows_file: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
@@ -178,3 +180,23 @@ def test_the_host_benchmarks_stand_in_and_its_io_workers_adaptation():
     assert bench.io_workers_kwargs(with_workers, 3) == {"io_workers": 3}
     assert bench.io_workers_kwargs(with_workers, None) == {}
     assert bench.io_workers_kwargs(without, 3) == {}
+
+
+def test_bench_ray_shapes_smoke_runs_both_shapes_to_the_same_stems(tmp_path):
+    """One song through today's Ray engine (A: `separate_dataset(engine="ray", network=...)`) and the Ray Data
+    prototype (B: decode tasks -> network actor -> encode tasks) on a local cluster the script starts: both rows have
+    positive figures, only B moves audio through the object store, and every stem's decoded samples agree."""
+    pytest.importorskip("ray")
+    rows_file = tmp_path / "rows.jsonl"
+    done = run_smoke(BENCH_RAY_SHAPES, rows_file, {**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    runs = {(r["shape"], r["cost_ms"]): r for r in rows if r["table"] == "shape"}
+    assert set(runs) == {("A", 0.0), ("B 1/0/1", 0.0)}
+    for run in runs.values():
+        assert run["audio_s"] == pytest.approx(10.0, abs=0.1)  # 1 song of 10 s (MP3's decoded length, near)
+        assert all(run[name] > 0 for name in ("wall_s", "x_realtime", "cpu_ms_per_audio_s", "peak_pss_mb")), run
+    assert runs["A", 0.0]["object_store_mb"] == 0 and runs["B 1/0/1", 0.0]["object_store_mb"] > 0
+    [stems] = [r for r in rows if r["table"] == "stems"]
+    assert stems["stems"] == stems["identical"] == 4 and stems["max_abs"] == 0, stems
+    table = [line.split()[0] for line in done.stdout.splitlines() if line.split()[:1] in (["A"], ["B"])]
+    assert table[:2] == ["A", "B"]

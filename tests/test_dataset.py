@@ -17,13 +17,21 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from modeling_hdemucs_flax import DatasetError, OptionError, OutputOptions, Separator, separate_dataset
+from modeling_hdemucs_flax import (
+    DatasetError,
+    OptionError,
+    OutputOptions,
+    SeparationOptions,
+    Separator,
+    separate_dataset,
+)
 from modeling_hdemucs_flax.apps.cli import main
 from modeling_hdemucs_flax.apps.dataset_plan import plan_tracks
 from modeling_hdemucs_flax.apps.dataset_worker import MARKERS
@@ -34,7 +42,7 @@ from .conftest import SEGMENT_SECONDS, SOURCES
 from .dataset_helpers import Place, sha256, start_command, usage_message, wait_until
 from .flows import REPO_ROOT, error_lines, run_script
 from .hub_server import FileServer, trickle
-from .separation_helpers import FailingForward
+from .separation_helpers import AffineStandIn, FailingForward
 
 KEYS = ["pop/song", "rock/song", "solo"]
 
@@ -394,6 +402,46 @@ def test_option_errors_are_raised_before_any_work(tmp_path, separator):
     with pytest.raises(OptionError, match="a ready Separator works with the local engine only"):
         separate_dataset([str(tmp_path)], str(tmp_path / "out"), engine="ray", model=separator)
     assert not (tmp_path / "out").exists()
+
+
+@dataclass(frozen=True)
+class ScaledStandIn:
+    """A `NetworkMaker`: every source is `gain` x the chunk (`AffineStandIn` without poison); the models it was
+    given are listed in `made_for`."""
+
+    gain: float
+    made_for: list = field(default_factory=list, compare=False, repr=False)
+
+    def __call__(self, model):
+        self.made_for.append(model)
+        sources = len(model.config.sources)
+        return lambda batch: AffineStandIn([self.gain] * sources, [0] * sources, batch.shape, poison=False)(batch)
+
+
+def test_a_stand_in_network_replaces_the_workers_forward_and_is_recorded(tiny_checkpoint_dir, tiny_pair, tmp_path):
+    """`network=` (the benchmarks' seam): the worker loads the model named and runs its batches through the
+    stand-in made for it (stems byte-identical to a ready Separator's with that stand-in as `forward`); the options
+    its markers certify name the stand-in, so a run with the model's own network does not take its stems as done.
+    With a ready Separator, or something not callable, it is an `OptionError`."""
+    write_song(tmp_path / "in" / "song.wav", 0.25, 44100, 2, subtype="PCM_16")
+    stand_in = ScaledStandIn(0.5)
+    flags = {"scratch_dir": tmp_path / "scratch", "schedule": SeparationOptions(segment=SEGMENT_SECONDS)}
+    named = tmp_path / "named"
+    report = separate_dataset([tmp_path / "in"], named, model=tiny_checkpoint_dir, network=stand_in, **flags)
+    assert report.ok == 1 and [m.config.sources for m in stand_in.made_for] == [SOURCES]
+    assert report.summary["options"]["network"] == "ScaledStandIn(gain=0.5)"
+    _, _, model = tiny_pair
+    ready = Separator(model, segment=SEGMENT_SECONDS, forward=stand_in(model))
+    separate_dataset([tmp_path / "in"], tmp_path / "ready", model=ready, scratch_dir=tmp_path / "scratch")
+    for stem in SOURCES:
+        wanted = (tmp_path / "ready" / "song" / f"{stem}.flac").read_bytes()
+        assert (named / "song" / f"{stem}.flac").read_bytes() == wanted, stem
+    with pytest.raises(DatasetError, match=r"network 'ScaledStandIn\(gain=0.5\)' -> None"):
+        separate_dataset([tmp_path / "in"], named, model=tiny_checkpoint_dir, **flags)
+    with pytest.raises(OptionError, match="a ready Separator runs its own forward"):
+        separate_dataset([tmp_path / "in"], tmp_path / "other", model=ready, network=stand_in)
+    with pytest.raises(OptionError, match="must be callable"):
+        separate_dataset([tmp_path / "in"], tmp_path / "other", model=tiny_checkpoint_dir, network="stand-in")
 
 
 def test_command_on_s3(tiny_checkpoint_dir, jax_cache, s3_endpoint, tmp_path, capsys):

@@ -782,6 +782,7 @@ def test_serve_command_without_the_extra_says_how_to_install_it_from_a_checkout(
     PyPI, so `pip install 'hdemucs-flax[serve]'` would name an unclaimed project)."""
     monkeypatch.delitem(sys.modules, "modeling_hdemucs_flax.apps.serve", raising=False)
     monkeypatch.delattr(modeling_hdemucs_flax, "serve", raising=False)
+    monkeypatch.delattr(modeling_hdemucs_flax.apps, "serve", raising=False)  # `from . import serve` looks here first
     monkeypatch.setitem(sys.modules, "fastapi", None)  # `import fastapi` raises ModuleNotFoundError
     assert main(["serve"]) == 1
     errors = capsys.readouterr().err.splitlines()

@@ -61,6 +61,7 @@ from .dataset_worker import (
     RAY_MISSING,
     RUNS,
     JobSpec,
+    NetworkMaker,
     TrackWorker,
     WorkerResources,
     attempts_path,
@@ -225,6 +226,7 @@ def separate_dataset(
     scratch_dir: str | os.PathLike | None = None,
     device: str | None = None,
     io_workers: int | None = None,
+    network: NetworkMaker | None = None,
     progress: bool | None = None,
     on_row: Callable[[dict], None] | None = None,
 ) -> Report:
@@ -254,6 +256,11 @@ def separate_dataset(
     io_workers: host threads decoding and encoding around each worker's network (see `separate_files`); None:
         the cores the local process may use, or a Ray worker's `cpus_per_worker` (rounded, at least 1). They
         change no stem, so they are not part of the options a marker records.
+    network: a stand-in for the network (`NetworkMaker`: each worker calls it with the model it loaded and runs
+        batches through what it returns), for benchmarks and tests; not a command-line option. The model is still
+        loaded: it gives the schedule's shape and the stems' names. Its `repr` is recorded in the options a marker
+        certifies (the stems are the stand-in's), so give it a stable one (a dataclass). Not with a ready
+        `Separator` (pass one built with `forward=` instead).
     progress: a progress bar on stderr (None: only on a terminal). on_row: called with each manifest row.
 
     One run at a time per output: the output is locked for the run (`Store.lock`). Returns a `Report`. Raises
@@ -272,6 +279,8 @@ def separate_dataset(
         raise OptionError("workers", resources.workers, "the local engine runs one worker; use the ray engine")
     if device is not None and device not in PLATFORMS:
         raise OptionError("device", device, f"must be one of {', '.join(PLATFORMS)}")
+    if network is not None and not callable(network):
+        raise OptionError("network", repr(network), "must be callable: model -> forward")
     if engine == "ray":
         device = resources.platform(device)
     separator = None
@@ -281,6 +290,8 @@ def separate_dataset(
         raise OptionError("model", type(model).__name__, "a ready Separator works with the local engine only")
     elif device is not None:
         raise OptionError("device", device, "a ready Separator computes where it was built; leave device unset")
+    elif network is not None:
+        raise OptionError("network", repr(network), "a ready Separator runs its own forward; build it with forward=")
     else:
         named, separator, schedule, dtype = None, model, model.options, model.dtype.name
         matmul_precision = model.model.matmul_precision
@@ -293,7 +304,8 @@ def separate_dataset(
     tracks = plan_tracks(inputs, storage_options)
     check_output_paths(tracks, output_options)
     source = loaded_model_source(separator.model) if separator is not None else identify_model(named, revision)
-    options = job_options(source.identity, dtype, schedule, output_options, matmul_precision)
+    label = None if network is None else repr(network)
+    options = job_options(source.identity, dtype, schedule, output_options, matmul_precision, label)
     digest = options_hash(options)
 
     with store.lock():
@@ -330,6 +342,7 @@ def separate_dataset(
             scratch_dir=None if scratch_dir is None else os.fspath(scratch_dir),
             device=device,
             io_workers=_io_workers(io_workers, engine, resources),
+            network=network,
             test_exit_on=json.loads(os.environ.get(ENV_TEST_EXIT_ON) or "{}"),
             test_compute_on=os.environ.get(ENV_TEST_COMPUTE_ON) or None,
         )

@@ -35,7 +35,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, replace
+from dataclasses import fields, replace
 from typing import Any
 
 from ..errors import DatasetError, ModelLoadError, OptionError, one_line
@@ -153,7 +153,9 @@ def run_ray(
     if resources.tpus_per_worker:
         options["resources"] = {"TPU": resources.tpus_per_worker}
     worker_class = ray.remote(RayTrackWorker).options(**options)
-    arguments = (asdict(spec), actor_environment(spec.device or resources.held_platform, resources))
+    # field by field, not `asdict`: that would turn a dataclass `network` (a stand-in's maker) into a dict
+    fields_of_spec = {field.name: getattr(spec, field.name) for field in fields(spec)}
+    arguments = (fields_of_spec, actor_environment(spec.device or resources.held_platform, resources))
     actors = [worker_class.remote(*arguments) for _ in range(min(resources.workers, len(todo)))]
     waiting = deque(todo)
     running: dict[Any, tuple[Any, Track]] = {}  # task -> (actor, track)

@@ -18,6 +18,7 @@ import socket
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,13 @@ from ..separation.file_output import OutputOptions, separate_file
 from .dataset_plan import RESERVED, Track, stem_pattern
 
 if TYPE_CHECKING:
-    from ..separation.separator import Separator
+    from ..models.hdemucs.modeling_flax_hdemucs import FlaxHDemucs
+    from ..separation.separator import Forward, Separator
+
+# What runs a worker's batches in place of the model's own forward pass: called once per worker with the loaded
+# model, it returns the `Forward` (see `Separator`). For benchmarks and tests (a stand-in network); on a Ray
+# cluster it travels to the actors pickled, so it must be picklable (a module-level class or function).
+NetworkMaker = Callable[["FlaxHDemucs"], "Forward"]
 
 MARKERS, ATTEMPTS, RUNS = f"{RESERVED}/markers", f"{RESERVED}/attempts", f"{RESERVED}/runs"
 
@@ -81,11 +88,14 @@ def job_options(
     schedule: SeparationOptions,
     output: OutputOptions,
     matmul_precision: str = DEFAULT_MATMUL_PRECISION,
+    network: str | None = None,
 ) -> dict[str, Any]:
     """What a completion marker certifies: the model's identity (`ModelSource.identity`), its dtype and matmul
     precision, every separation and output option as used (the segment's default filled in), the package version.
     Two runs with equal `job_options` produce the same stems. The matmul precision is recorded only when it is not
-    the default, float32, so markers written before it was an option still certify float32 runs."""
+    the default, float32, so markers written before it was an option still certify float32 runs. `network` names
+    a stand-in that ran in place of the model's forward pass (`separate_dataset`'s `network`), recorded only then:
+    its stems are not the model's."""
     separation = dataclasses.replace(schedule, segment=schedule.segment_seconds)
     options = {
         "model": model,
@@ -96,6 +106,8 @@ def job_options(
     }
     if matmul_precision != DEFAULT_MATMUL_PRECISION:
         options["matmul_precision"] = matmul_precision
+    if network is not None:
+        options["network"] = network
     return options
 
 
@@ -154,7 +166,8 @@ class JobSpec:
     """Everything a worker needs, as plain data (it travels to Ray actors). `options` is `job_options(...)`;
     `model`, `revision` and `model_label` are the `ModelSource`'s load, revision and label; `run_id` marks this
     run's attempts; `device` is the platform the worker computes on (None: JAX's choice); `io_workers` the host
-    threads around its network (None: the cores its process may use)."""
+    threads around its network (None: the cores its process may use); `network` makes a stand-in for the model's
+    forward pass (`NetworkMaker`; None: the model's own)."""
 
     output: str
     options: dict
@@ -169,6 +182,7 @@ class JobSpec:
     scratch_dir: str | None = None
     device: str | None = None
     io_workers: int | None = None
+    network: NetworkMaker | None = None
     test_exit_on: dict = field(default_factory=dict)
     test_compute_on: str | None = None
 
@@ -270,6 +284,8 @@ class TrackWorker:
                 matmul_precision=spec.options.get("matmul_precision", DEFAULT_MATMUL_PRECISION),
                 **dataclasses.asdict(schedule),
             )
+            if spec.network is not None:  # a stand-in: the model still gives the schedule's shape and sources
+                separator.forward = spec.network(separator.model)
         self.output.stem_names(separator.sources)  # --two-stems must name one of this model's sources
         loaded = time.perf_counter()
         separator.warmup()

@@ -23,7 +23,7 @@ recipe as the offline one (where the file goes, how to convert one). Download lo
 `runtime.cache_dir`).
 
 Progress (which source is tried, what is converted) is logged at INFO on this module's logger
-(`modeling_hdemucs_flax.pretrained`); the command line shows those records as status lines on a terminal.
+(`modeling_hdemucs_flax.zoo.pretrained`); the command line shows those records as status lines on a terminal.
 """
 
 from __future__ import annotations
