@@ -251,7 +251,7 @@ def quiet_hub_logging() -> None:
 
 
 class _LoadingStatus(logging.Handler):
-    """Shows the model loader's progress (INFO records of `modeling_hdemucs_flax.zoo.pretrained`: which source it
+    """Shows the model loader's progress (INFO records of the `modeling_hdemucs_flax.zoo` loaders: which source it
     tries, what it converts) as status lines: on a terminal only, never with --quiet."""
 
     def __init__(self, quiet: bool):
@@ -264,7 +264,7 @@ class _LoadingStatus(logging.Handler):
 
 def show_loading_status(quiet: bool) -> None:
     """Route the model loader's progress records to `_status` (replacing an earlier call's route)."""
-    logger = logging.getLogger("modeling_hdemucs_flax.zoo.pretrained")  # the name, not the module: nothing heavy
+    logger = logging.getLogger("modeling_hdemucs_flax.zoo")  # the loaders (pretrained, demucs_models); by name
     for handler in [h for h in logger.handlers if isinstance(h, _LoadingStatus)]:
         logger.removeHandler(handler)
     logger.addHandler(_LoadingStatus(quiet))

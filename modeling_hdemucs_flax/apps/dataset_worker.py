@@ -36,13 +36,13 @@ from ..separation.file_output import OutputOptions, separate_file
 from .dataset_plan import RESERVED, Track, stem_pattern
 
 if TYPE_CHECKING:
-    from ..models.hdemucs.modeling_flax_hdemucs import FlaxHDemucs
+    from ..models.family import SeparationModel
     from ..separation.separator import Forward, Separator
 
 # What runs a worker's batches in place of the model's own forward pass: called once per worker with the loaded
 # model, it returns the `Forward` (see `Separator`). For benchmarks and tests (a stand-in network); on a Ray
 # cluster it travels to the actors pickled, so it must be picklable (a module-level class or function).
-NetworkMaker = Callable[["FlaxHDemucs"], "Forward"]
+NetworkMaker = Callable[["SeparationModel"], "Forward"]
 
 MARKERS, ATTEMPTS, RUNS = f"{RESERVED}/markers", f"{RESERVED}/attempts", f"{RESERVED}/runs"
 

@@ -209,7 +209,8 @@ class FlaxSeparationModel(FlaxPreTrainedModel, SeparationModel):
         model.config.name_or_path = str(pretrained_model_name_or_path)  # how errors name the model
         module = model.module
         options = {name: getattr(module, name) for name in cls.module_options}
-        return cls(model.config, dtype=model.dtype, params=params, matmul_precision=module.matmul_precision, **options)
+        options.update(params=params, matmul_precision=module.matmul_precision)  # the subclasses' own arguments
+        return cls(model.config, dtype=model.dtype, **options)
 
     @classmethod
     def load_flax_weights(cls, resolved_archive_file: str) -> dict:

@@ -60,4 +60,5 @@ def model_from_demucs(package: DemucsPackage, *, segment: float | None = None, *
             arguments["segment"] = segment
         config = hdemucs_config_from_demucs_kwargs(arguments)
         params = hdemucs_params_from_demucs_state(package.state, config)
-    return model_class(kind, package.klass)(config, params=jax.device_put(params), **kwargs)
+    kwargs["params"] = jax.device_put(params)  # FlaxHDemucs's and FlaxHTDemucs's own argument
+    return model_class(kind, package.klass)(config, **kwargs)

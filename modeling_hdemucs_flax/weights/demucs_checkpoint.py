@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, cast
 
 import ml_dtypes
 import numpy as np
@@ -439,11 +439,11 @@ def _top_level_keys(data: bytes) -> frozenset[str] | None:
             if name == "MARK":
                 marks.append(len(stack))
             elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[arg] = stack[-1]
+                memo[cast(int, arg)] = stack[-1]  # these opcodes' argument is the memo index
             elif name == "MEMOIZE":
                 memo[len(memo)] = stack[-1]
             elif name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo[arg])
+                stack.append(memo[cast(int, arg)])
             elif name == "DUP":
                 stack.append(stack[-1])
             elif name == "POP" and marks and len(stack) == marks[-1]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, overload
 
 import flax.linen as nn
@@ -211,7 +211,7 @@ def prepare_params(params: Mapping[str, Any], plan: HDemucsPlan, dtype: Dtype = 
     return prepared
 
 
-def embedding_init(num: int, smooth: bool, scale: float):
+def embedding_init(num: int, smooth: bool, scale: float) -> Callable[..., jnp.ndarray]:
     """torchaudio `_ScaledEmbedding` initialisation: N(0, 1), optionally smoothed along frequency by a
     cumulative sum / sqrt(n), divided by `scale`."""
 
