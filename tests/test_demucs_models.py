@@ -23,7 +23,7 @@ from modeling_hdemucs_flax.zoo.demucs_registry import (
     DemucsCheckpointFile,
     split_checkpoint_name,
 )
-from modeling_hdemucs_flax.zoo.pretrained import load_model, load_named_model
+from modeling_hdemucs_flax.zoo.pretrained import load_model, load_named_model, model_licence
 
 from .audio_files import write_song
 from .demucs_files import tiny_model, write_package
@@ -81,6 +81,9 @@ def test_a_name_is_downloaded_checked_converted_and_cached(chain_env, tmp_path, 
     assert isinstance(again, FlaxHTDemucs) and len(chain_env.requests) == 1
     assert_params_equal(again, path)
     assert demucs_models.cached_copies(info) == ["converted"]
+    card = (converted / "README.md").read_text()
+    assert card.startswith("---\nlicense: mit\n") and info.members[0].url in card
+    assert model_licence("htdemucs") == "MIT"  # the registry's, for a name
 
 
 def test_a_file_whose_sha256_does_not_match_its_name_is_refused(chain_env, tmp_path, make_config):

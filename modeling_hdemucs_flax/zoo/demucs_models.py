@@ -84,9 +84,7 @@ def _recipe(info: DemucsModelInfo, option: str) -> str:
     return f"copy {files} into {official_dir()}, or pass a converted model folder as {option}"
 
 
-def _convert(
-    info: DemucsModelInfo, files: list[Path], load_options: dict[str, Any], save: Callable[[Any, Path], Any]
-) -> Any:
+def _convert(info: DemucsModelInfo, files: list[Path], load_options: dict[str, Any], save: Callable[..., Any]) -> Any:
     """The official files read as data, converted, assembled (one model, or a bag) and saved for next time."""
     from ..models.from_demucs import model_from_demucs
     from ..weights.demucs_checkpoint import read_demucs_package
@@ -100,8 +98,25 @@ def _convert(
         names = [member.signature for member in info.members]
         model = FlaxDemucsBag(members, info.weights, segment=info.segment, names=names, name_or_path=info.name)
     logger.info("converting %s into %s (once) ...", info.name, converted_dir(info))
-    save(model, converted_dir(info))
+    save(model, converted_dir(info), lambda staging: (staging / "README.md").write_text(model_card(info)))
     return model
+
+
+def model_card(info: DemucsModelInfo) -> str:
+    """The converted folder's README.md: where the weights come from and their licence, as the authors published
+    them (the `license:` front matter is what applications show, see `pretrained.model_licence`)."""
+    files = "\n".join(f"- `{member.file_name}`: {member.url}" for member in info.members)
+    sdr = f"{info.sdr_db:.1f} dB ({info.sdr_source})" if info.sdr_db is not None else info.sdr_source
+    licence = info.licence.lower()
+    return (
+        f"---\nlicense: {licence}\nlibrary_name: hdemucs-flax\ntags:\n- audio-source-separation\n---\n\n"
+        f"# {info.name}\n\n{info.description}.\n\n"
+        f"Sources: {', '.join(info.sources)}. Architecture: {info.architecture}.\n\n"
+        f"Converted by hdemucs-flax (without torch, the files read as data) from demucs's official checkpoints, "
+        f"each checked against the sha256 prefix in its name:\n\n{files}\n\n"
+        f"Licence: {info.licence}, as published by the authors: {info.licence_source}.\n\n"
+        f"SDR on the MUSDB-HQ test set, as published: {sdr}.\n"
+    )
 
 
 def load_demucs_model(
@@ -110,13 +125,13 @@ def load_demucs_model(
     load_options: dict[str, Any],
     load_folder: Callable[[Path], Any],
     load_repo: Callable[..., Any],
-    save: Callable[[Any, Path], Any],
+    save: Callable[..., Any],
     option: str = "--model",
     progress: bool = True,
     info: DemucsModelInfo | None = None,
 ) -> Any:
     """The registry model `name` through the chain in the module doc. `load_folder(path)`, `load_repo(repo_id,
-    local_files_only=...)` and `save(model, folder)` are the loader's own (`pretrained`); `load_options` (dtype,
+    local_files_only=...)` and `save(model, folder, finish)` are the loader's own (`pretrained`); `load_options` (dtype,
     matmul_precision) go to the converted models. `info` replaces the registry's entry (tests point it at tiny
     files). Raises `ModelLoadError`."""
     info = info or DEMUCS_MODELS[name]
