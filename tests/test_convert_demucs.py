@@ -23,7 +23,6 @@ import jax
 import numpy as np
 import pytest
 import torch
-from demucs.demucs import Demucs
 from demucs.hdemucs import HDemucs
 from demucs.htdemucs import HTDemucs
 from demucs.states import load_model, serialize_model
@@ -40,6 +39,7 @@ from modeling_hdemucs_flax.models.htdemucs.modeling_flax_htdemucs import FlaxHTD
 
 from .audio_files import write_song
 from .conftest import SOURCES
+from .demucs_files import tiny_model
 from .flows import REPO_ROOT, run_script
 from .hostile_checkpoints import Call, package_pickle, pickled, pickled_global, write_checkpoint
 from .reference import error_report, music_like, redraw_all_, redraw_htdemucs_
@@ -141,20 +141,9 @@ def test_positional_arguments_bind_in_demucs_order():
 # --- small models for the cases below: converted without running a forward pass ----------------------------------
 
 
-def small_model(kind: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if kind == "htdemucs":
-        return HTDemucs(
-            SOURCES, channels=4, depth=2, t_layers=1, t_heads=1, nfft=512, dconv_comp=2, segment=Fraction(39, 5)
-        )
-    if kind == "hdemucs":
-        return HDemucs(sources=SOURCES, channels=4, depth=2, nfft=512, dconv_comp=2, segment=44)
-    return Demucs(SOURCES, channels=4, depth=2, lstm_layers=0)
-
-
 def package(kind: str, **changes) -> dict:
-    """serialize_model's dict for `small_model(kind)` (float16 state), with `changes` applied."""
-    model = small_model(kind)
+    """serialize_model's dict for `tiny_model(kind)` (float16 state), with `changes` applied."""
+    model = tiny_model(kind)
     args, kwargs = model._init_args_kwargs
     state = {key: value.half() for key, value in model.state_dict().items()}
     klass = type(model)
