@@ -46,6 +46,7 @@ from ..errors import CheckpointError, ConfigError
 from .bag_manifest import BAG_MODEL_TYPE, BagManifest, check_manifest, is_bag_folder, read_manifest
 from .family import FlaxSeparationModel, SeparationModel
 from .hdemucs.modeling_flax_hdemucs import FlaxHDemucsOutput
+from .networks import load_network
 
 
 @dataclass
@@ -357,11 +358,9 @@ class FlaxDemucsBag(SeparationModel):
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, **kwargs: Any) -> FlaxDemucsBag:
-        """The bag saved in `folder` (`save_pretrained`), each member loaded by `auto.load_network` (strict;
+        """The bag saved in `folder` (`save_pretrained`), each member loaded by `networks.load_network` (strict;
         `kwargs`: `dtype`, `matmul_precision`). `ConfigError` for a bad `bag.json` or members that disagree with
         it or each other, `CheckpointError` for a member folder that is missing, or the members' own errors."""
-        from .auto import load_network
-
         folder = Path(folder).expanduser()
         try:
             manifest = read_manifest(folder)

@@ -12,8 +12,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..weights.demucs_checkpoint import DemucsPackage, expected_class
-from .auto import model_class
 from .family import FlaxSeparationModel
+from .networks import model_class
 
 
 def _named_arguments(package: DemucsPackage, names: list[str]) -> dict[str, Any]:
