@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, TypeVar
 
 import jax
 import numpy as np
@@ -27,6 +27,8 @@ from transformers.modeling_flax_utils import FlaxPreTrainedModel
 from ..errors import CheckpointError
 from ..options import DEFAULT_SEGMENT
 from ..weights.hub import load_pretrained
+
+_Model = TypeVar("_Model", bound="FlaxSeparationModel")  # what a class's own from_pretrained returns
 
 
 class SeparationModel:
@@ -170,7 +172,9 @@ class FlaxSeparationModel(FlaxPreTrainedModel, SeparationModel):
         return freeze(unflatten_dict(given))
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any) -> Self:
+    def from_pretrained(
+        cls: type[_Model], pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any
+    ) -> _Model:
         """transformers' `from_pretrained`, strict, with one-line errors: a checkpoint whose parameters do not
         exactly match the config (missing, unexpected or wrongly shaped) is a `CheckpointError`, never silently
         re-initialised; a model that cannot be had (offline and not cached, the Hub unreachable, no such
@@ -186,8 +190,8 @@ class FlaxSeparationModel(FlaxPreTrainedModel, SeparationModel):
 
     @classmethod
     def _from_pretrained_strict(
-        cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any
-    ) -> Self:
+        cls: type[_Model], pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any
+    ) -> _Model:
         """transformers' `from_pretrained` with its errors as they are, then the strictness check."""
         cls._missing_keys = set()
         cls._loaded_keys = None
