@@ -12,6 +12,7 @@ import csv
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -692,3 +693,22 @@ def test_a_worker_splits_its_batches_over_every_device_it_holds(tiny_checkpoint_
     refused = run_script("dataset_cli", env, *odd)
     assert "exit status: 2" in refused.stdout, refused.stderr[-3000:]
     assert usage_message(refused.stderr).startswith("--batch-size 3: must be a multiple of the 2 devices")
+
+
+def test_markers_certify_the_segment_a_model_chooses_itself(tiny_checkpoint_dir, tiny_pair, tmp_path):
+    """A model whose config names its own segment (demucs's hdemucs_mmi: 44 s) and no --segment: the workers
+    separate with the model's segment, and the options the markers certify say so (not the schedule's 7.8 s), so a
+    later run asking for 7.8 s explicitly does not take these stems as its own."""
+    folder = tmp_path / "own-segment"
+    shutil.copytree(tiny_checkpoint_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "segment": SEGMENT_SECONDS}))
+    write_song(tmp_path / "in" / "song.wav", 0.25, 44100, 2, subtype="PCM_16")
+    report = separate_dataset([tmp_path / "in"], tmp_path / "out", model=folder, scratch_dir=tmp_path / "scratch")
+    assert report.ok == 1 and report.summary["options"]["separation"]["segment"] == SEGMENT_SECONDS
+    _, _, model = tiny_pair
+    ready = Separator(model, segment=SEGMENT_SECONDS)
+    separate_dataset([tmp_path / "in"], tmp_path / "ready", model=ready, scratch_dir=tmp_path / "scratch")
+    for stem in SOURCES:
+        wanted = (tmp_path / "ready" / "song" / f"{stem}.flac").read_bytes()
+        assert (tmp_path / "out" / "song" / f"{stem}.flac").read_bytes() == wanted, stem

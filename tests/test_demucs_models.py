@@ -189,3 +189,23 @@ def test_a_bag_of_official_files_becomes_one_cached_bag(chain_env, tmp_path, mak
     assert list(again.members) == ["member0", "member1"]
     for member, path in zip(again.members.values(), paths, strict=True):
         assert_params_equal(member, path)
+
+
+def test_a_names_facts_come_from_the_registry_without_loading_anything():
+    """Sources, rate, channels and the model's own segment of each name, before anything is fetched: hdemucs_mmi
+    separates 44 s chunks (its bag yaml's segment), the HTDemucs releases their 7.8 s training segment."""
+    from modeling_hdemucs_flax.zoo.model_facts import read_model_facts
+
+    six = read_model_facts("htdemucs_6s")
+    assert (
+        six is not None
+        and len(six.sources) == 6
+        and (six.sample_rate, six.audio_channels, six.segment)
+        == (
+            44100,
+            2,
+            7.8,
+        )
+    )
+    mmi = read_model_facts("hdemucs_mmi")
+    assert mmi is not None and mmi.segment == 44.0

@@ -16,6 +16,7 @@ from modeling_hdemucs_flax.apps.cli import main
 from modeling_hdemucs_flax.metrics import relative_error_db
 from modeling_hdemucs_flax.models.htdemucs.configuration_htdemucs import HTDemucsConfig
 from modeling_hdemucs_flax.models.htdemucs.modeling_flax_htdemucs import FlaxHTDemucs
+from modeling_hdemucs_flax.zoo.model_facts import read_model_facts
 
 from .audio_files import write_song
 from .flows import run_script
@@ -61,6 +62,7 @@ def test_a_segment_longer_than_the_models_is_refused_naming_its_limit(six_dir, s
     """The model's own segment by default; `--segment` over it is a usage error (exit 2) whose error line names
     the limit, and nothing is written."""
     assert six_separator.options.segment == 1.0 and six_separator.segment_samples == 44100
+    assert read_model_facts(six_dir).segment == 1.0  # what the command line and the dataset engine plan with
     with pytest.raises(OptionError, match=r"segment=2.0: is longer than .* accepts: at most 1 s"):
         Separator(six_separator.model, segment=2)
     song = write_song(tmp_path / "song.wav", 0.5, 44100, 2, subtype="PCM_16")

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import DatasetError, OptionError
+from ..errors import DatasetError, HDemucsFlaxError, OptionError
 from ..io.storage import Store, open_store
 from ..options import (
     DEFAULT_MATMUL_PRECISION,
@@ -195,6 +195,21 @@ class Report:
         return 0 if self.failed == 0 else 1
 
 
+def _model_segment(model: str | os.PathLike | None, revision: str | None) -> float | None:
+    """The chunk length the named model separates with by default, when it is not the schedule's 7.8 s (demucs's
+    hdemucs_mmi: 44 s; a small HTDemucs: its training segment): the markers then certify the segment the workers
+    use. None when it is 7.8 s or unknown before loading (the options keep the segment unset, as before)."""
+    from ..zoo.model_facts import read_model_facts
+
+    try:
+        facts = read_model_facts(model, revision)
+    except HDemucsFlaxError:  # loading the model words it
+        return None
+    if facts is None or facts.segment is None or facts.segment == DEFAULT_SEGMENT:
+        return None
+    return facts.segment
+
+
 def _io_workers(requested: int | None, engine: str, resources: WorkerResources) -> int | None:
     """The host threads each worker runs (`check_io_workers`'s None: the local process's cores): a Ray actor's
     reservation when none is asked for, since the node's cores are shared with the other actors."""
@@ -299,6 +314,8 @@ def separate_dataset(
     if engine == "ray" and importlib.util.find_spec("ray") is None:  # found, not imported: a re-run may need no Ray
         raise DatasetError(RAY_MISSING)
     schedule = schedule or SeparationOptions()
+    if separator is None and schedule.segment is None:
+        schedule = schedule.replace(segment=_model_segment(named, revision))
     output_options = output_options or OutputOptions(ext="flac")
     store = open_store(output, storage_options)
     tracks = plan_tracks(inputs, storage_options)

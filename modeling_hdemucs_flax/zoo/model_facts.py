@@ -11,6 +11,7 @@ for the default model its entry in `downloads.BUNDLES`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..models.bag_manifest import is_bag_folder, read_manifest
 from ..models.hdemucs.config_rules import ARCHITECTURE_DEFAULTS, DEFAULT_SOURCES, check_source_names, config_from_json
+from ..models.htdemucs.layer_plan import exact_segment
 from ..weights.locations import looks_like_path
 from .demucs_models import is_demucs_name
 from .demucs_registry import DEMUCS_MODELS
@@ -27,16 +29,19 @@ from .torchaudio_bundles import DEFAULT_BUNDLE
 FETCH_SECONDS = 10.0  # a Hub repo's config.json: one attempt, this long at most
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is about 1 kB
 DEMUCS_SAMPLE_RATE, DEMUCS_AUDIO_CHANNELS = 44100, 2  # every released demucs model (and demucs's defaults)
+RELEASED_HTDEMUCS_SEGMENT = 7.8  # every released HTDemucs trains on Fraction(39, 5) s (343,980 samples)
 
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """A model's `sources` (the stems it separates, in order), `sample_rate` (Hz, the rate it runs at) and
-    `audio_channels` (channels it separates; mono input is up-mixed)."""
+    """A model's `sources` (the stems it separates, in order), `sample_rate` (Hz, the rate it runs at),
+    `audio_channels` (channels it separates; mono input is up-mixed) and `segment`: the chunk length in seconds it
+    separates with when none is chosen (`FlaxSeparationModel.default_segment`; None: the schedule's 7.8 s)."""
 
     sources: tuple[str, ...]
     sample_rate: int
     audio_channels: int
+    segment: float | None = None
 
 
 def _hub_config(repo_id: str, revision: str | None) -> bytes | None:
@@ -86,7 +91,8 @@ def read_model_facts(model: str | os.PathLike | None, revision: str | None = Non
         return ModelFacts(tuple(bundle.sources), bundle.sample_rate, channels)
     if is_demucs_name(model):
         info = DEMUCS_MODELS[str(model)]
-        return ModelFacts(info.sources, DEMUCS_SAMPLE_RATE, DEMUCS_AUDIO_CHANNELS)
+        segment = RELEASED_HTDEMUCS_SEGMENT if info.architecture == "htdemucs" else info.segment
+        return ModelFacts(info.sources, DEMUCS_SAMPLE_RATE, DEMUCS_AUDIO_CHANNELS, segment)
     spec = str(model)
     if isinstance(model, os.PathLike) or looks_like_path(spec):
         if is_bag_folder(Path(spec).expanduser()):
@@ -109,7 +115,8 @@ def read_model_facts(model: str | os.PathLike | None, revision: str | None = Non
     if fields.get("model_type") == "htdemucs":
         return _htdemucs_facts(fields)
     config = config_from_json(fields)
-    return ModelFacts(tuple(config.sources), config.sampling_rate, config.audio_channels)
+    segment = None if config.segment is None else float(config.segment)
+    return ModelFacts(tuple(config.sources), config.sampling_rate, config.audio_channels, segment)
 
 
 def _htdemucs_facts(fields: dict) -> ModelFacts | None:
@@ -120,7 +127,13 @@ def _htdemucs_facts(fields: dict) -> ModelFacts | None:
     if not all(isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in (rate, channels)):
         return None
     check_source_names(sources, "HTDemucsConfig")
-    return ModelFacts(tuple(sources), rate, channels)
+    segment = fields.get("segment", 10)
+    if fields.get("use_train_segment", True) is False:
+        return ModelFacts(tuple(sources), rate, channels)
+    if not isinstance(segment, (int, float)) or isinstance(segment, bool) or segment <= 0:
+        return None
+    length = math.floor(exact_segment(segment, rate) * rate)  # the model's training length, as its plan has it
+    return ModelFacts(tuple(sources), rate, channels, length / rate)
 
 
 def _bag_facts(folder: Path) -> ModelFacts | None:
@@ -132,4 +145,8 @@ def _bag_facts(folder: Path) -> ModelFacts | None:
         return None
     except ConfigError as error:
         raise ConfigError(f"{folder}/{error}") from None
-    return ModelFacts(manifest.sources, manifest.sampling_rate, manifest.audio_channels)
+    segment = manifest.segment
+    if segment is None and manifest.members:  # the members' own (a bag's members share it)
+        member = read_model_facts(folder / manifest.members[0])
+        segment = None if member is None else member.segment
+    return ModelFacts(manifest.sources, manifest.sampling_rate, manifest.audio_channels, segment)
