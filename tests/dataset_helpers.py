@@ -14,7 +14,7 @@ from pathlib import Path
 import soundfile as sf
 
 from .audio_files import write_song
-from .flows import REPO_ROOT, SCRIPTS
+from .flows import REPO_ROOT, SCRIPTS, with_ctrl_c
 
 
 def s3_options(endpoint: str) -> dict:
@@ -103,7 +103,7 @@ def start_command(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
     """`hdemucs-flax argv` as a real process (`scripts/dataset_cli.py`, the console script's entry point, which
     turns SIGTERM into the interrupt Ctrl-C is), for tests that signal or kill it."""
     return subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "dataset_cli.py"), *argv],
+        with_ctrl_c([sys.executable, str(SCRIPTS / "dataset_cli.py"), *argv]),
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -83,6 +83,20 @@ def flow_env(base: Path, **overrides: str | None) -> dict[str, str]:
     return env
 
 
+# Runs the rest of its argv with SIGINT back at its default action (see `with_ctrl_c`).
+_CTRL_C_LAUNCHER = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def with_ctrl_c(command: list[str]) -> list[str]:
+    """`command` for tests that press Ctrl-C (SIGINT) on it, with SIGINT back at its default action. A shell starts
+    background jobs with SIGINT ignored (`cmd &`, `nohup`); a child inherits that, and Python then leaves it
+    ignored (as the command line respects it). The test stands for a user at a terminal. A launcher rather than
+    `preexec_fn`, which would fork this multithreaded (JAX) process."""
+    return [sys.executable, "-c", _CTRL_C_LAUNCHER, *command]
+
+
 def run_script(name: str, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `tests/scripts/<name>.py` with `args` in a fresh interpreter (cwd: the repo root)."""
     result = subprocess.run(

@@ -26,7 +26,7 @@ from modeling_hdemucs_flax.apps.cli import build_parser, main
 
 from .audio_files import bad_files, write_song
 from .conftest import SEGMENT_SECONDS, SOURCES
-from .flows import REPO_ROOT, run_script
+from .flows import REPO_ROOT, run_script, with_ctrl_c
 from .separation_helpers import FailingForward
 
 # input file kind -> (soundfile keyword arguments, extension, subtype a default (WAV) stem gets)
@@ -424,7 +424,7 @@ def _run_until_partial(checkpoint: Path, jax_cache: Path, tmp_path: Path, out: P
     song = write_song(tmp_path / "long.wav", 60.0, 44100, 2, subtype="PCM_16")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JAX_PLATFORMS": "cpu"}
     command = [sys.executable, "-m", "modeling_hdemucs_flax", *cli(checkpoint, jax_cache, song, "-o", out), "-q"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(with_ctrl_c(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
         if out.exists() and any(p.name.endswith(".partial") for p in out.rglob("*")):
