@@ -78,6 +78,12 @@ def _add_models_command(commands: argparse._SubParsersAction) -> None:
     models_command.register(commands)
 
 
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
+    from . import train_command  # argparse only; the trainer is imported by its handler
+
+    train_command.register(commands)
+
+
 def _add_separate_dataset_command(commands: argparse._SubParsersAction) -> None:
     from .dataset_cli import register  # argparse only; the work is imported by its handler
 
@@ -191,6 +197,7 @@ COMMANDS = (
     _add_serve_command,
     _add_convert_command,
     _add_models_command,
+    _add_train_command,
 )
 
 
