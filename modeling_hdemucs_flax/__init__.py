@@ -53,6 +53,9 @@ _EXPORTS = {
     "FlaxSeparationModel": "models.family",
     "load_family_model": "models.auto",
     "SeparationOptions": "options",
+    "TrainOptions": "training.trainer",
+    "Trainer": "training.trainer",
+    "find_multitracks": "io.multitrack",
     "load_model": "zoo.pretrained",
     "cache_dir": "runtime",
     "configure_compilation_cache": "runtime",
@@ -98,6 +101,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names lo
         one_line,
     )
     from .io.audio_io import AUDIO_EXTENSIONS, AudioInfo, inspect_audio, read_audio, write_audio
+    from .io.multitrack import find_multitracks
     from .metrics import relative_error_db
     from .models.auto import load_family_model
     from .models.bag import FlaxDemucsBag
@@ -113,4 +117,5 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names lo
     from .separation.file_output import OutputOptions, Track, find_tracks, plan_outputs, separate_file
     from .separation.separator import Separator
     from .synthetic import synth_song
+    from .training.trainer import Trainer, TrainOptions
     from .zoo.pretrained import load_model
