@@ -351,20 +351,33 @@ def test_a_diverging_run_stops_with_its_last_checkpoint(multitracks, tiny_checkp
     assert code == 1 and "these differ: seed (was 0)" in lines[0], err
 
 
-def test_freeze_leaves_a_part_unchanged(multitracks, tiny_checkpoint_dir, tmp_path):
+def test_freeze_leaves_a_part_unchanged_and_the_ema_is_the_model_saved(multitracks, tiny_checkpoint_dir, tmp_path):
+    from flax import serialization
+
     from modeling_hdemucs_flax import FlaxHDemucs
     from modeling_hdemucs_flax.training.trainer import Trainer, TrainOptions
 
     train, valid = multitracks
     model = FlaxHDemucs.from_pretrained(tiny_checkpoint_dir)
     options = TrainOptions(
-        steps=3, batch_size=2, remix_group=2, segment=SEGMENT_SECONDS, shift=0.05, freeze=("encoder",)
+        steps=3, batch_size=2, remix_group=2, segment=SEGMENT_SECONDS, shift=0.05, freeze=("encoder",), ema=0.5
     )
     trainer = Trainer(model, find_multitracks(train, SOURCES), find_multitracks(valid, SOURCES), tmp_path, options)
     trainer.fit()
-    after = load_file(tmp_path / "model" / "model.safetensors")
+    saved = load_file(tmp_path / "model" / "model.safetensors")
+    state = serialization.msgpack_restore((tmp_path / "checkpoints" / "step-00000003" / "state.msgpack").read_bytes())
     original = load_file(tiny_checkpoint_dir / "model.safetensors")
     encoders = [k for k in original if "encoder" in k.split(".")[0]]
     others = [k for k in original if k not in encoders]
-    assert encoders and all(np.array_equal(after[k], original[k]) for k in encoders)
-    assert any(not np.array_equal(after[k], original[k]) for k in others)
+    assert encoders and all(np.array_equal(saved[k], original[k]) for k in encoders)
+    assert any(not np.array_equal(saved[k], original[k]) for k in others)
+
+    def leaf(tree, key):
+        for part in key.split("."):
+            tree = tree[part]
+        return np.asarray(tree)
+
+    # the model folder holds the EMA of the weights (demucs's unbiased one), the state the raw weights too
+    changed = [k for k in others if not np.array_equal(saved[k], original[k])]
+    assert all(np.array_equal(saved[k], leaf(state["ema"], k)) for k in saved)
+    assert any(not np.array_equal(saved[k], leaf(state["params"], k)) for k in changed)
