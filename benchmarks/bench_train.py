@@ -44,8 +44,10 @@ def make_model(architecture: str, smoke: bool):
 def measure(architecture: str, batch_size: int, segment: float, steps: int, smoke: bool) -> dict:
     import jax
 
-    from modeling_hdemucs_flax import Trainer, TrainOptions, find_multitracks
+    from modeling_hdemucs_flax import Trainer, TrainOptions, configure_compilation_cache, find_multitracks
     from modeling_hdemucs_flax.synthetic import STEM_NAMES
+
+    configure_compilation_cache(True)  # as the command line: $HDEMUCS_FLAX_COMPILATION_CACHE, else the user's cache
 
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     from multitrack_helpers import write_multitracks

@@ -200,3 +200,14 @@ def test_bench_ray_shapes_smoke_runs_both_shapes_to_the_same_stems(tmp_path):
     assert stems["stems"] == stems["identical"] == 4 and stems["max_abs"] == 0, stems
     table = [line.split()[0] for line in done.stdout.splitlines() if line.split()[:1] in (["A"], ["B"])]
     assert table[:2] == ["A", "B"]
+
+
+def test_bench_train_smoke_reports_the_step_and_the_data_wait(jax_cache, tmp_path):
+    """The training benchmark on the tiny config: a row with the first and median step, the cost per second of
+    training audio and the data-wait fraction, the CPU named."""
+    rows_file = tmp_path / "rows.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HDEMUCS_FLAX_COMPILATION_CACHE": str(jax_cache)}
+    run_smoke(REPO_ROOT / "benchmarks" / "bench_train.py", rows_file, env, "--batch-size", "2", "--steps", "3")
+    (row,) = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    assert row["architecture"] == "tiny" and row["steps"] == 3 and row["cpu"]
+    assert row["median_step_s"] > 0 and row["s_per_audio_s"] > 0 and 0 <= row["data_wait"] < 1
