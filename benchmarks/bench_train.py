@@ -101,6 +101,42 @@ def measure(architecture: str, batch_size: int, segment: float, steps: int, smok
     }
 
 
+def measure_loader(batch_size: int, segment: float, workers: int, batches: int) -> dict:
+    """The data loader alone (reading WAV segments, cutting, augmenting in `workers` threads): examples per second
+    it makes, what an accelerator's step may take at least for the loader to keep up."""
+    from modeling_hdemucs_flax import find_multitracks
+    from modeling_hdemucs_flax.synthetic import STEM_NAMES
+    from modeling_hdemucs_flax.training.data import BatchLoader, TrainingSet
+
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from multitrack_helpers import write_multitracks
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_multitracks(Path(folder), 8, 30.0, subtype="PCM_16")  # MUSDB18-HQ's WAVs are 16-bit
+        rate = 44100
+        data = TrainingSet(
+            find_multitracks(folder, STEM_NAMES), STEM_NAMES, rate, 2, round(segment * rate), rate, rate, workers
+        )
+        loader = BatchLoader(
+            data, batch_size, seed=0, group_size=4 if batch_size % 4 == 0 else batch_size, workers=workers
+        )
+        next(loader)  # the pool started, the first batches under way
+        started = time.perf_counter()
+        for _ in range(batches):
+            next(loader)
+        seconds = time.perf_counter() - started
+        loader.close()
+    per_second = batches * batch_size / seconds
+    return {
+        "loader_workers": workers,
+        "cpu": cpu_name(),
+        "batch_size": batch_size,
+        "segment_s": segment,
+        "examples_per_s": round(per_second, 1),
+        "min_step_s": round(batch_size / per_second, 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architecture", choices=("hdemucs", "htdemucs"), default="hdemucs")
@@ -109,8 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--smoke", action="store_true", help="the tiny test config, a few steps")
     parser.add_argument("--jsonl", type=Path, default=None, help="also append the row to this file")
+    parser.add_argument(
+        "--loader", type=int, nargs="*", default=None, metavar="WORKERS", help="time the data loader alone instead"
+    )
     args = parser.parse_args(argv)
     segment = args.segment or (8192 / 44100 if args.smoke else 7.8)
+    if args.loader is not None:
+        for workers in args.loader or [1, 2]:
+            row = measure_loader(args.batch_size, segment, workers, 3 if args.smoke else 20)
+            print(json.dumps(row))
+            print(
+                f"loader, {workers} thread(s) on {row['cpu']}: {row['examples_per_s']} examples of {segment:.2f} s per "
+                f"second: a step of {args.batch_size} may take {row['min_step_s']} s or more without waiting for data"
+            )
+        return 0
     row = measure(args.architecture, args.batch_size, segment, args.steps, args.smoke)
     print(json.dumps(row))
     print(

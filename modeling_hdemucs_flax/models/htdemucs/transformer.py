@@ -9,6 +9,7 @@ Dropout is absent: inference only. Each block states the torch default it reprod
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -97,6 +98,11 @@ def attention(
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # (batch, heads, tokens, depth)
     scale = np.float32(q.shape[-1] ** -0.5)
 
+    # Rematerialised under differentiation (training): the backward pass recomputes each block's softmax instead
+    # of keeping every block's logits and weights, which at the full-size model's shapes would be the whole
+    # (heads, tokens, tokens) matrices again (HTDemucs, 4 examples of 7.8 s: 37 GB on the CPU). A forward pass
+    # alone (separation) compiles to the same program as without it.
+    @functools.partial(jax.checkpoint, prevent_cse=False)
     def attend(queries: Array) -> Array:
         logits = jnp.einsum("bhqd,bhkd->bhqk", queries, k).astype(jnp.float32) * scale
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
