@@ -134,7 +134,7 @@ class TrainingSet:
         stems = np.stack([self._read(path, start, self.segment + self.shift) for path in track.files])
         if not np.isfinite(stems).all():
             raise DatasetError(f"track {track.name!r}: NaN or infinite samples from sample {start}")
-        return ((stems - track.mean) / track.std).astype(np.float32)
+        return ((stems - track.mean) / track.std).astype(np.float32, copy=False)
 
     def indices(self, step: int, batch_size: int, seed: int) -> list[int]:
         """The examples of batch `step`: positions step*batch_size ... in a sequence of epochs, each a fresh
