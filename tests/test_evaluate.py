@@ -304,6 +304,7 @@ def test_estimates_route_end_to_end(scored_on_disk, museval_metrics, tmp_path, c
             for row, figure in enumerate(["bss_sdr", "isr", "sir", "sar"]):
                 worst = max(worst, abs(figures[figure] - medians[row, i]))
     assert worst < TOLERANCE_DB, f"JSON against museval: max difference {worst:.3g} dB, tolerance {TOLERANCE_DB} dB"
+    print(f"JSON against museval's medians: max difference {worst:.2g} dB (tolerance {TOLERANCE_DB})")
     lines = table.strip().splitlines()
     assert lines[0].startswith("| source |") and len(lines) == 2 + 3 + 1  # header, rule, sources, all
     for source in MUSDB[:3]:
@@ -339,6 +340,32 @@ def test_silent_reference_is_a_warning_and_null(tmp_path, capsys):
     loud = document["tracks"]["loud one"]["drums"]["bss_sdr"]
     assert document["summary"]["drums"]["bss_sdr"] == {"median": loud, "mean": loud}
     assert document["warnings"] == [warnings[0].removeprefix("warning: ")]
+
+
+def test_python_api(tmp_path):
+    """`evaluate(...)` from the package face: the figures of `score_track` on the arrays as written, the summary,
+    and exactly one of separator= and estimates=."""
+    import modeling_hdemucs_flax as package
+
+    references = {"only": stereo_stems(14, 1.4, sources=2)}
+    estimates = {"only": degrade(references["only"], 15, seed=14)}
+    write_dataset(tmp_path / "data", references, MUSDB[:2])
+    write_estimates(tmp_path / "est", estimates, MUSDB[:2])
+    evaluation = package.evaluate(tmp_path / "data", estimates=tmp_path / "est", sources=MUSDB[:2])
+    assert isinstance(evaluation, package.Evaluation) and evaluation.sources == tuple(MUSDB[:2])
+    refs, ests = as_written(references["only"]), as_written(estimates["only"])
+    medians = package.bss_eval_v4(refs, ests, window=RATE).medians()
+    for i, source in enumerate(MUSDB[:2]):
+        figures = evaluation.tracks["only"][source]
+        assert figures["sdr"] == package.new_sdr(refs, ests)[i]
+        assert [figures[f] for f in ("bss_sdr", "sir", "isr", "sar")] == [
+            medians[m][i] for m in ("sdr", "sir", "isr", "sar")
+        ]
+        assert evaluation.summary()[source]["sar"] == {"median": figures["sar"], "mean": figures["sar"]}
+    with pytest.raises(ValueError, match="exactly one"):
+        package.evaluate(tmp_path / "data")
+    with pytest.raises(package.DatasetError, match="no such folder"):
+        package.evaluate(tmp_path / "data", estimates=tmp_path / "nowhere", sources=MUSDB[:2])
 
 
 def test_model_route_scores_what_the_separator_separates(tiny_pair, tiny_checkpoint_dir, jax_cache, tmp_path, capsys):

@@ -54,10 +54,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="score stems on disk instead of running a model: DIR/<track>/<source>.<ext>, <track> being the "
-        "track's folder name in DATASET. `hdemucs-flax separate-dataset 'DATASET/test/*/mixture.wav' -o DIR "
-        "--filename '{folder}/{stem}.{ext}'` writes that layout ({folder} is the track's folder; with `separate`, "
-        "every audio file of the track folders would be separated and {track} is 'mixture'), and so does --out",
+        help="score stems on disk instead of running a model: DIR/<track>/<source>.<ext> (any format we read), "
+        "<track> being the track's folder name in DATASET; other folders of DIR are left alone. `hdemucs-flax "
+        "separate-dataset 'DATASET/test/*/mixture.wav' -o DIR --filename '{folder}/{stem}.{ext}'` writes that "
+        "layout ({folder} is the track's folder), and so does evaluate's --out; `separate DATASET` does not (it "
+        "separates every file of a track folder, stems included, each into a folder named after the file)",
     )
     what.add_argument("--subset", choices=("train", "test"), default=None, help="score DATASET/train or DATASET/test")
     what.add_argument(

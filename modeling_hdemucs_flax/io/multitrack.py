@@ -6,7 +6,9 @@
         drums.wav bass.wav other.wav vocals.wav     one file per source, any format `audio_io` reads
 
 A track is a subfolder holding at least one file named after a source or "mixture"; other subfolders and hidden
-names are not tracks. Every problem is a `DatasetError` whose one line names the track and the fix.
+names are not tracks. Separated stems to score (`find_estimates`) lie the same way, one folder per track named as
+the dataset's: ESTIMATES/Some Artist - Song/drums.wav ... Every problem is a `DatasetError` whose one line names
+the track and the fix.
 """
 
 from __future__ import annotations
