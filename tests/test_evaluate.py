@@ -343,13 +343,15 @@ def test_silent_reference_is_a_warning_and_null(tmp_path, capsys):
 
 
 def test_python_api(tmp_path):
-    """`evaluate(...)` from the package face: the figures of `score_track` on the arrays as written, the summary,
-    and exactly one of separator= and estimates=."""
+    """`evaluate(...)` from the package face: the figures of `bss_eval_v4` and `new_sdr` on the arrays as written,
+    the summary, MUSDB's test/ subfolder by default and train/ with subset=, exactly one of separator= and
+    estimates=."""
     import modeling_hdemucs_flax as package
 
     references = {"only": stereo_stems(14, 1.4, sources=2)}
     estimates = {"only": degrade(references["only"], 15, seed=14)}
-    write_dataset(tmp_path / "data", references, MUSDB[:2])
+    write_dataset(tmp_path / "data" / "test", references, MUSDB[:2])  # MUSDB's subfolders: test/ is the default
+    (tmp_path / "data" / "train").mkdir()
     write_estimates(tmp_path / "est", estimates, MUSDB[:2])
     evaluation = package.evaluate(tmp_path / "data", estimates=tmp_path / "est", sources=MUSDB[:2])
     assert isinstance(evaluation, package.Evaluation) and evaluation.sources == tuple(MUSDB[:2])
@@ -364,6 +366,8 @@ def test_python_api(tmp_path):
         assert evaluation.summary()[source]["sar"] == {"median": figures["sar"], "mean": figures["sar"]}
     with pytest.raises(ValueError, match="exactly one"):
         package.evaluate(tmp_path / "data")
+    with pytest.raises(package.DatasetError, match="train: no tracks"):
+        package.evaluate(tmp_path / "data", subset="train", estimates=tmp_path / "est", sources=MUSDB[:2])
     with pytest.raises(package.DatasetError, match="no such folder"):
         package.evaluate(tmp_path / "data", estimates=tmp_path / "nowhere", sources=MUSDB[:2])
 
@@ -507,6 +511,6 @@ def test_progress_bar_on_a_terminal_only(scored_on_disk):
     command = [sys.executable, "-m", "modeling_hdemucs_flax", "evaluate", str(dataset), "--estimates", str(estimates)]
     command += ["--sources", *MUSDB[:3]]
     status, shown = run_on_terminal(command, env, columns=100)
-    assert status == 0 and "evaluating" in shown and "2/2" in shown and "tracks scored in" in shown
+    assert status == 0 and "evaluating" in shown and "2.0/2 tracks" in shown and "tracks scored in" in shown
     status, shown = run_on_terminal([*command, "-q"], env, columns=100)
     assert status == 0 and shown.strip() == ""

@@ -211,9 +211,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
     def warn(line: str) -> None:
         print(f"warning: {line}", file=sys.stderr, flush=True)
 
-    with tqdm(total=len(plan.references), unit="track", desc="evaluating", disable=True if args.quiet else None) as bar:
+    bar_format = "{l_bar}{bar}| {n:.1f}/{total_fmt} tracks [{elapsed}<{remaining}{postfix}]"  # n is fractional
+    disable = True if args.quiet else None  # tqdm: None = a bar only on a terminal
+    with tqdm(total=len(plan.references), desc="evaluating", bar_format=bar_format, disable=disable) as bar:
 
-        def progress(done: int, total: int, track: str | None) -> None:
+        def progress(done: float, total: int, track: str | None) -> None:
             bar.n = done
             bar.set_postfix_str(track or "", refresh=False)
             bar.refresh()
