@@ -26,6 +26,13 @@ channel and frame; here the correlations come from one pass of short real FFTs o
 frames is filtered with one real FFT per signal. Same equations, float64 throughout; the tests hold every frame's
 figures to museval's within 0.01 dB.
 
+Where the figures have no stable value: a reference whose channels are proportional to within float32 rounding (a
+mono part panned and stored as float) makes the normal equations singular to working precision; museval's ISR,
+SIR and SAR then depend on its own rounding (up to 3 dB from any of three stable solutions, which agree with one
+another, on a synthetic track), and so would anyone's. SDR does not use the filters. 16-bit stems of such a part
+(their rounding keeps the channels apart; measured within 1e-6 dB) and bit-identical channels (see `_solve`)
+agree with museval.
+
 One difference, by design: museval raises ValueError for a reference or an estimate that is silent over the
 whole track. Every frame of such a track holds a silent source, so `bss_eval_v4` returns NaN for every frame and
 source instead, as museval's own rule for a silent frame gives; the caller decides what to say (see
@@ -233,8 +240,8 @@ def _solve(gram: np.ndarray, right: np.ndarray) -> np.ndarray:
     nothing from being singular. G is exactly singular when a reference's channels are bit-identical (dual mono):
     museval's own G then escapes singularity through its rounding, ours (computed symmetrically) does not, and
     LAPACK reports a zero pivot; the equations are then solved with G's diagonal raised by 1e-15 of its mean,
-    which leaves every figure within 1e-6 dB of museval's on such tracks (measured, tests/test_evaluate.py),
-    instead of museval's fallback, a least-squares solve through an SVD that takes a minute for 4 stereo sources."""
+    which leaves every figure within 1e-10 dB of museval's on such a track (tests/test_evaluate.py), instead of
+    museval's own fallback, a least-squares solve through an SVD (about a minute for 4 stereo sources here)."""
     size = gram.shape[0]
     try:
         return np.linalg.solve(gram + _EPS * np.eye(size), right)
