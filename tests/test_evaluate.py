@@ -35,7 +35,7 @@ from .flows import REPO_ROOT, run_on_terminal
 from .multitrack_helpers import track_stems, write_multitracks
 
 RATE = 44100
-TOLERANCE_DB = 0.01  # the brief's bound; measured differences are 1e-12 to 1e-7 dB (see the cases)
+TOLERANCE_DB = 0.01  # the bound asked for; the cases measure 4e-10 to 4e-7 dB (printed with -s)
 MUSDB = ["drums", "bass", "other", "vocals"]
 
 
