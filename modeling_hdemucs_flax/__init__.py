@@ -29,6 +29,11 @@ _EXPORTS = {
     "ConfigError": "errors",
     "DatasetError": "errors",
     "DownloadError": "errors",
+    "Evaluation": "evaluation.evaluate",
+    "evaluate": "evaluation.evaluate",
+    "BSSEvalScores": "evaluation.bss_eval",
+    "bss_eval_v4": "evaluation.bss_eval",
+    "new_sdr": "evaluation.bss_eval",
     "HDemucsFlaxError": "errors",
     "ModelLoadError": "errors",
     "ModelOutputError": "errors",
@@ -100,6 +105,8 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; at run time the names lo
         OptionError,
         one_line,
     )
+    from .evaluation.bss_eval import BSSEvalScores, bss_eval_v4, new_sdr
+    from .evaluation.evaluate import Evaluation, evaluate
     from .io.audio_io import AUDIO_EXTENSIONS, AudioInfo, inspect_audio, read_audio, write_audio
     from .io.multitrack import find_multitracks
     from .metrics import relative_error_db

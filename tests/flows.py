@@ -7,11 +7,14 @@ flows themselves are scripts in `tests/scripts/`.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import select
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -122,10 +125,15 @@ def run_converter(env: dict[str, str], *argv: str, timeout: float = 300) -> subp
     return result
 
 
-def run_on_terminal(command: list[str], env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
+def run_on_terminal(
+    command: list[str], env: dict[str, str], timeout: float = 300, columns: int | None = None
+) -> tuple[int, str]:
     """Run `command` (cwd: the repo root) with its stderr on a pseudo-terminal, as a user at a terminal sees it
-    (status lines are shown only there); stdout is captured apart. Returns (exit status, what stderr showed)."""
+    (status lines are shown only there); stdout is captured apart. Returns (exit status, what stderr showed).
+    `columns`: the terminal's width (a new pseudo-terminal has none, and tqdm then draws its bars 0 wide)."""
     controller, terminal = pty.openpty()
+    if columns is not None:
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=terminal)
     os.close(terminal)
     shown = bytearray()

@@ -72,6 +72,12 @@ def _add_convert_command(commands: argparse._SubParsersAction) -> None:
     convert_command.register(commands)
 
 
+def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
+    from . import evaluate_command  # argparse only; the evaluation is imported by its handler
+
+    evaluate_command.register(commands)
+
+
 def _add_models_command(commands: argparse._SubParsersAction) -> None:
     from . import models_command
 
@@ -195,6 +201,7 @@ COMMANDS = (
     _add_separate_command,
     _add_separate_dataset_command,
     _add_serve_command,
+    _add_evaluate_command,
     _add_convert_command,
     _add_models_command,
     _add_train_command,

@@ -6,7 +6,9 @@
         drums.wav bass.wav other.wav vocals.wav     one file per source, any format `audio_io` reads
 
 A track is a subfolder holding at least one file named after a source or "mixture"; other subfolders and hidden
-names are not tracks. Every problem is a `DatasetError` whose one line names the track and the fix.
+names are not tracks. Separated stems to score (`find_estimates`) lie the same way, one folder per track named as
+the dataset's: ESTIMATES/Some Artist - Song/drums.wav ... Every problem is a `DatasetError` whose one line names
+the track and the fix.
 """
 
 from __future__ import annotations
@@ -100,6 +102,36 @@ def find_multitracks(
         expected = ", ".join(f"{s}.wav" for s in [MIXTURE, *sources])
         raise DatasetError(f"{root}: no tracks (expected one folder per track holding {expected})")
     return tracks
+
+
+def find_estimates(root: str | os.PathLike, tracks: Sequence[Multitrack], sources: Sequence[str]) -> list[Multitrack]:
+    """The separated stems of each of `tracks` in an estimates folder, `root/<track name>/<source>.<ext>` (the layout
+    `separate-dataset 'DATASET/*/mixture.wav' --filename '{folder}/{stem}.{ext}'` and `evaluate --out` write), as
+    `Multitrack`s without a mixture, in the order of `tracks`. Folders of `root` that are no track of `tracks` are
+    left alone. A `DatasetError` for a track without a folder, a folder missing a source, or two files for one."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder (expected one folder of estimates per track)")
+    found = []
+    for track in tracks:
+        folder = root / track.name
+        if not folder.is_dir():
+            raise DatasetError(f"track {track.name!r}: the estimates folder {root} has no {track.name}/ folder")
+        files = _audio_files(folder)
+        for name in sources:
+            if len(files.get(name, [])) > 1:
+                raise DatasetError(
+                    f"track {track.name!r}: two estimates of {name} ({', '.join(p.name for p in files[name])}); "
+                    "keep one"
+                )
+        missing = [name for name in sources if name not in files]
+        if missing:
+            raise DatasetError(
+                f"track {track.name!r}: {folder} has no estimate of {', '.join(missing)} (expected "
+                f"{', '.join(f'{name}.wav' for name in sources)}, any audio format)"
+            )
+        found.append(Multitrack(track.name, folder, {name: files[name][0] for name in sources}, None))
+    return found
 
 
 def _inspect(track: Multitrack, path: Path) -> AudioInfo:
