@@ -112,7 +112,7 @@ def _model_from_config(path: Path, seed: int) -> Any:
         raise ConfigError(f"{path}: not a readable config.json ({error})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: not a config.json (expected a JSON object)")
-    cls = model_class(raw.get("model_type"), str(path))
+    cls: Any = model_class(raw.get("model_type"), str(path))  # FlaxHDemucs or FlaxHTDemucs: their own config class
     try:
         config = cls.config_class.from_dict(raw)
     except (TypeError, ValueError) as error:

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..errors import HDemucsFlaxError, OptionError
 from ..io.multitrack import Multitrack, read_multitrack
-from ..models.family import FlaxSeparationModel
+from ..models.family import FlaxSeparationModel, SeparationModel
 from ..separation.separator import Separator
 from . import checkpoints
 from .data import BatchLoader, TrainingSet
@@ -190,7 +190,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: FlaxSeparationModel,
+        model: SeparationModel,
         train: Sequence[Multitrack],
         valid: Sequence[Multitrack],
         out: str | os.PathLike,
@@ -203,7 +203,8 @@ class Trainer:
     ):
         if not isinstance(model, FlaxSeparationModel):
             raise OptionError("model", type(model).__name__, "train one network at a time (not a bag of models)")
-        self.model, self.options, self.out = model, options, Path(out)
+        self.model: FlaxSeparationModel = model
+        self.options, self.out = options, Path(out)
         self.announce = announce
         self.sources = list(model.config.sources)
         self.weights = source_weights(self.sources, options.sources)
