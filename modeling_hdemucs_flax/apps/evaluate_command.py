@@ -141,7 +141,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     from ..errors import AudioError, DatasetError, ModelOutputError
     from ..evaluation.evaluate import MUSDB_SOURCES, WINDOW_SECONDS, check_out_folder, plan_evaluation
-    from .cli import _model_facts, _status
+    from .model_loading import _model_facts, _status
 
     # Everything the dataset's headers and the model's config.json tell is checked before the model loads.
     sources = args.sources
@@ -175,7 +175,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     separator = None
     if separating:
-        from .cli import load_separator
+        from .model_loading import load_separator
 
         assert schedule is not None and output is not None
         loaded = load_separator(args, schedule, output)

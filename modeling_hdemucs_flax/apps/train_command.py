@@ -169,7 +169,7 @@ def train_command(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .cli import _status, quiet_hub_logging, show_loading_status
+    from .model_loading import _status, quiet_hub_logging, show_loading_status
 
     try:
         from .. import configure_compilation_cache
