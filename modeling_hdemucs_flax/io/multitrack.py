@@ -82,10 +82,10 @@ def find_multitracks(
         raise DatasetError(f"{root}: no such folder (expected one folder per track, as in MUSDB18-HQ)")
     wanted = [*sources, MIXTURE]
     tracks = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = _audio_files(folder)
-        if not any(name in files for name in wanted):
+    for folder in _subfolders(root):
+        if not _is_track(folder, wanted):
             continue
+        files = _audio_files(folder)
         for name in wanted:
             if len(files.get(name, [])) > 1:
                 names = ", ".join(p.name for p in files[name])
@@ -99,9 +99,27 @@ def find_multitracks(
         mixture = files.get(MIXTURE, [None])[0]
         tracks.append(Multitrack(folder.name, folder, {s: files[s][0] for s in sources}, mixture))
     if not tracks:
+        holders = [p.name + "/" for p in _subfolders(root) if any(_is_track(q, wanted) for q in _subfolders(p))]
+        if holders:  # MUSDB's root, given where its train/ or test/ was meant
+            more = f" and {len(holders) - 3} more" if len(holders) > 3 else ""
+            raise DatasetError(
+                f"{root}: no tracks of its own, but its folders {', '.join(holders[:3])}{more} hold tracks; give one "
+                f"of those (such as {root / holders[0].rstrip('/')})"
+            )
         expected = ", ".join(f"{s}.wav" for s in [MIXTURE, *sources])
         raise DatasetError(f"{root}: no tracks (expected one folder per track holding {expected})")
     return tracks
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The folder's subfolders but hidden ones, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _is_track(folder: Path, names: Sequence[str]) -> bool:
+    """Whether `folder` holds an audio file named after one of `names` (a source or the mixture)."""
+    files = _audio_files(folder)
+    return any(name in files for name in names)
 
 
 def find_estimates(root: str | os.PathLike, tracks: Sequence[Multitrack], sources: Sequence[str]) -> list[Multitrack]:
