@@ -101,9 +101,10 @@ def measure(architecture: str, batch_size: int, segment: float, steps: int, smok
     }
 
 
-def measure_loader(batch_size: int, segment: float, workers: int, batches: int) -> dict:
-    """The data loader alone (reading WAV segments, cutting, augmenting in `workers` threads): examples per second
-    it makes, what an accelerator's step may take at least for the loader to keep up."""
+def measure_loader(batch_size: int, segment: float, workers: int, batches: int, dataset_rate: int = 44100) -> dict:
+    """The data loader alone (reading WAV segments, cutting, augmenting in `workers` threads; resampling each
+    example too for a `dataset_rate` other than the model's 44.1 kHz): examples per second it makes, what an
+    accelerator's step may take at least for the loader to keep up."""
     from modeling_hdemucs_flax import find_multitracks
     from modeling_hdemucs_flax.synthetic import STEM_NAMES
     from modeling_hdemucs_flax.training.data import BatchLoader, TrainingSet
@@ -112,7 +113,7 @@ def measure_loader(batch_size: int, segment: float, workers: int, batches: int) 
     from multitrack_helpers import write_multitracks
 
     with tempfile.TemporaryDirectory() as folder:
-        write_multitracks(Path(folder), 8, 30.0, subtype="PCM_16")  # MUSDB18-HQ's WAVs are 16-bit
+        write_multitracks(Path(folder), 8, 30.0, dataset_rate, subtype="PCM_16")  # MUSDB18-HQ's WAVs are 16-bit
         rate = 44100
         data = TrainingSet(
             find_multitracks(folder, STEM_NAMES), STEM_NAMES, rate, 2, round(segment * rate), rate, rate, workers
@@ -129,6 +130,7 @@ def measure_loader(batch_size: int, segment: float, workers: int, batches: int) 
     per_second = batches * batch_size / seconds
     return {
         "loader_workers": workers,
+        "dataset_rate": dataset_rate,
         "cpu": cpu_name(),
         "batch_size": batch_size,
         "segment_s": segment,
@@ -148,14 +150,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--loader", type=int, nargs="*", default=None, metavar="WORKERS", help="time the data loader alone instead"
     )
+    parser.add_argument(
+        "--dataset-rate",
+        type=int,
+        default=44100,
+        metavar="HZ",
+        help="the loader's tracks' sample rate (default: 44100)",
+    )
     args = parser.parse_args(argv)
     segment = args.segment or (8192 / 44100 if args.smoke else 7.8)
     if args.loader is not None:
         for workers in args.loader or [1, 2]:
-            row = measure_loader(args.batch_size, segment, workers, 3 if args.smoke else 20)
+            row = measure_loader(args.batch_size, segment, workers, 3 if args.smoke else 20, args.dataset_rate)
             print(json.dumps(row))
             print(
-                f"loader, {workers} thread(s) on {row['cpu']}: {row['examples_per_s']} examples of {segment:.2f} s per "
+                f"loader, {workers} thread(s), tracks at {args.dataset_rate} Hz on {row['cpu']}: "
+                f"{row['examples_per_s']} examples of {segment:.2f} s per "
                 f"second: a step of {args.batch_size} may take {row['min_step_s']} s or more without waiting for data"
             )
         return 0
