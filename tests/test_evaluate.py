@@ -511,6 +511,18 @@ def test_usage_errors(scored_on_disk, tmp_path, capsys):
     assert "invalid choice: 'valid'" in err
     err = _fails(evaluate_cli(dataset, "--estimates", estimates, "--json", tmp_path), capsys, status=2)
     assert "is a folder" in err
+    err = _fails(evaluate_cli(dataset, "--estimates", estimates, "--plot", tmp_path / "p.txt"), capsys, status=2)
+    assert "--plot " in err and "p.txt: name the file .png, .pdf, .svg" in err and not (tmp_path / "p.txt").exists()
+
+
+def test_the_plot_is_written_in_the_format_its_extension_names(scored_on_disk, tmp_path):
+    dataset, estimates, _ = scored_on_disk
+    argv = evaluate_cli(dataset, "--estimates", estimates, "--sources", *MUSDB[:3], "-q")
+    for name, magic in [("p.pdf", b"%PDF-"), ("p.SVG", b"<?xml"), ("p.png", b"\x89PNG\r\n\x1a\n")]:
+        assert run([*argv, "--plot", tmp_path / name]) == 0
+        head = (tmp_path / name).read_bytes()[:64]
+        assert head.startswith(magic), (name, head)
+    assert b"<svg" in (tmp_path / "p.SVG").read_bytes()[:1000]
 
 
 def test_help_is_light_and_the_estimates_route_never_loads_jax(scored_on_disk):

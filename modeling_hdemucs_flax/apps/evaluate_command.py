@@ -89,8 +89,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         metavar="FILE.png",
-        help="draw a box plot per figure of the tracks' values per source (needs matplotlib: pip install "
-        "'.[evaluate]')",
+        help="draw a box plot per figure of the tracks' values per source, as PNG, PDF or SVG by the file's "
+        "extension (needs matplotlib: pip install '.[evaluate]')",
     )
     add_model_arguments(parser, devices=True)
     add_separation_arguments(parser, per_device=True)
@@ -119,6 +119,12 @@ def _check_usage(args: argparse.Namespace) -> str | None:
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         if path is not None and path.is_dir():
             return f"{flag} {path}: is a folder; give a file name"
+    if args.plot is not None:
+        from ..evaluation.report import PLOT_FORMATS, plot_format  # numpy, no more: after --help
+
+        if plot_format(args.plot) is None:
+            named = ", ".join(f".{f}" for f in PLOT_FORMATS)
+            return f"--plot {args.plot}: name the file {named} (the format it is written in)"
     if args.sources is not None and len(set(args.sources)) != len(args.sources):
         return f"--sources {' '.join(args.sources)}: a source is named twice"
     return None
@@ -206,7 +212,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..evaluation.evaluate import run_evaluation
-    from ..evaluation.report import evaluation_json, markdown_table, render_plot, write_atomically
+    from ..evaluation.report import evaluation_json, markdown_table, plot_format, render_plot, write_atomically
 
     def warn(line: str) -> None:
         print(f"warning: {line}", file=sys.stderr, flush=True)
@@ -251,7 +257,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
         outputs.append((args.json, (json.dumps(document, indent=2, allow_nan=False) + "\n").encode()))
     if args.plot is not None:
         label = about["model"] or f"estimates {args.estimates}"
-        outputs.append((args.plot, render_plot(evaluation, title=f"{label} on {plan.folder.name}")))
+        title = f"{label} on {plan.folder.name}"
+        outputs.append((args.plot, render_plot(evaluation, title, plot_format(args.plot) or "png")))
     for path, data in outputs:
         try:
             write_atomically(path, data)

@@ -99,9 +99,21 @@ def markdown_table(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def render_plot(evaluation: Evaluation, title: str = "") -> bytes:
-    """A PNG: for each figure a panel with one box per source of the tracks' values (NaN left out), in dB. Needs
-    matplotlib (the [evaluate] extra); draws on its Agg canvas, never a window."""
+# What `--plot FILE` writes, by FILE's extension: matplotlib's formats that need nothing beyond it.
+PLOT_FORMATS = ("png", "pdf", "svg")
+
+
+def plot_format(path: str | os.PathLike) -> str | None:
+    """The plot format `path`'s extension names (one of `PLOT_FORMATS`), or None."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    return suffix if suffix in PLOT_FORMATS else None
+
+
+def render_plot(evaluation: Evaluation, title: str = "", format: str = "png") -> bytes:
+    """A PNG (or a PDF or SVG: `format`): for each figure a panel with one box per source of the tracks' values
+    (NaN left out), in dB. Needs matplotlib (the [evaluate] extra); draws on its Agg canvas, never a window."""
+    if format not in PLOT_FORMATS:
+        raise ValueError(f"plot format {format!r}: one of {', '.join(PLOT_FORMATS)}")
     import io
 
     import matplotlib
@@ -125,10 +137,14 @@ def render_plot(evaluation: Evaluation, title: str = "") -> bytes:
     counted = f"{tracks} track{'s' if tracks != 1 else ''}"
     figure.suptitle(f"{title} ({counted})" if title else counted)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    figure.savefig(buffer, format=format, dpi=100, metadata={"Date": None} if format == "svg" else None)
     return buffer.getvalue()
 
 
 def plot_evaluation(evaluation: Evaluation, path: str | os.PathLike, title: str = "") -> Path:
-    """`render_plot`'s PNG written to `path`, atomically."""
-    return write_atomically(path, render_plot(evaluation, title))
+    """`render_plot`'s figure written to `path` atomically, in the format its extension names (.png, .pdf, .svg;
+    a `ValueError` for any other)."""
+    format = plot_format(path)
+    if format is None:
+        raise ValueError(f"{path}: a plot is written as {', '.join('.' + f for f in PLOT_FORMATS)}; name it so")
+    return write_atomically(path, render_plot(evaluation, title, format))
