@@ -369,6 +369,14 @@ def test_usage_problems_name_the_flag(multitracks, tiny_checkpoint_dir, tmp_path
         err = capsys.readouterr().err
         assert code == 2 and f"hdemucs-flax train: error: {message}" in err, err
     assert not (tmp_path / "out").exists()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert main([*common, *model, "-o", str(a_file)]) == 2
+    assert f"hdemucs-flax train: error: --out {a_file}: is a file" in capsys.readouterr().err
+    assert main([*common, *model, "-o", str(a_file / "run")]) == 1  # found only where the run folder is made
+    err, lines = _errors(capsys)
+    assert lines == [f"error: {a_file / 'run'}: Not a directory"], err
+    assert a_file.read_text() == "mine"
 
 
 def test_a_batch_that_does_not_split_over_the_devices_is_refused(multitracks, tiny_checkpoint_dir, tmp_path):

@@ -153,6 +153,8 @@ def train_command(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.command_parser
     if args.config is not None and args.model is not None:
         return usage_error(parser, "--config trains from random weights, --model fine-tunes: give one of them")
+    if args.out.exists() and not args.out.is_dir():
+        return usage_error(parser, f"--out {args.out}: is a file; give the folder the run is kept in")
     try:
         options = _options(args)
     except OptionError as error:
@@ -237,6 +239,13 @@ def train_command(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         except TrainingDiverged as error:
             print_error(error)
+            return EXIT_FAILED
+        except OSError as error:  # the run folder unwritable or full, a track removed mid-run: checkpoints stay whole
+            from ..training.checkpoints import list_checkpoints
+
+            kept = list_checkpoints(args.out) if args.out.is_dir() else []
+            after = f"; checkpoint {kept[-1][1]} is kept (continue with --resume)" if kept else ""
+            print_error(f"{error.filename or args.out}: {error.strerror or error}{after}")
             return EXIT_FAILED
     if result.stopped:
         name = signal.Signals(stop.signum).name if stop.signum else "a stop request"

@@ -173,8 +173,8 @@ def check_multitrack(track: Multitrack, sources: Sequence[str], *, with_mixture:
         ):
             if got != want:
                 raise DatasetError(
-                    f"track {track.name!r}: {info.path.name} has {what} {got}, {first.path.name} has {want}; "
-                    "every file of a track must match"
+                    f"track {track.name!r}: {info.path.name} has {what} {got}, {first.path.name} has {want} (in "
+                    f"{track.folder}); every file of a track must match"
                 )
     if first.frames == 0:
         raise DatasetError(f"track {track.name!r}: {first.path.name} holds no audio")
