@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from .arguments import (
@@ -130,6 +131,14 @@ def _check_usage(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _unknown_sources(sources: Sequence[str], model_sources: Sequence[str]) -> str:
+    """The usage line for `--sources` naming sources the model lacks; "" when it has them all."""
+    unknown = [name for name in sources if name not in model_sources]
+    if not unknown:
+        return ""
+    return f"--sources: the model has no {', '.join(unknown)} (it separates {', '.join(model_sources)})"
+
+
 def evaluate_command(args: argparse.Namespace) -> int:
     started = time.time()
     parser: argparse.ArgumentParser = args.command_parser
@@ -146,7 +155,13 @@ def evaluate_command(args: argparse.Namespace) -> int:
             return EXIT_FAILED
 
     from ..errors import AudioError, DatasetError, ModelOutputError
-    from ..evaluation.evaluate import MUSDB_SOURCES, WINDOW_SECONDS, check_out_folder, plan_evaluation
+    from ..evaluation.evaluate import (
+        MUSDB_SOURCES,
+        WINDOW_SECONDS,
+        check_out_folder,
+        check_separable,
+        plan_evaluation,
+    )
     from .model_loading import _model_facts, _status
 
     # Everything the dataset's headers and the model's config.json tell is checked before the model loads.
@@ -161,12 +176,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
             sources = sources or model_sources
     else:
         sources = sources or MUSDB_SOURCES
-    if sources is not None and model_sources is not None:
-        unknown = [name for name in sources if name not in model_sources]
-        if unknown:
-            return usage_error(
-                parser, f"--sources: the model has no {', '.join(unknown)} (it separates {', '.join(model_sources)})"
-            )
+    problem = _unknown_sources(sources, model_sources) if sources is not None and model_sources is not None else ""
+    if problem:
+        return usage_error(parser, problem)
     try:
         plan = (
             plan_evaluation(args.dataset, sources, estimates=args.estimates, subset=args.subset)
@@ -190,20 +202,15 @@ def evaluate_command(args: argparse.Namespace) -> int:
         separator = loaded
         if sources is None:  # a model whose config.json could not be read before loading it
             sources = args.sources or tuple(separator.sources)
-            unknown = [name for name in sources if name not in separator.sources]
-            if unknown:
-                listed = ", ".join(separator.sources)
-                return usage_error(parser, f"--sources: the model has no {', '.join(unknown)} (it separates {listed})")
+            problem = _unknown_sources(sources, separator.sources)
+            if problem:
+                return usage_error(parser, problem)
         try:
             if plan is None:
                 plan = plan_evaluation(args.dataset, sources, subset=args.subset)
                 if args.out is not None:
                     check_out_folder(args.out, plan.folder)
-            for track, info in zip(plan.references, plan.infos, strict=True):
-                try:
-                    separator.check_channels(info.channels, f"track {track.name!r}")
-                except AudioError as error:
-                    raise DatasetError(str(error)) from None
+            check_separable(plan, separator)
         except DatasetError as error:
             print_error(error)
             return EXIT_FAILED

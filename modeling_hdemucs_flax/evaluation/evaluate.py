@@ -30,6 +30,7 @@ from ..io.multitrack import (
     dataset_folder,
     find_estimates,
     find_multitracks,
+    header_difference,
     read_multitrack,
 )
 from .bss_eval import bss_eval_v4, new_sdr, silent_sources
@@ -53,13 +54,15 @@ SEPARATION_SHARE = (
 class EvaluationPlan:
     """What a run scores, checked before any audio is read: the dataset `folder` (after --subset), the `sources`,
     each track's reference files and their common header (`infos`, in track order), and the estimates on disk
-    (`estimates`, in track order) or None where the mixtures are to be separated."""
+    and their common header (`estimates`, `estimate_infos`, in track order) or None where the mixtures are to be
+    separated."""
 
     folder: Path
     sources: tuple[str, ...]
     references: list[Multitrack]
     infos: list[AudioInfo]
     estimates: list[Multitrack] | None
+    estimate_infos: list[AudioInfo] | None
 
 
 def plan_evaluation(
@@ -80,22 +83,19 @@ def plan_evaluation(
     separate = estimates is None
     references = find_multitracks(folder, sources, need_mixture=separate)
     infos = [check_multitrack(track, sources, with_mixture=separate) for track in references]
-    found = None
-    if estimates is not None:
-        found = find_estimates(estimates, references, sources)
-        for reference, info, estimate in zip(references, infos, found, strict=True):
-            estimate_info = check_multitrack(estimate, sources)
-            for what, got, want in (
-                ("sample rate", estimate_info.sample_rate, info.sample_rate),
-                ("channel count", estimate_info.channels, info.channels),
-                ("length", estimate_info.frames, info.frames),
-            ):
-                if got != want:
-                    raise DatasetError(
-                        f"track {reference.name!r}: the estimate {estimate_info.path} has {what} {got}, the "
-                        f"reference {info.path.name} has {want}; estimates must match their references"
-                    )
-    return EvaluationPlan(folder, sources, references, infos, found)
+    if estimates is None:
+        return EvaluationPlan(folder, sources, references, infos, None, None)
+    found = find_estimates(estimates, references, sources)
+    found_infos = [check_multitrack(estimate, sources) for estimate in found]
+    for reference, info, estimate_info in zip(references, infos, found_infos, strict=True):
+        differs = header_difference(estimate_info, info)
+        if differs is not None:
+            what, got, want = differs
+            raise DatasetError(
+                f"track {reference.name!r}: the estimate {estimate_info.path} has {what} {got}, the "
+                f"reference {info.path.name} has {want}; estimates must match their references"
+            )
+    return EvaluationPlan(folder, sources, references, infos, found, found_infos)
 
 
 def score_track(
@@ -196,14 +196,19 @@ def evaluate(
             )
     plan = plan_evaluation(dataset, sources, estimates=estimates, subset=subset)
     if separator is not None:
-        for track, info in zip(plan.references, plan.infos, strict=True):
-            try:
-                separator.check_channels(info.channels, f"track {track.name!r}")
-            except ValueError as error:
-                raise DatasetError(str(error)) from None
+        check_separable(plan, separator)
     if out is not None:
         check_out_folder(out, plan.folder)
     return run_evaluation(plan, separator=separator, window=window, out=out, progress=progress, warn=warn)
+
+
+def check_separable(plan: EvaluationPlan, separator: Separator) -> None:
+    """A `DatasetError` naming the first track of `plan` whose channel count `separator` cannot take."""
+    for track, info in zip(plan.references, plan.infos, strict=True):
+        try:
+            separator.check_channels(info.channels, f"track {track.name!r}")
+        except ValueError as error:  # AudioError
+            raise DatasetError(str(error)) from None
 
 
 def check_out_folder(out: str | os.PathLike, folder: Path) -> None:
@@ -234,7 +239,7 @@ def run_evaluation(
     for index, track in enumerate(plan.references):
         if progress is not None:
             progress(index, total, track.name)
-        audio = read_multitrack(track, sources, with_mixture=separator is not None)
+        audio = read_multitrack(track, sources, with_mixture=separator is not None, checked=plan.infos[index])
         if separator is not None:
             assert audio.mixture is not None  # plan_evaluation required it
 
@@ -253,8 +258,8 @@ def run_evaluation(
                     path.parent.mkdir(parents=True, exist_ok=True)
                     write_audio(path, stem, audio.sample_rate, subtype="FLOAT")
         else:
-            assert plan.estimates is not None
-            estimates = read_multitrack(plan.estimates[index], sources).stems
+            assert plan.estimates is not None and plan.estimate_infos is not None
+            estimates = read_multitrack(plan.estimates[index], sources, checked=plan.estimate_infos[index]).stems
         for role, audio_set in (("reference", audio.stems), ("estimate", estimates)):
             silent = [name for name, quiet in zip(sources, silent_sources(audio_set), strict=True) if quiet]
             if silent:

@@ -159,6 +159,20 @@ def _inspect(track: Multitrack, path: Path) -> AudioInfo:
         raise DatasetError(f"track {track.name!r}: {error}") from None
 
 
+def header_difference(info: AudioInfo, other: AudioInfo) -> tuple[str, int, int] | None:
+    """(what, info's value, other's value) for the first of sample rate, channel count and length in which two
+    files differ; None when they agree in all three (what the files of a track, and an estimate and its
+    reference, must)."""
+    for what, got, want in (
+        ("sample rate", info.sample_rate, other.sample_rate),
+        ("channel count", info.channels, other.channels),
+        ("length", info.frames, other.frames),
+    ):
+        if got != want:
+            return what, got, want
+    return None
+
+
 def check_multitrack(track: Multitrack, sources: Sequence[str], *, with_mixture: bool = False) -> AudioInfo:
     """Read the headers of the track's files and check they agree (rate, channels, length); the first stem's
     header, or a `DatasetError` naming the track and the file that differs."""
@@ -166,25 +180,25 @@ def check_multitrack(track: Multitrack, sources: Sequence[str], *, with_mixture:
     infos = [_inspect(track, p) for p in paths]
     first = infos[0]
     for info in infos[1:]:
-        for what, got, want in (
-            ("sample rate", info.sample_rate, first.sample_rate),
-            ("channel count", info.channels, first.channels),
-            ("length", info.frames, first.frames),
-        ):
-            if got != want:
-                raise DatasetError(
-                    f"track {track.name!r}: {info.path.name} has {what} {got}, {first.path.name} has {want} (in "
-                    f"{track.folder}); every file of a track must match"
-                )
+        differs = header_difference(info, first)
+        if differs is not None:
+            what, got, want = differs
+            raise DatasetError(
+                f"track {track.name!r}: {info.path.name} has {what} {got}, {first.path.name} has {want} (in "
+                f"{track.folder}); every file of a track must match"
+            )
     if first.frames == 0:
         raise DatasetError(f"track {track.name!r}: {first.path.name} holds no audio")
     return first
 
 
-def read_multitrack(track: Multitrack, sources: Sequence[str], *, with_mixture: bool = False) -> MultitrackAudio:
+def read_multitrack(
+    track: Multitrack, sources: Sequence[str], *, with_mixture: bool = False, checked: AudioInfo | None = None
+) -> MultitrackAudio:
     """The track's stems (in the order of `sources`) and, when asked and present, its mixture, read whole after
-    `check_multitrack`."""
-    info = check_multitrack(track, sources, with_mixture=with_mixture)
+    `check_multitrack` (`checked`: what an earlier `check_multitrack` of the same files returned, so the headers
+    are not read again)."""
+    info = checked if checked is not None else check_multitrack(track, sources, with_mixture=with_mixture)
 
     def read(path: Path) -> np.ndarray:
         try:
